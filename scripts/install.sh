@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Install vlmkit into the active Python (>= 3.11) environment: `bash scripts/install.sh [EXTRAS]`.
+#
+# torch goes first and pinned: left to pip's resolver, a plain `torch` requirement pulls a CUDA
+# build of several GB onto CPU machines. timm is installed without its dependencies because vlmkit
+# only reads its ImageNet class-name files, and its torchvision requirement would replace torch.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON="${PYTHON:-python3}"
+TORCH_SPEC="${VLMKIT_TORCH:-torch==2.13.0}"
+
+"$PYTHON" -m pip install --disable-pip-version-check -q "$TORCH_SPEC"
+"$PYTHON" -m pip install --disable-pip-version-check -q --no-deps "timm>=1.0.15"
+if [ -n "${1:-}" ]; then
+  "$PYTHON" -m pip install --disable-pip-version-check -q -e ".[$1]"
+else
+  "$PYTHON" -m pip install --disable-pip-version-check -q -e .
+fi

@@ -1,0 +1,68 @@
+"""Shared fixtures: real sample photos, bad image files, and tiny checkpoints built once per session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("VLMKIT_NO_PROGRESS", "1")
+
+
+@pytest.fixture(scope="session")
+def photos() -> dict[str, Path]:
+    """Real photos shipped with scikit-image."""
+    import skimage.data
+
+    root = Path(skimage.data.data_dir)
+    return {
+        "cat": root / "chelsea.png",
+        "coffee": root / "coffee.png",
+        "astronaut": root / "astronaut.png",
+        "rocket": root / "rocket.jpg",
+        "motorcycle": root / "motorcycle_left.png",
+    }
+
+
+@pytest.fixture(scope="session")
+def bad_images(tmp_path_factory: pytest.TempPathFactory, photos: dict[str, Path]) -> dict[str, Path]:
+    """One file per way an image can be bad."""
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("bad")
+    jpeg = root / "good.jpg"
+    Image.open(photos["coffee"]).convert("RGB").save(jpeg, quality=90)
+    data = jpeg.read_bytes()
+    truncated = root / "truncated.jpg"
+    truncated.write_bytes(data[: len(data) // 2])
+    corrupt = root / "corrupt.jpg"
+    corrupt.write_bytes(data[:200] + bytes(range(256)) * 20 + data[-100:])
+    text = root / "notes.jpg"
+    text.write_text("this is not an image\n")
+    empty = root / "empty.png"
+    empty.write_bytes(b"")
+    bomb = root / "bomb.png"
+    # 12,000 x 12,000 = 144 MP of one colour: a few hundred KB on disk, over the default limit.
+    Image.new("1", (12_000, 12_000)).save(bomb)
+    folder = root / "folder.png"
+    folder.mkdir()
+    return {
+        "good": jpeg,
+        "truncated": truncated,
+        "corrupt": corrupt,
+        "text": text,
+        "empty": empty,
+        "bomb": bomb,
+        "dir": folder,
+        "missing": root / "missing.jpg",
+    }
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Tiny random checkpoints of every family, in the real on-disk formats."""
+    from tiny_checkpoints import build_all
+
+    return build_all(tmp_path_factory.mktemp("tiny"))

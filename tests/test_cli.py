@@ -1,0 +1,114 @@
+"""The CLI: JSON shapes, exit codes, and one clear line (never a traceback) for every bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from vlmkit_cli.main import main
+
+
+def run(capsys, *argv):
+    code = main(list(argv))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def lines(out: str) -> list[dict]:
+    return [json.loads(line) for line in out.splitlines() if line.strip()]
+
+
+def test_caption_json(capsys, photos):
+    code, out, err = run(capsys, "caption", str(photos["coffee"]), str(photos["cat"]), "--json")
+    assert code == 0, err
+    records = lines(out)
+    assert [r["image"] for r in records] == [str(photos["coffee"]), str(photos["cat"])]
+    assert all(set(r) >= {"image", "caption", "model"} for r in records)
+    assert records[0]["caption"].startswith("a photo of")
+
+
+def test_classify_json_sorted(capsys, photos):
+    code, out, _ = run(capsys, "classify", str(photos["cat"]), "--labels", "a car,a cat,a cup of coffee", "--json")
+    assert code == 0
+    (record,) = lines(out)
+    scores = [entry["score"] for entry in record["labels"]]
+    assert scores == sorted(scores, reverse=True)
+    assert record["labels"][0]["label"] == "a cat"
+    assert abs(sum(scores) - 1) < 1e-4
+
+
+def test_match_and_embed_json(capsys, photos):
+    code, out, _ = run(capsys, "match", str(photos["coffee"]), "a cup of coffee", "a rocket", "--json")
+    assert code == 0
+    first, second = lines(out)
+    assert first["kind"] == "cosine" and first["score"] > second["score"]
+    code, out, _ = run(capsys, "embed", str(photos["cat"]), "--text", "a cat", "--json")
+    assert code == 0
+    image, text = lines(out)
+    assert image["input"] == str(photos["cat"]) and text["input"] == "a cat"
+    assert len(image["embedding"]) == len(text["embedding"]) == 384
+
+
+def test_models_lists_default(capsys):
+    code, out, _ = run(capsys, "models", "--json")
+    assert code == 0
+    assert lines(out)[0]["name"] == "conse-lite0-minilm"
+
+
+def test_good_images_survive_bad_ones(capsys, photos, bad_images):
+    argv = ["caption", "--json", str(photos["cat"])] + [str(bad_images[k]) for k in ("missing", "dir", "text", "truncated", "bomb")]
+    code, out, err = run(capsys, *argv, str(photos["coffee"]))
+    assert code == 1
+    assert [r["image"] for r in lines(out)] == [str(photos["cat"]), str(photos["coffee"])]
+    for key, reason in [("missing", "no such file"), ("dir", "directory"), ("text", "not an image"), ("truncated", "truncated"), ("bomb", "over the limit")]:
+        assert f"skipped {bad_images[key]}: " in err and reason in err
+    assert "5 of 7 inputs failed" in err
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["ask", "{cat}", "what is it?"], "cannot 'ask'; models that can: "),
+        (["chat"], "cannot 'chat'; models that can: llava"),
+        (["caption", "{cat}", "--model", "./no/such/model"], "no such directory"),
+        (["caption", "{cat}", "--model", "not a model!!"], "unknown model"),
+        (["match", "{missing}", "a cat"], "no such file"),
+        (["match", "{cat}", "a cat", "--max-pixels", "100"], "over the limit"),
+        (["classify", "{cat}", "--labels", " , "], "give at least one label"),
+        (["embed"], "give images and/or --text"),
+    ],
+)
+def test_errors_are_one_line(capsys, photos, bad_images, argv, message):
+    argv = [a.format(cat=photos["cat"], missing=bad_images["missing"]) for a in argv]
+    code, out, err = run(capsys, *argv)
+    assert code == 1
+    assert message in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_usage_errors_exit_2(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["caption"])
+    assert info.value.code == 2
+    with pytest.raises(SystemExit) as info:
+        main(["caption", "x.jpg", "--batch-size", "0"])
+    assert info.value.code == 2
+    assert main([]) == 2
+
+
+def test_real_process_no_network_hub_model(photos, tmp_path):
+    """As a user runs it: a hub model with no network and no cache is one line and exit 1."""
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"}
+    env["HF_HUB_CACHE"] = str(tmp_path)
+    env["HF_ENDPOINT"] = "http://127.0.0.1:9"  # nothing listens there: a network that refuses
+    cmd = [sys.executable, "-m", "vlmkit_cli.main", "caption", str(photos["cat"]), "--model", "Salesforce/blip2-opt-2.7b"]
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 1
+    assert "not in the local Hugging Face cache" in done.stderr
+    assert "Traceback" not in done.stderr

@@ -1,0 +1,127 @@
+"""BLIP (Li et al., 2022, "BLIP: Bootstrapping Language-Image Pre-training for Unified
+Vision-Language Understanding and Generation").
+
+A released BLIP checkpoint carries one head, so the tasks depend on it: captioning
+(``BlipForConditionalGeneration``), VQA (``BlipForQuestionAnswering``), or retrieval with the
+ITC projections and the ITM head (``BlipForImageTextRetrieval``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from ._hf import HFModel, normalise
+from .base import GenerationOptions, MatchResult, as_list, check_texts, pair_up
+
+__all__ = ["Blip"]
+
+
+class Blip(HFModel):
+    """BLIP behind the vlmkit task interface; ``self.kind`` says which head is loaded."""
+
+    # -- captioning head -------------------------------------------------------------------
+
+    def caption(
+        self,
+        images: Any,
+        prompt: str | None = None,
+        *,
+        max_new_tokens: int = 30,
+        num_beams: int = 1,
+        do_sample: bool = False,
+        top_p: float = 1.0,
+        temperature: float = 1.0,
+        batch_size: int = 8,
+    ) -> list[str]:
+        self._require("caption")
+        options = GenerationOptions(max_new_tokens, num_beams, do_sample, top_p, temperature)
+        captions: list[str] = []
+        for batch in self._load_batches(as_list(images, "images"), batch_size):
+            if prompt:
+                inputs = self.processor(images=batch, text=[prompt] * len(batch), return_tensors="pt")
+            else:
+                inputs = self.processor(images=batch, return_tensors="pt")
+            with torch.inference_mode():
+                out = self.model.generate(**self._to_device(inputs), **options.to_hf())
+            texts = self._decode(out)
+            if prompt:
+                # A conditional caption starts with the prompt; like LAVIS, return what follows it.
+                start = prompt.strip().lower()
+                texts = [t[len(start) :].strip() if t.lower().startswith(start) else t for t in texts]
+            captions.extend(texts)
+        return captions
+
+    # -- VQA head ---------------------------------------------------------------------------
+
+    def ask(
+        self,
+        images: Any,
+        questions: Any,
+        *,
+        max_new_tokens: int = 10,
+        num_beams: int = 1,
+        batch_size: int = 8,
+    ) -> list[str]:
+        self._require("ask")
+        image_list, question_list = pair_up(
+            as_list(images, "images"), check_texts(as_list(questions, "questions"), "questions"), "ask"
+        )
+        options = GenerationOptions(max_new_tokens, num_beams)
+        answers: list[str] = []
+        for start in range(0, len(image_list), batch_size):
+            batch = self._load_all(image_list[start : start + batch_size])
+            text = question_list[start : start + batch_size]
+            inputs = self.processor(images=batch, text=text, padding=True, return_tensors="pt")
+            with torch.inference_mode():
+                out = self.model.generate(**self._to_device(inputs), **options.to_hf())
+            answers.extend(self._decode(out))
+        return answers
+
+    # -- retrieval head ---------------------------------------------------------------------
+
+    def embed_images(self, images: Any, *, batch_size: int = 32) -> np.ndarray:
+        self._require("embed")
+        chunks = []
+        with torch.inference_mode():
+            for pixels in self._pixel_batches(as_list(images, "images"), batch_size):
+                hidden = self.model.vision_model(pixel_values=pixels).last_hidden_state  # (B, P+1, D)
+                chunks.append(normalise(self.model.vision_proj(hidden[:, 0, :])))
+        return np.concatenate(chunks)
+
+    def embed_texts(self, texts: Any, *, batch_size: int = 64) -> np.ndarray:
+        self._require("embed")
+        text_list = check_texts(as_list(texts, "texts"), "texts")
+        chunks = []
+        with torch.inference_mode():
+            for start in range(0, len(text_list), batch_size):
+                batch = self.tokenizer(text_list[start : start + batch_size], padding=True, truncation=True, return_tensors="pt")
+                batch = self._to_device(batch)
+                hidden = self.model.text_encoder(
+                    input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+                ).last_hidden_state  # (B, T, D)
+                chunks.append(normalise(self.model.text_proj(hidden[:, 0, :])))
+        return np.concatenate(chunks)
+
+    def match(self, images: Any, texts: Any, *, batch_size: int = 16) -> MatchResult:
+        """ITM head: the probability that each image and text belong together."""
+        self._require("match")
+        image_list, text_list = pair_up(
+            as_list(images, "images"), check_texts(as_list(texts, "texts"), "texts"), "match"
+        )
+        scores = []
+        for start in range(0, len(image_list), batch_size):
+            batch = self._load_all(image_list[start : start + batch_size])
+            inputs = self.processor(
+                images=batch, text=text_list[start : start + batch_size], padding=True, return_tensors="pt"
+            )
+            with torch.inference_mode():
+                logits = self.model(**self._to_device(inputs), use_itm_head=True).itm_score  # (B, 2)
+            scores.append(logits.float().softmax(dim=-1)[:, 1].cpu().numpy())
+        return MatchResult(scores=np.concatenate(scores).astype(np.float32), kind="itm")
+
+    def logit_scale(self) -> float:
+        temp = getattr(self.model.config, "logit_scale_init_value", None)
+        return 1.0 / 0.07 if temp is None else float(np.exp(temp))

@@ -1,0 +1,80 @@
+"""The model kinds vlmkit knows, as a literal table: architecture -> family and supported tasks.
+
+The loader picks a kind from a checkpoint's ``config.json`` (``model_type`` and ``architectures``),
+never from its name. Error messages use the table to say which kinds can do a task.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["TASKS", "ModelKind", "KINDS", "DEFAULT_ARCHITECTURE", "supported_by"]
+
+# embed covers embed_images and embed_texts; similarity and classify come with it.
+TASKS = ("embed", "similarity", "classify", "match", "caption", "ask", "generate", "chat")
+
+_RETRIEVAL = frozenset({"embed", "similarity", "classify", "match"})
+
+
+@dataclass(frozen=True)
+class ModelKind:
+    family: str
+    architecture: str
+    tasks: frozenset[str]
+    description: str
+
+    @property
+    def label(self) -> str:
+        return f"{self.family} ({self.architecture})"
+
+
+KINDS: dict[str, ModelKind] = {
+    kind.architecture: kind
+    for kind in (
+        ModelKind("clip", "CLIPModel", _RETRIEVAL, "CLIP dual encoder (Radford et al., 2021)"),
+        ModelKind("siglip", "SiglipModel", _RETRIEVAL, "SigLIP dual encoder, sigmoid loss (Zhai et al., 2023)"),
+        ModelKind("blip", "BlipForConditionalGeneration", frozenset({"caption"}), "BLIP captioning head"),
+        ModelKind("blip", "BlipForQuestionAnswering", frozenset({"ask"}), "BLIP VQA head"),
+        ModelKind("blip", "BlipForImageTextRetrieval", _RETRIEVAL, "BLIP ITC/ITM retrieval head"),
+        ModelKind(
+            "blip2",
+            "Blip2ForConditionalGeneration",
+            frozenset({"caption", "ask", "generate"}),
+            "BLIP-2: Q-Former + frozen LM (Li et al., 2023)",
+        ),
+        ModelKind("blip2", "Blip2ForImageTextRetrieval", _RETRIEVAL, "BLIP-2 stage-1 Q-Former (ITC/ITM)"),
+        ModelKind(
+            "instructblip",
+            "InstructBlipForConditionalGeneration",
+            frozenset({"caption", "ask", "generate"}),
+            "InstructBLIP: instruction-aware Q-Former (Dai et al., 2023)",
+        ),
+        ModelKind(
+            "llava",
+            "LlavaForConditionalGeneration",
+            frozenset({"caption", "ask", "generate", "chat"}),
+            "LLaVA-1.5 visual chat (Liu et al., 2023)",
+        ),
+        ModelKind(
+            "conse",
+            "ConSE",
+            frozenset({"embed", "similarity", "classify", "match", "caption"}),
+            "built-in offline default: EfficientNet-Lite0 + MiniLM by ConSE (Norouzi et al., 2014)",
+        ),
+    )
+}
+
+# When a checkpoint's config names no architecture we know, its model_type decides.
+DEFAULT_ARCHITECTURE: dict[str, str] = {
+    "clip": "CLIPModel",
+    "siglip": "SiglipModel",
+    "blip": "BlipForConditionalGeneration",
+    "blip-2": "Blip2ForConditionalGeneration",
+    "instructblip": "InstructBlipForConditionalGeneration",
+    "llava": "LlavaForConditionalGeneration",
+}
+
+
+def supported_by(task: str) -> list[str]:
+    """Labels of the kinds that can do ``task``, e.g. ``["blip2 (Blip2ForConditionalGeneration)", ...]``."""
+    return [kind.label for kind in KINDS.values() if task in kind.tasks]

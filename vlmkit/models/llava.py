@@ -1,0 +1,110 @@
+"""LLaVA-1.5 (Liu et al., 2023, "Improved Baselines with Visual Instruction Tuning"), in the
+llava-hf layout: a CLIP vision tower, an MLP projector and a Llama-family LM, prompted through the
+checkpoint's own chat template.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+
+from ..chat import parse_messages
+from ._hf import PromptedGenerator, strip_prompt
+from .base import GenerationOptions, as_list, check_texts, pair_up
+
+__all__ = ["Llava", "CAPTION_INSTRUCTION", "VQA_SUFFIX"]
+
+# The prompts LLaVA-1.5 was evaluated with: COCO captions, and short-answer VQA (VQAv2, GQA).
+CAPTION_INSTRUCTION = "Provide a one-sentence caption for the provided image."
+VQA_SUFFIX = "\nAnswer the question using a single word or phrase."
+
+
+class Llava(PromptedGenerator):
+    """LLaVA behind the vlmkit task interface."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.tokenizer.padding_side = "left"
+
+    def _prepare_prompts(self, prompts: list[str]) -> list[str]:
+        """Wrap each instruction in the chat template as one user turn holding one image."""
+        return [
+            self.processor.apply_chat_template(
+                [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": p}]}],
+                add_generation_prompt=True,
+            )
+            for p in prompts
+        ]
+
+    def caption(
+        self,
+        images: Any,
+        prompt: str | None = None,
+        *,
+        max_new_tokens: int = 30,
+        num_beams: int = 1,
+        do_sample: bool = False,
+        top_p: float = 1.0,
+        temperature: float = 1.0,
+        batch_size: int = 8,
+    ) -> list[str]:
+        image_list = as_list(images, "images")
+        options = GenerationOptions(max_new_tokens, num_beams, do_sample, top_p, temperature)
+        return self._prompted(image_list, [prompt or CAPTION_INSTRUCTION] * len(image_list), options, batch_size)
+
+    def ask(
+        self,
+        images: Any,
+        questions: Any,
+        *,
+        max_new_tokens: int = 10,
+        num_beams: int = 1,
+        batch_size: int = 8,
+    ) -> list[str]:
+        image_list, question_list = pair_up(
+            as_list(images, "images"), check_texts(as_list(questions, "questions"), "questions"), "ask"
+        )
+        options = GenerationOptions(max_new_tokens, num_beams)
+        return self._prompted(image_list, [q + VQA_SUFFIX for q in question_list], options, batch_size)
+
+    def generate(
+        self,
+        images: Any,
+        prompts: Any,
+        *,
+        max_new_tokens: int = 30,
+        num_beams: int = 1,
+        do_sample: bool = False,
+        top_p: float = 1.0,
+        temperature: float = 1.0,
+        batch_size: int = 8,
+    ) -> list[str]:
+        image_list, prompt_list = pair_up(
+            as_list(images, "images"), check_texts(as_list(prompts, "prompts"), "prompts"), "generate"
+        )
+        options = GenerationOptions(max_new_tokens, num_beams, do_sample, top_p, temperature)
+        return self._prompted(image_list, prompt_list, options, batch_size)
+
+    def chat(
+        self,
+        messages: list[dict[str, Any]],
+        *,
+        stream: bool = False,
+        max_new_tokens: int = 256,
+        do_sample: bool = False,
+        top_p: float = 1.0,
+        temperature: float = 1.0,
+    ) -> str | Iterator[str]:
+        conversation, sources = parse_messages(messages)
+        images = self._load_all(sources) if sources else None
+        text = self.processor.apply_chat_template(conversation, add_generation_prompt=True)
+        inputs = self._to_device(self.processor(images=images, text=[text], return_tensors="pt"))
+        options = GenerationOptions(max_new_tokens, 1, do_sample, top_p, temperature)
+        kwargs = {**inputs, **options.to_hf()}
+        if stream:
+            return self._stream(kwargs)
+        with torch.inference_mode():
+            out = self.model.generate(**kwargs)
+        return self._decode(strip_prompt(out, inputs["input_ids"]))[0]

@@ -1,0 +1,1 @@
+"""The ``vlmkit`` command line: a thin application over the :mod:`vlmkit` library."""

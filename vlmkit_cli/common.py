@@ -1,0 +1,109 @@
+"""What every command shares: common options, model loading, image batches, output and progress."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from PIL import Image
+
+import vlmkit
+from vlmkit.errors import ImageError
+from vlmkit.images import iter_loaded
+
+
+class CommandError(Exception):
+    """A failure the command reports in one line before exiting non-zero."""
+
+
+def add_common(parser: argparse.ArgumentParser, *, batch_size: int = 8) -> None:
+    parser.add_argument("--model", "-m", default=None, help=f"built-in name, checkpoint directory or hub id (default: {vlmkit.DEFAULT_MODEL})")
+    parser.add_argument("--json", action="store_true", help="print one JSON object per result")
+    parser.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    parser.add_argument("--dtype", default=None, help="float32 (default), bfloat16 or float16")
+    parser.add_argument("--batch-size", type=_positive_int, default=batch_size, help=f"images per model call (default: {batch_size})")
+    parser.add_argument(
+        "--max-pixels",
+        type=_positive_int,
+        default=None,
+        help="refuse images with more pixels than this (default: VLMKIT_MAX_PIXELS or 100,000,000)",
+    )
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def load_model(args: argparse.Namespace) -> vlmkit.VisionLanguageModel:
+    model = vlmkit.load(args.model or vlmkit.DEFAULT_MODEL, device=args.device, dtype=args.dtype)
+    model.max_pixels = args.max_pixels
+    return model
+
+
+def require(model: vlmkit.VisionLanguageModel, task: str) -> None:
+    """Fail before reading any input when the model cannot do the task."""
+    if not model.supports(task):
+        raise vlmkit.UnsupportedTaskError(task, model.name, model.kind.label, vlmkit.models.kinds.supported_by(task))
+
+
+@dataclass
+class Output:
+    """Writes results as text or JSON lines, and collects the inputs that failed."""
+
+    as_json: bool
+    failures: list[str] = field(default_factory=list)
+
+    def emit(self, record: dict[str, Any], text: str) -> None:
+        print(json.dumps(record, ensure_ascii=False) if self.as_json else text, flush=True)
+
+    def fail(self, source: str, reason: str) -> None:
+        self.failures.append(source)
+        print(f"vlmkit: skipped {source}: {reason}", file=sys.stderr, flush=True)
+
+
+def progress(total: int, args: argparse.Namespace, desc: str) -> Any:
+    """A progress bar on stderr for more than a handful of items, and only on a terminal."""
+    from tqdm import tqdm
+
+    quiet = args.json or total < 4 or not sys.stderr.isatty() or os.environ.get("VLMKIT_NO_PROGRESS")
+    return tqdm(total=total, desc=desc, unit="img", disable=bool(quiet), file=sys.stderr, leave=False)
+
+
+def image_batches(
+    paths: list[str], model: vlmkit.VisionLanguageModel, args: argparse.Namespace, out: Output, desc: str
+) -> Iterator[list[tuple[str, Image.Image]]]:
+    """Decode images on worker threads; yield batches of the good ones, report the bad ones."""
+    batch: list[tuple[str, Image.Image]] = []
+    with progress(len(paths), args, desc) as bar:
+        for source, item in iter_loaded(paths, max_pixels=args.max_pixels, draft_size=model.image_size):
+            if isinstance(item, ImageError):
+                out.fail(str(source), item.reason)
+                bar.update(1)
+                continue
+            batch.append((str(source), item))
+            if len(batch) == args.batch_size:
+                yield batch
+                bar.update(len(batch))
+                batch = []
+        if batch:
+            yield batch
+            bar.update(len(batch))
+
+
+def finish(out: Output, total: int) -> int:
+    """Exit status: 0 when every input was processed, 1 when any failed (the rest were still done)."""
+    if out.failures:
+        print(f"vlmkit: {len(out.failures)} of {total} inputs failed", file=sys.stderr)
+        return 1
+    return 0
