@@ -8,7 +8,25 @@ import sys
 
 import pytest
 
+import vlmkit
+import vlmkit_cli.common
 from vlmkit_cli.main import main
+
+_load = vlmkit.load
+_cache: dict = {}
+
+
+@pytest.fixture(autouse=True)
+def reuse_models(monkeypatch):
+    """Load each model once for the whole module: the CLI's work is tested, not load time."""
+
+    def cached(name, **kwargs):
+        key = (str(name), tuple(sorted(kwargs.items())))
+        if key not in _cache:
+            _cache[key] = _load(name, **kwargs)
+        return _cache[key]
+
+    monkeypatch.setattr(vlmkit_cli.common.vlmkit, "load", cached)
 
 
 def run(capsys, *argv):
@@ -112,3 +130,56 @@ def test_real_process_no_network_hub_model(photos, tmp_path):
     assert done.returncode == 1
     assert "not in the local Hugging Face cache" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize(
+    "family, argv, field",
+    [
+        ("clip", ["classify", "{cat}", "--labels", "cat,dog"], "labels"),
+        ("siglip", ["embed", "{cat}", "--text", "a cat"], "embedding"),
+        ("blip_caption", ["caption", "{cat}", "{coffee}", "--max-new-tokens", "5"], "caption"),
+        ("blip_vqa", ["ask", "{cat}", "what is it?", "where?", "--max-new-tokens", "4"], "answer"),
+        ("blip_itm", ["match", "{cat}", "a cat", "a dog"], "score"),
+        ("blip2_opt", ["ask", "{cat}", "what is it?", "--max-new-tokens", "4"], "answer"),
+        ("blip2_t5", ["caption", "{cat}", "--max-new-tokens", "4"], "caption"),
+        ("blip2_itm", ["match", "{cat}", "a cat"], "score"),
+        ("instructblip", ["caption", "{cat}", "{coffee}", "--max-new-tokens", "4"], "caption"),
+        ("llava", ["ask", "{cat}", "what is it?", "--max-new-tokens", "4"], "answer"),
+    ],
+)
+def test_commands_on_every_family(capsys, tiny, photos, family, argv, field):
+    argv = [a.format(cat=photos["cat"], coffee=photos["coffee"]) for a in argv]
+    code, out, err = run(capsys, *argv, "--model", str(tiny[family]), "--json")
+    assert code == 0, err
+    records = lines(out)
+    assert records and all(field in r and r["model"] == str(tiny[family]) for r in records)
+    model = vlmkit_cli.common.vlmkit.load(str(tiny[family]), device="cpu", dtype=None)
+    if argv[0] == "caption":
+        assert [r["caption"] for r in records] == model.caption(argv[1:-2], max_new_tokens=int(argv[-1]))
+    elif argv[0] == "ask":
+        questions = [a for a in argv[2:] if not a.startswith("--") and not a.isdigit()]
+        assert [r["answer"] for r in records] == model.ask([argv[1]] * len(questions), questions, max_new_tokens=int(argv[-1]))
+    elif argv[0] == "match":
+        assert {r["kind"] for r in records} == {"itm"}
+
+
+def test_chat_streams_turns_from_stdin(tiny, photos):
+    """`vlmkit chat` as a process: each stdin line is a turn; text mode streams, JSON mode returns objects."""
+    import os
+
+    base = [sys.executable, "-m", "vlmkit_cli.main", "chat", "--model", str(tiny["llava"]), "--image", str(photos["cat"]), "--max-new-tokens", "5"]
+    turns = "What is it?\n/image " + str(photos["coffee"]) + "\nAnd this one?\n/quit\n"
+    env = {**os.environ, "VLMKIT_NO_PROGRESS": "1"}
+    done = subprocess.run(base + ["--json"], input=turns, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    replies = lines(done.stdout)
+    assert len(replies) == 2 and all(r["role"] == "assistant" for r in replies)
+    model = vlmkit.load(tiny["llava"])
+    first = model.chat(
+        [{"role": "user", "content": [{"type": "image", "image": str(photos["cat"])}, {"type": "text", "text": "What is it?"}]}],
+        max_new_tokens=5,
+    )
+    assert replies[0]["content"] == first
+    done = subprocess.run(base, input=turns, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[0] == first

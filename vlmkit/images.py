@@ -15,7 +15,7 @@ import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -24,7 +24,7 @@ from .errors import ImageError
 
 __all__ = ["ImageInput", "DEFAULT_MAX_PIXELS", "max_pixels_default", "load_image", "iter_loaded", "describe"]
 
-ImageInput = Union[str, os.PathLike, bytes, Image.Image, np.ndarray]
+ImageInput = str | os.PathLike | bytes | Image.Image | np.ndarray
 
 # About 100 megapixels (a 10,000 x 10,000 photo); decompression bombs claim far more.
 DEFAULT_MAX_PIXELS = 100_000_000
@@ -190,7 +190,7 @@ def iter_loaded(
         return transform(image) if transform is not None else image
 
     with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="vlmkit-decode") as pool:
-        pending = []
+        pending: list[tuple[ImageInput, Any]] = []
         index = 0
         while index < len(items) and len(pending) < prefetch:
             pending.append((items[index], pool.submit(read, items[index])))

@@ -57,7 +57,7 @@ class HFModel(VisionLanguageModel):
         dtype: torch.dtype,
     ) -> None:
         super().__init__(name, kind, device, dtype)
-        self.model = model.eval()
+        self.model: Any = model.eval()  # a transformers model; typed loosely as its heads differ
         self.processor = processor
         image_processor = getattr(processor, "image_processor", None)
         self.image_size = image_size_of(image_processor) if image_processor is not None else None

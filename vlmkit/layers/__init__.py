@@ -1,0 +1,1 @@
+"""Neural-network building blocks implemented directly in PyTorch (no torchvision / timm needed)."""
