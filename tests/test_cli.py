@@ -183,3 +183,14 @@ def test_chat_streams_turns_from_stdin(tiny, photos):
     done = subprocess.run(base, input=turns, capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines()[0] == first
+
+
+def test_demo_finds_the_right_photos(capsys):
+    code, out, err = run(capsys, "demo", "a cat", "coffee", "a rocket", "--json")
+    assert code == 0, err
+    records = lines(out)
+    captions = {r["image"].rsplit("/", 1)[-1]: r["caption"] for r in records if "caption" in r}
+    assert "espresso" in captions["coffee.png"]
+    best = {r["query"]: r["hits"][0]["path"].rsplit("/", 1)[-1] for r in records if "query" in r}
+    assert best == {"a cat": "chelsea.png", "coffee": "coffee.png", "a rocket": "rocket.jpg"}
+    assert all({"path", "score", "rank"} <= set(r["hits"][0]) for r in records if "query" in r)
