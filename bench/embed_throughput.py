@@ -62,6 +62,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import PIL
@@ -71,6 +72,8 @@ from PIL import Image, features
 
 import vlmkit
 from vlmkit.images import load_image
+
+T = TypeVar("T")
 
 OPENAI_CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
 OPENAI_CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
@@ -239,8 +242,12 @@ class Pass:
     other_cores: float | None  # the same for every other process on the machine: competing load
 
 
-def timed(fn: Callable[[], np.ndarray]) -> tuple[Pass, np.ndarray]:
+def timed(fn: Callable[[], T], wait_idle: float = 0.0) -> tuple[Pass, T]:
+    """Run ``fn`` once (after an optional wait for an idle machine); its wall time and CPU use."""
     gc.collect()
+    waited = wait_until_idle(wait_idle)
+    if waited > 2.5:
+        print(f"  (waited {waited:.0f} s for other processes to go idle)")
     busy0, own0 = machine_busy_seconds(), own_cpu_seconds()
     start = time.perf_counter()
     result = fn()
@@ -249,6 +256,22 @@ def timed(fn: Callable[[], np.ndarray]) -> tuple[Pass, np.ndarray]:
     own = (own1 - own0) / seconds
     other = None if busy0 is None or busy1 is None else max(0.0, (busy1 - busy0) / seconds - own)
     return Pass(seconds, own, other), result
+
+
+def wait_until_idle(max_wait: float, threshold: float = 0.15, window: float = 2.0) -> float:
+    """Wait (at most ``max_wait`` s) until all other processes together use < ``threshold`` cores
+    over a ``window``-second sample; return the seconds waited. No-op where /proc/stat is missing."""
+    start = time.perf_counter()
+    if max_wait <= 0 or machine_busy_seconds() is None:
+        return 0.0
+    while True:
+        busy0, own0, t0 = machine_busy_seconds(), own_cpu_seconds(), time.perf_counter()
+        time.sleep(window)
+        elapsed = time.perf_counter() - t0
+        others = ((machine_busy_seconds() or 0.0) - (busy0 or 0.0) - (own_cpu_seconds() - own0)) / elapsed
+        waited = time.perf_counter() - start
+        if others < threshold or waited >= max_wait:
+            return waited
 
 
 def describe_pass(p: Pass) -> str:
@@ -345,6 +368,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--seed", type=int, default=0, help="seed for the weights and the photos")
     parser.add_argument(
+        "--wait-idle",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="before each timed pass and the breakdown, wait up to SECONDS for other processes to go idle "
+        "(for shared machines; default 0: do not wait)",
+    )
+    parser.add_argument(
         "--single-images", type=int, default=16, help="images for the batch-1 forward timing in the breakdown"
     )
     args = parser.parse_args(argv)
@@ -405,11 +436,11 @@ def run(args: argparse.Namespace, work_dir: Path) -> None:
     passes: dict[str, list[Pass]] = {key: [] for key in keys}
     vectors: dict[str, np.ndarray] = {}
     for key in keys:
-        warm, vectors[key] = timed(contenders[key])
+        warm, vectors[key] = timed(contenders[key], args.wait_idle)
         print(f"warm-up {key}: {warm.seconds:.1f} s; {describe_pass(warm)}")
     for repeat in range(args.repeats):
         for key in keys:
-            result, _ = timed(contenders[key])
+            result, _ = timed(contenders[key], args.wait_idle)
             passes[key].append(result)
             print(
                 f"repeat {repeat + 1} {key}: {result.seconds:.1f} s ({len(paths) / result.seconds:.2f} images/s); "
@@ -441,14 +472,18 @@ def run(args: argparse.Namespace, work_dir: Path) -> None:
         f"\n== breakdown per image (batched path; each stage alone, torch threads = {torch.get_num_threads()})"
     )
     draft_size = int(getattr(vk_model, "image_size", None) or 224)
-    parts = breakdown(
-        paths,
-        hf_model,
-        hf_processor.image_processor,
-        batch_size,
-        draft_size,
-        min(args.single_images, len(paths)),
+    breakdown_pass, parts = timed(
+        lambda: breakdown(
+            paths,
+            hf_model,
+            hf_processor.image_processor,
+            batch_size,
+            draft_size,
+            min(args.single_images, len(paths)),
+        ),
+        args.wait_idle,
     )
+    print(f"breakdown took {breakdown_pass.seconds:.1f} s; {describe_pass(breakdown_pass)}")
     rows = [
         (
             "JPEG decode, full size (Image.open().convert)",
@@ -490,11 +525,12 @@ def run(args: argparse.Namespace, work_dir: Path) -> None:
     print("| --- | ---: |")
     for name, ms, _ in rows:
         print(f"| {name} | {ms:.1f} |")
-    others = [p.other_cores for key in keys for p in passes[key] if p.other_cores is not None]
+    all_passes = [p for key in keys for p in passes[key]] + [breakdown_pass]
+    others = [p.other_cores for p in all_passes if p.other_cores is not None]
     if others and max(others) > 0.25:
         print(
             f"\nWARNING: other processes kept up to {max(others):.2f} of {os.cpu_count()} cores busy during the "
-            "timed passes; the figures above are slowed and noisy. Re-run on an idle machine."
+            "timed passes; the figures above are slowed and noisy. Re-run on an idle machine (see --wait-idle)."
         )
     print(
         f"\n{len(paths)} images, median of {args.repeats}, batch {batch_size}, torch threads "

@@ -46,7 +46,8 @@ def test_hub_model_without_network_or_cache(monkeypatch, tmp_path):
     import huggingface_hub.constants as hub
 
     monkeypatch.setattr(hub, "HF_HUB_CACHE", str(tmp_path))
-    with pytest.raises(OfflineError, match="not in the local Hugging Face cache"):
+    monkeypatch.setattr(hub, "HF_HUB_OFFLINE", True)  # never download, even on a machine with network
+    with pytest.raises(OfflineError, match="not in the local Hugging Face cache and HF_HUB_OFFLINE is set"):
         vlmkit.load("openai/clip-vit-base-patch32")
 
 

@@ -148,7 +148,7 @@ def _checkpoint_dir(name: str) -> Path:
             f"unknown model {name!r}: no such model on the hub (or it needs a login); see `vlmkit models`"
         ) from None
     except hub_errors.LocalEntryNotFoundError:
-        offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
+        offline = bool(getattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False))
         how = "HF_HUB_OFFLINE is set" if offline else "the hub cannot be reached"
         raise OfflineError(
             f"model {name!r} is not in the local Hugging Face cache and {how}; download it once with a "
