@@ -534,7 +534,7 @@ def run(args: argparse.Namespace, work_dir: Path) -> None:
         )
     print(
         f"\n{len(paths)} images, median of {args.repeats}, batch {batch_size}, torch threads "
-        f"{torch.get_num_threads()}, min cosine (c) vs (b) {cos_cb.min():.4f}; total run {time.perf_counter() - t0:.0f} s"
+        f"{torch.get_num_threads()}, min cosine (c) vs (b) {cos_cb.min():.5f}; total run {time.perf_counter() - t0:.0f} s"
     )
 
 

@@ -10,9 +10,10 @@ PYTHON="${PYTHON:-python3}"
 TORCH_SPEC="${VLMKIT_TORCH:-torch==2.13.0}"
 
 "$PYTHON" -m pip install --disable-pip-version-check -q "$TORCH_SPEC"
-"$PYTHON" -m pip install --disable-pip-version-check -q --no-deps "timm>=1.0.15"
 if [ -n "${1:-}" ]; then
   "$PYTHON" -m pip install --disable-pip-version-check -q -e ".[$1]"
 else
   "$PYTHON" -m pip install --disable-pip-version-check -q -e .
 fi
+# Last, and without the conflict warning: timm declares torchvision, which vlmkit never imports.
+"$PYTHON" -m pip install --disable-pip-version-check -q --no-deps --no-warn-conflicts "timm>=1.0.15"

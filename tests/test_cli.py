@@ -194,3 +194,37 @@ def test_demo_finds_the_right_photos(capsys):
     best = {r["query"]: r["hits"][0]["path"].rsplit("/", 1)[-1] for r in records if "query" in r}
     assert best == {"a cat": "chelsea.png", "coffee": "coffee.png", "a rocket": "rocket.jpg"}
     assert all({"path", "score", "rank"} <= set(r["hits"][0]) for r in records if "query" in r)
+
+
+def test_progress_bar_only_on_a_terminal(photos):
+    """On a terminal a bar shows on stderr; piped (the other tests) or with --json, nothing does."""
+    import fcntl
+    import os
+    import pty
+    import struct
+    import termios
+
+    paths = [str(photos[k]) for k in ("cat", "coffee", "astronaut", "rocket", "motorcycle")]
+    env = {k: v for k, v in os.environ.items() if k != "VLMKIT_NO_PROGRESS"}
+    for extra, expect_bar in (([], True), (["--json"], False)):
+        leader, follower = pty.openpty()
+        fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # a 100-column terminal
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "vlmkit_cli.main", "caption", *paths, "--batch-size", "2", *extra],
+            stdout=follower, stderr=follower, env=env,
+        )
+        os.close(follower)
+        chunks = []
+        while True:
+            try:
+                data = os.read(leader, 4096)
+            except OSError:
+                break
+            if not data:
+                break
+            chunks.append(data)
+        proc.wait(timeout=120)
+        os.close(leader)
+        text = b"".join(chunks).decode(errors="replace")
+        assert proc.returncode == 0, text
+        assert ("caption:" in text and "img" in text) == expect_bar, text

@@ -73,10 +73,12 @@ class Output:
 
 
 def progress(total: int, args: argparse.Namespace, desc: str) -> Any:
-    """A progress bar on stderr for more than a handful of items, and only on a terminal."""
+    """A progress bar on stderr for more than a handful of items, only when both output streams are
+    a terminal and --json is off (so pipes and logs stay clean)."""
     from tqdm import tqdm
 
-    quiet = args.json or total < 4 or not sys.stderr.isatty() or os.environ.get("VLMKIT_NO_PROGRESS")
+    terminal = sys.stderr.isatty() and sys.stdout.isatty()
+    quiet = args.json or total < 4 or not terminal or os.environ.get("VLMKIT_NO_PROGRESS")
     return tqdm(total=total, desc=desc, unit="img", disable=bool(quiet), file=sys.stderr, leave=False)
 
 
