@@ -43,10 +43,17 @@ How to run
 
     /work/venv/bin/python bench/embed_throughput.py                 # defaults: 128 images, 3 repeats
     /work/venv/bin/python bench/embed_throughput.py --images 256 --repeats 5 --out-dir /tmp/embed-bench
+    /work/venv/bin/python bench/embed_throughput.py --wait-idle 120  # on a shared machine
 
 ``--out-dir`` keeps the checkpoint and JPEGs (by default a temporary directory, removed at the
-end). On a 2-core CPU the default run takes about 4 minutes; the ViT-B/32 forward dominates, so
-the default ``--images`` is 128 rather than 256 to stay within ~5 minutes.
+end). On an idle 2-core CPU the default run takes about 3 minutes (190 s measured); the ViT-B/32
+forward dominates, so ``--images`` defaults to 128 rather than 256, which takes about 6 minutes.
+
+Every pass also reports how many CPU cores this process and all *other* processes kept busy
+(from ``/proc/stat``). Competing load distorts the figures badly -- one-image-at-a-time forwards
+with two OpenMP threads slow down several-fold when another process takes a core -- so the script
+warns when other processes used more than a quarter of a core, and ``--wait-idle SECONDS`` makes
+it wait (up to SECONDS) for the machine to go idle before each timed pass and the breakdown.
 """
 
 from __future__ import annotations
@@ -357,7 +364,7 @@ def breakdown(
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument(
-        "--images", type=int, default=128, help="number of JPEGs (default 128; 256 takes ~8 min on 2 cores)"
+        "--images", type=int, default=128, help="number of JPEGs (default 128; 256 takes ~6 min on 2 cores)"
     )
     parser.add_argument("--repeats", type=int, default=3, help="timed passes per contender (median reported)")
     parser.add_argument(
@@ -386,6 +393,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def run(args: argparse.Namespace, work_dir: Path) -> None:
     transformers.logging.set_verbosity_error()  # e.g. the "no torchvision, using the PIL backend" notice
+    transformers.logging.disable_progress_bar()  # "Loading weights" / "Writing model shards" bars
     t0 = time.perf_counter()
     print("== setup")
     print(

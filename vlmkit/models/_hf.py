@@ -29,8 +29,9 @@ def normalise(x: torch.Tensor) -> np.ndarray:
 
 
 def image_size_of(image_processor: Any) -> int | None:
-    """The side length an image processor produces (its crop size, else its resize size)."""
-    for attr in ("crop_size", "size"):
+    """The side length an image processor resizes to (else its crop size): JPEGs may decode at a
+    reduced scale as long as both sides stay at least this large."""
+    for attr in ("size", "crop_size"):
         size = getattr(image_processor, attr, None)
         if isinstance(size, int):
             return size

@@ -25,7 +25,7 @@ import torch
 from PIL import Image
 
 from ..errors import VlmkitError
-from ..layers.efficientnet_lite import load_pretrained_lite0, preprocess
+from ..layers.efficientnet_lite import RESIZE_SIZE, load_pretrained_lite0, preprocess
 from .base import GenerationOptions, VisionLanguageModel, as_list, check_texts
 from .kinds import KINDS
 
@@ -63,7 +63,7 @@ def _article(noun: str) -> str:
 class ConSE(VisionLanguageModel):
     """EfficientNet-Lite0 class probabilities mapped into MiniLM's sentence space."""
 
-    image_size = 224
+    image_size = RESIZE_SIZE  # JPEGs may decode at reduced scale down to the resize step's size
 
     def __init__(self, name: str, *, device: torch.device, dtype: torch.dtype, top_t: int = TOP_T) -> None:
         super().__init__(name, KINDS["ConSE"], device, dtype)
