@@ -41,9 +41,10 @@ How to run
 ----------
 ::
 
-    /work/venv/bin/python bench/embed_throughput.py                 # defaults: 128 images, 3 repeats
-    /work/venv/bin/python bench/embed_throughput.py --images 256 --repeats 5 --out-dir /tmp/embed-bench
-    /work/venv/bin/python bench/embed_throughput.py --wait-idle 120  # on a shared machine
+    python bench/embed_throughput.py                 # defaults: 128 images, 3 repeats
+    python bench/embed_throughput.py --bf16          # also (b16) and (c16) with bfloat16 weights
+    python bench/embed_throughput.py --images 256 --repeats 5 --out-dir /tmp/embed-bench
+    python bench/embed_throughput.py --wait-idle 120  # on a shared machine
 
 ``--out-dir`` keeps the checkpoint and JPEGs (by default a temporary directory, removed at the
 end). On an idle 2-core CPU the default run takes about 3 minutes (190 s measured); the ViT-B/32
@@ -221,8 +222,8 @@ def transformers_batched(
     with torch.inference_mode():
         for start in range(0, len(paths), batch_size):
             images = [Image.open(path).convert("RGB") for path in paths[start : start + batch_size]]
-            inputs = processor(images=images, return_tensors="pt")
-            vectors.append(l2_normalise(model.get_image_features(**inputs).pooler_output))
+            pixels = processor(images=images, return_tensors="pt")["pixel_values"].to(model.dtype)
+            vectors.append(l2_normalise(model.get_image_features(pixel_values=pixels).pooler_output))
     return np.concatenate(vectors)
 
 
@@ -375,6 +376,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--seed", type=int, default=0, help="seed for the weights and the photos")
     parser.add_argument(
+        "--bf16", action="store_true", help="also time the batched paths with bfloat16 weights, (b16) and (c16)"
+    )
+    parser.add_argument(
         "--wait-idle",
         type=float,
         default=0.0,
@@ -438,6 +442,16 @@ def run(args: argparse.Namespace, work_dir: Path) -> None:
             paths, batch_size=batch_size
         ),
     }
+    if args.bf16:
+        # The same two batched paths with bfloat16 weights (fast on CPUs with native bf16, e.g. avx512_bf16).
+        hf_bf16 = transformers.CLIPModel.from_pretrained(checkpoint, use_safetensors=True, dtype=torch.bfloat16).eval()
+        vk_bf16 = vlmkit.load(checkpoint, dtype="bfloat16")
+        contenders[f"(b16) transformers, batch {batch_size}, bfloat16"] = lambda: transformers_batched(
+            paths, hf_bf16, hf_processor, batch_size
+        )
+        contenders[f"(c16) vlmkit embed_images, batch {batch_size}, bfloat16"] = lambda: vk_bf16.embed_images(
+            paths, batch_size=batch_size
+        )
     keys = list(contenders)
 
     print(f"\n== timing: {len(paths)} images, 1 warm-up pass + {args.repeats} timed passes each, interleaved")
@@ -456,7 +470,7 @@ def run(args: argparse.Namespace, work_dir: Path) -> None:
             )
     times = {key: [p.seconds for p in passes[key]] for key in keys}
 
-    a, b, c = keys
+    a, b, c = keys[:3]
     rate = {key: len(paths) / statistics.median(times[key]) for key in keys}
     print("\n== results (median pass)")
     for key in keys:
@@ -469,6 +483,11 @@ def run(args: argparse.Namespace, work_dir: Path) -> None:
         norms = np.linalg.norm(vectors[key], axis=1)
         assert vectors[key].dtype == np.float32 and vectors[key].shape == vectors[a].shape, key
         assert np.allclose(norms, 1.0, atol=1e-4), f"{key}: vectors are not unit length"
+    for key in keys[3:]:
+        cos = np.sum(vectors[key] * vectors[b], axis=1)
+        print(f"agreement: min cosine {key.split()[0]} vs (b) float32 = {cos.min():.5f}")
+    if len(keys) == 5:
+        print(f"(c16)/(b16) = {rate[keys[4]] / rate[keys[3]]:.2f}x   (c16)/(a) = {rate[keys[4]] / rate[a]:.2f}x")
     cos_cb = np.sum(vectors[c] * vectors[b], axis=1)
     cos_ab = np.sum(vectors[a] * vectors[b], axis=1)
     print(

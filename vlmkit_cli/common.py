@@ -53,8 +53,7 @@ def load_model(args: argparse.Namespace) -> vlmkit.VisionLanguageModel:
 
 def require(model: vlmkit.VisionLanguageModel, task: str) -> None:
     """Fail before reading any input when the model cannot do the task."""
-    if not model.supports(task):
-        raise vlmkit.UnsupportedTaskError(task, model.name, model.kind.label, vlmkit.models.kinds.supported_by(task))
+    model.require(task)
 
 
 @dataclass

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .base import VisionLanguageModel
+from .base import GenerationOptions, VisionLanguageModel, as_list, check_texts, pair_up
 from .kinds import ModelKind
 
 __all__ = ["HFModel", "features", "normalise", "image_size_of"]
@@ -135,7 +135,67 @@ def strip_prompt(sequences: torch.Tensor, input_ids: torch.Tensor | None) -> tor
 
 
 class PromptedGenerator(HFModel):
-    """Image + text prompt -> text, for models whose processor takes both (BLIP-2, InstructBLIP, LLaVA)."""
+    """Image + text prompt -> text, for models whose processor takes both (BLIP-2, InstructBLIP, LLaVA).
+
+    Families differ only in their prompts: ``caption_prompt`` starts a caption, ``vqa_prompt``
+    wraps a question, ``vqa_length_penalty`` is the beam-search length penalty for answers.
+    """
+
+    caption_prompt = ""
+    vqa_prompt = "{}"
+    vqa_length_penalty = 1.0
+
+    def caption(
+        self,
+        images: Any,
+        prompt: str | None = None,
+        *,
+        max_new_tokens: int = 30,
+        num_beams: int = 1,
+        do_sample: bool = False,
+        top_p: float = 1.0,
+        temperature: float = 1.0,
+        batch_size: int = 8,
+    ) -> list[str]:
+        self.require("caption")
+        image_list = as_list(images, "images")
+        options = GenerationOptions(max_new_tokens, num_beams, do_sample, top_p, temperature)
+        return self._prompted(image_list, [prompt or self.caption_prompt] * len(image_list), options, batch_size)
+
+    def ask(
+        self,
+        images: Any,
+        questions: Any,
+        *,
+        max_new_tokens: int = 10,
+        num_beams: int = 1,
+        batch_size: int = 8,
+    ) -> list[str]:
+        self.require("ask")
+        image_list, question_list = pair_up(
+            as_list(images, "images"), check_texts(as_list(questions, "questions"), "questions"), "ask"
+        )
+        options = GenerationOptions(max_new_tokens, num_beams, length_penalty=self.vqa_length_penalty)
+        return self._prompted(image_list, [self.vqa_prompt.format(q) for q in question_list], options, batch_size)
+
+    def generate(
+        self,
+        images: Any,
+        prompts: Any,
+        *,
+        max_new_tokens: int = 30,
+        num_beams: int = 1,
+        do_sample: bool = False,
+        top_p: float = 1.0,
+        temperature: float = 1.0,
+        batch_size: int = 8,
+    ) -> list[str]:
+        self.require("generate")
+        image_list, prompt_list = pair_up(
+            as_list(images, "images"), check_texts(as_list(prompts, "prompts"), "prompts"), "generate"
+        )
+        options = GenerationOptions(max_new_tokens, num_beams, do_sample, top_p, temperature)
+        return self._prompted(image_list, prompt_list, options, batch_size)
 
     def _prepare_prompts(self, prompts: list[str]) -> list[str]:
         return prompts

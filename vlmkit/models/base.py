@@ -143,7 +143,8 @@ class VisionLanguageModel:
     def _unsupported(self, task: str) -> UnsupportedTaskError:
         return UnsupportedTaskError(task, self.name, self.kind.label, supported_by(task))
 
-    def _require(self, task: str) -> None:
+    def require(self, task: str) -> None:
+        """Raise :class:`UnsupportedTaskError` (naming the kinds that can) unless the model can do ``task``."""
         if task not in self.kind.tasks:
             raise self._unsupported(task)
 
@@ -212,7 +213,7 @@ class VisionLanguageModel:
     ) -> list[list[LabelScore]]:
         """Zero-shot classification: each label is embedded through every template, the embeddings
         averaged (a prompt ensemble, as in CLIP), and scored by a softmax over the labels."""
-        self._require("classify")
+        self.require("classify")
         labels = check_texts(list(labels), "labels")
         if not labels:
             raise InputError("classify: give at least one label")
@@ -243,7 +244,7 @@ class VisionLanguageModel:
 
     def match(self, images: Any, texts: Any) -> MatchResult:
         """Score image-text pairs (one to one, or one image against many texts and vice versa)."""
-        self._require("match")
+        self.require("match")
         image_list, text_list = pair_up(as_list(images, "images"), check_texts(as_list(texts, "texts"), "texts"), "match")
         image_emb = self.embed_images(image_list)
         text_emb = self.embed_texts(text_list)

@@ -36,7 +36,7 @@ class Blip(HFModel):
         temperature: float = 1.0,
         batch_size: int = 8,
     ) -> list[str]:
-        self._require("caption")
+        self.require("caption")
         options = GenerationOptions(max_new_tokens, num_beams, do_sample, top_p, temperature)
         captions: list[str] = []
         for batch in self._load_batches(as_list(images, "images"), batch_size):
@@ -65,7 +65,7 @@ class Blip(HFModel):
         num_beams: int = 1,
         batch_size: int = 8,
     ) -> list[str]:
-        self._require("ask")
+        self.require("ask")
         image_list, question_list = pair_up(
             as_list(images, "images"), check_texts(as_list(questions, "questions"), "questions"), "ask"
         )
@@ -83,7 +83,7 @@ class Blip(HFModel):
     # -- retrieval head ---------------------------------------------------------------------
 
     def embed_images(self, images: Any, *, batch_size: int = 32) -> np.ndarray:
-        self._require("embed")
+        self.require("embed")
         chunks = []
         with torch.inference_mode():
             for pixels in self._pixel_batches(as_list(images, "images"), batch_size):
@@ -92,7 +92,7 @@ class Blip(HFModel):
         return np.concatenate(chunks)
 
     def embed_texts(self, texts: Any, *, batch_size: int = 64) -> np.ndarray:
-        self._require("embed")
+        self.require("embed")
         text_list = check_texts(as_list(texts, "texts"), "texts")
         chunks = []
         with torch.inference_mode():
@@ -107,7 +107,7 @@ class Blip(HFModel):
 
     def match(self, images: Any, texts: Any, *, batch_size: int = 16) -> MatchResult:
         """ITM head: the probability that each image and text belong together."""
-        self._require("match")
+        self.require("match")
         image_list, text_list = pair_up(
             as_list(images, "images"), check_texts(as_list(texts, "texts"), "texts"), "match"
         )

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from ._hf import PromptedGenerator, normalise
-from .base import GenerationOptions, MatchResult, as_list, check_texts, pair_up
+from .base import MatchResult, as_list, check_texts, pair_up
 
 __all__ = ["Blip2", "CAPTION_PROMPT", "VQA_PROMPTS"]
 
@@ -28,6 +28,10 @@ VQA_PROMPT_DEFAULT = "Question: {} Answer:"
 class Blip2(PromptedGenerator):
     """BLIP-2 behind the vlmkit task interface."""
 
+    caption_prompt = CAPTION_PROMPT
+    # The paper's VQA decoding: beam search with a length penalty of -1 (short answers).
+    vqa_length_penalty = -1.0
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         config = self.model.config
@@ -36,67 +40,11 @@ class Blip2(PromptedGenerator):
         text_config = getattr(config, "text_config", None)
         self.vqa_prompt = VQA_PROMPTS.get(getattr(text_config, "model_type", ""), VQA_PROMPT_DEFAULT)
 
-    # -- generation -------------------------------------------------------------------------
-
-    def caption(
-        self,
-        images: Any,
-        prompt: str | None = None,
-        *,
-        max_new_tokens: int = 30,
-        num_beams: int = 1,
-        do_sample: bool = False,
-        top_p: float = 1.0,
-        temperature: float = 1.0,
-        batch_size: int = 8,
-    ) -> list[str]:
-        self._require("caption")
-        image_list = as_list(images, "images")
-        options = GenerationOptions(max_new_tokens, num_beams, do_sample, top_p, temperature)
-        return self._prompted(image_list, [prompt or CAPTION_PROMPT] * len(image_list), options, batch_size)
-
-    def ask(
-        self,
-        images: Any,
-        questions: Any,
-        *,
-        max_new_tokens: int = 10,
-        num_beams: int = 1,
-        batch_size: int = 8,
-    ) -> list[str]:
-        self._require("ask")
-        image_list, question_list = pair_up(
-            as_list(images, "images"), check_texts(as_list(questions, "questions"), "questions"), "ask"
-        )
-        # The paper's VQA decoding uses beam search with a length penalty of -1 (short answers).
-        options = GenerationOptions(max_new_tokens, num_beams, length_penalty=-1.0)
-        prompts = [self.vqa_prompt.format(q) for q in question_list]
-        return self._prompted(image_list, prompts, options, batch_size)
-
-    def generate(
-        self,
-        images: Any,
-        prompts: Any,
-        *,
-        max_new_tokens: int = 30,
-        num_beams: int = 1,
-        do_sample: bool = False,
-        top_p: float = 1.0,
-        temperature: float = 1.0,
-        batch_size: int = 8,
-    ) -> list[str]:
-        self._require("generate")
-        image_list, prompt_list = pair_up(
-            as_list(images, "images"), check_texts(as_list(prompts, "prompts"), "prompts"), "generate"
-        )
-        options = GenerationOptions(max_new_tokens, num_beams, do_sample, top_p, temperature)
-        return self._prompted(image_list, prompt_list, options, batch_size)
-
     # -- stage-1 retrieval (Blip2ForImageTextRetrieval) ---------------------------------------
 
     def embed_image_queries(self, images: Any, *, batch_size: int = 32) -> np.ndarray:
         """Normalised ITC features of every query token, shape (N, Q, D)."""
-        self._require("embed")
+        self.require("embed")
         chunks = []
         with torch.inference_mode():
             for pixels in self._pixel_batches(as_list(images, "images"), batch_size):
@@ -117,7 +65,7 @@ class Blip2(PromptedGenerator):
         return (mean / np.linalg.norm(mean, axis=1, keepdims=True)).astype(np.float32)
 
     def embed_texts(self, texts: Any, *, batch_size: int = 64) -> np.ndarray:
-        self._require("embed")
+        self.require("embed")
         text_list = check_texts(as_list(texts, "texts"), "texts")
         chunks = []
         with torch.inference_mode():
@@ -136,7 +84,7 @@ class Blip2(PromptedGenerator):
 
     def similarity(self, images: Any, texts: Any) -> np.ndarray:
         """ITC similarity as in the paper: the maximum over query features of the cosine with the text."""
-        self._require("similarity")
+        self.require("similarity")
         queries = self.embed_image_queries(images)  # (N, Q, D)
         text = self.embed_texts(texts)  # (M, D)
         return np.einsum("nqd,md->nqm", queries, text).max(axis=1)
@@ -147,7 +95,7 @@ class Blip2(PromptedGenerator):
 
     def match(self, images: Any, texts: Any, *, batch_size: int = 16) -> MatchResult:
         """ITM head averaged over the query outputs: the probability that image and text match."""
-        self._require("match")
+        self.require("match")
         image_list, text_list = pair_up(
             as_list(images, "images"), check_texts(as_list(texts, "texts"), "texts"), "match"
         )

@@ -12,7 +12,7 @@ import torch
 
 from ..chat import parse_messages
 from ._hf import PromptedGenerator, strip_prompt
-from .base import GenerationOptions, as_list, check_texts, pair_up
+from .base import GenerationOptions
 
 __all__ = ["Llava", "CAPTION_INSTRUCTION", "VQA_SUFFIX"]
 
@@ -23,6 +23,9 @@ VQA_SUFFIX = "\nAnswer the question using a single word or phrase."
 
 class Llava(PromptedGenerator):
     """LLaVA behind the vlmkit task interface."""
+
+    caption_prompt = CAPTION_INSTRUCTION
+    vqa_prompt = "{}" + VQA_SUFFIX
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -37,55 +40,6 @@ class Llava(PromptedGenerator):
             )
             for p in prompts
         ]
-
-    def caption(
-        self,
-        images: Any,
-        prompt: str | None = None,
-        *,
-        max_new_tokens: int = 30,
-        num_beams: int = 1,
-        do_sample: bool = False,
-        top_p: float = 1.0,
-        temperature: float = 1.0,
-        batch_size: int = 8,
-    ) -> list[str]:
-        image_list = as_list(images, "images")
-        options = GenerationOptions(max_new_tokens, num_beams, do_sample, top_p, temperature)
-        return self._prompted(image_list, [prompt or CAPTION_INSTRUCTION] * len(image_list), options, batch_size)
-
-    def ask(
-        self,
-        images: Any,
-        questions: Any,
-        *,
-        max_new_tokens: int = 10,
-        num_beams: int = 1,
-        batch_size: int = 8,
-    ) -> list[str]:
-        image_list, question_list = pair_up(
-            as_list(images, "images"), check_texts(as_list(questions, "questions"), "questions"), "ask"
-        )
-        options = GenerationOptions(max_new_tokens, num_beams)
-        return self._prompted(image_list, [q + VQA_SUFFIX for q in question_list], options, batch_size)
-
-    def generate(
-        self,
-        images: Any,
-        prompts: Any,
-        *,
-        max_new_tokens: int = 30,
-        num_beams: int = 1,
-        do_sample: bool = False,
-        top_p: float = 1.0,
-        temperature: float = 1.0,
-        batch_size: int = 8,
-    ) -> list[str]:
-        image_list, prompt_list = pair_up(
-            as_list(images, "images"), check_texts(as_list(prompts, "prompts"), "prompts"), "generate"
-        )
-        options = GenerationOptions(max_new_tokens, num_beams, do_sample, top_p, temperature)
-        return self._prompted(image_list, prompt_list, options, batch_size)
 
     def chat(
         self,
