@@ -20,7 +20,7 @@ from .errors import InputError, ModelNotFoundError, OfflineError, VlmkitError
 from .models.base import VisionLanguageModel
 from .models.kinds import DEFAULT_ARCHITECTURE, KINDS, ModelKind
 
-__all__ = ["load", "list_models", "ModelInfo", "DEFAULT_MODEL", "resolve_dtype"]
+__all__ = ["load", "list_models", "ModelInfo", "DEFAULT_MODEL", "resolve_dtype", "checkpoint_dir"]
 
 DEFAULT_MODEL = "conse-lite0-minilm"
 _ALIASES = {"default": DEFAULT_MODEL}
@@ -121,7 +121,7 @@ def _looks_like_path(name: str) -> bool:
     return name.startswith((".", "/", "~")) or name.count("/") > 1 or (os.sep != "/" and os.sep in name)
 
 
-def _checkpoint_dir(name: str) -> Path:
+def checkpoint_dir(name: str) -> Path:
     """A local checkpoint directory for ``name``: the directory itself, or the hub snapshot."""
     path = Path(name).expanduser()
     if path.exists():
@@ -192,7 +192,7 @@ def load(
 
     import transformers
 
-    where = _checkpoint_dir(name)
+    where = checkpoint_dir(name)
     try:
         config = transformers.AutoConfig.from_pretrained(where)
     except (OSError, ValueError, KeyError) as exc:
