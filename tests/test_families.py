@@ -82,6 +82,10 @@ def test_dual_encoder_parity_and_batching(tiny, paths, pils, name, arch):
     assert all(len(r) == 3 and abs(sum(s.score for s in r) - 1) < 1e-5 for r in ranked)
     assert all([s.score for s in r] == sorted((s.score for s in r), reverse=True) for r in ranked)
     assert_same_ranking(model.classify(paths[:1], ["cat", "coffee", "astronaut"], templates=["a photo of a {}.", "{}"]), ranked[:1])
+    with pytest.raises(InputError, match="not one string"):
+        model.classify(paths, "cat,dog")
+    with pytest.raises(InputError, match="expected strings"):
+        model.embed_texts([1, 2])
     match = model.match(paths[0], texts)
     assert match.kind == "cosine"
     np.testing.assert_allclose(match.scores, (ref_img[:1] @ ref_txt.T)[0], atol=1e-5)

@@ -199,8 +199,7 @@ class VisionLanguageModel:
 
     def similarity(self, images: Any, texts: Any) -> np.ndarray:
         """Cosine similarity of every image with every text, shape (N_images, N_texts)."""
-        if "similarity" not in self.kind.tasks:
-            raise self._unsupported("similarity")
+        self.require("similarity")
         return self.embed_images(images) @ self.embed_texts(texts).T
 
     def classify(
@@ -214,6 +213,8 @@ class VisionLanguageModel:
         """Zero-shot classification: each label is embedded through every template, the embeddings
         averaged (a prompt ensemble, as in CLIP), and scored by a softmax over the labels."""
         self.require("classify")
+        if isinstance(labels, str):
+            raise InputError("classify: labels must be a list of strings, not one string")
         labels = check_texts(list(labels), "labels")
         if not labels:
             raise InputError("classify: give at least one label")
