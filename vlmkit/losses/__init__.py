@@ -9,6 +9,7 @@ from .blip2 import (
     sample_hard_negatives,
     stage1_loss,
 )
+from .stage1 import TEMPERATURE_RANGE, blip2_stage1_losses
 
 __all__ = [
     "ItcOutput",
@@ -18,4 +19,6 @@ __all__ = [
     "itg_loss",
     "sample_hard_negatives",
     "stage1_loss",
+    "blip2_stage1_losses",
+    "TEMPERATURE_RANGE",
 ]

@@ -1,0 +1,60 @@
+"""The BLIP-2 stage-1 objective: one Q-Former forward per loss, summed as the paper does.
+
+Composes the Q-Former's passes (:mod:`vlmkit.models.qformer`) with the pure loss functions of
+:mod:`vlmkit.losses.blip2`. It runs unchanged in one process and under a process group: ITC
+negatives and ITM hard negatives come from the global batch through :mod:`vlmkit.distributed`.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .. import distributed
+from ..models.qformer import QFormer
+from .blip2 import Stage1Losses, itc_loss, itg_loss, itm_loss, sample_hard_negatives, stage1_loss
+
+__all__ = ["blip2_stage1_losses", "TEMPERATURE_RANGE"]
+
+# LAVIS keeps the learned temperature in this range, clamping it before every step.
+TEMPERATURE_RANGE = (0.001, 0.5)
+
+
+def blip2_stage1_losses(
+    qformer: QFormer,
+    image_embeds: Tensor,
+    input_ids: Tensor,
+    attention_mask: Tensor,
+    *,
+    use_itg: bool = True,
+    generator: torch.Generator | None = None,
+) -> Stage1Losses:
+    """ITC + ITM + ITG for a batch of (frozen image features, paired caption) examples.
+
+    ``image_embeds`` (B, P, E) are the frozen encoder's features; ``input_ids``/``attention_mask``
+    (B, T) the captions tokenised with [CLS] first. ``use_itg=False`` drops ITG (the paper's Table 6
+    ablation); its entry in the result is then zero.
+    """
+    with torch.no_grad():
+        qformer.temp.clamp_(*TEMPERATURE_RANGE)
+
+    image_feats = qformer.image_features(image_embeds)  # (B, Q, d)
+    text_feats = qformer.text_features(input_ids, attention_mask)  # (B, d)
+    itc = itc_loss(image_feats, text_feats, qformer.temp)
+
+    # ITM: positives, then each image with a hard negative text, then each text with a hard negative image.
+    all_images = distributed.gather_no_grad(image_embeds)  # (B*W, P, E)
+    all_ids = distributed.gather_no_grad(input_ids)  # (B*W, T)
+    all_mask = distributed.gather_no_grad(attention_mask)
+    neg_text, neg_image = sample_hard_negatives(itc.sim_i2t, itc.sim_t2i, generator=generator)
+    images = torch.cat([image_embeds, image_embeds, all_images[neg_image]])  # (3B, P, E)
+    ids = torch.cat([input_ids, all_ids[neg_text], input_ids])  # (3B, T)
+    mask = torch.cat([attention_mask, all_mask[neg_text], attention_mask])
+    itm = itm_loss(qformer.itm_logits(images, ids, mask))
+
+    if use_itg:
+        logits = qformer.forward_itg(image_embeds, input_ids, attention_mask).logits  # (B, T, V)
+        itg = itg_loss(logits, input_ids, attention_mask)
+    else:
+        itg = torch.zeros((), device=itc.loss.device)
+    return stage1_loss(itc.loss, itm, itg)
