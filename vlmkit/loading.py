@@ -156,6 +156,17 @@ def checkpoint_dir(name: str) -> Path:
         ) from None
 
 
+def _model_type(where: Path) -> str | None:
+    """The raw ``model_type`` of a checkpoint, for the kinds transformers does not know (vlmkit's own)."""
+    import json
+
+    try:
+        value = json.loads((where / "config.json").read_text()).get("model_type")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return value if isinstance(value, str) else None
+
+
 def _kind_of(config: Any, where: Path) -> ModelKind:
     model_type = getattr(config, "model_type", None)
     for arch in getattr(config, "architectures", None) or []:
@@ -193,6 +204,10 @@ def load(
     import transformers
 
     where = checkpoint_dir(name)
+    if _model_type(where) == "vlmkit-blip2":
+        from .models.blip2_native import load_native
+
+        return load_native(where, name=name, device=torch_device, dtype=torch_dtype)
     try:
         config = transformers.AutoConfig.from_pretrained(where)
     except (OSError, ValueError, KeyError) as exc:

@@ -13,7 +13,7 @@ import sys
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a model (BLIP-2 stage 1, ...)")
-    p.add_argument("recipe", choices=["blip2-stage1"], help="what to train")
+    p.add_argument("recipe", choices=["blip2-stage1", "blip2-stage2"], help="what to train")
     p.add_argument("--preset", default="shapes", help="named config: shapes (default) or tiny")
     p.add_argument("--set", action="append", default=[], dest="overrides", metavar="KEY=VALUE", help="override a config field, repeatable")
     p.add_argument("--out", required=True, help="output directory (checkpoints, metrics, loss curve)")
@@ -24,12 +24,24 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run_train(args: argparse.Namespace) -> int:
     from vlmkit_train.config import dumps
+
+    progress = sys.stderr.isatty()
+    if args.recipe == "blip2-stage2":
+        from vlmkit_train.stage2 import stage2_config, train_stage2
+
+        config2 = stage2_config(args.preset, args.overrides)
+        if args.show_config:
+            print(dumps(config2))
+            return 0
+        result2 = train_stage2(config2, args.out, resume=args.resume, progress=progress)
+        print(json.dumps({"out_dir": str(result2.out_dir), "steps": result2.steps, "loss": result2.final_loss}))
+        return 0
     from vlmkit_train.stage1 import stage1_config, train_stage1
 
     config = stage1_config(args.preset, args.overrides)
     if args.show_config:
         print(dumps(config))
         return 0
-    result = train_stage1(config, args.out, resume=args.resume, progress=sys.stderr.isatty())
+    result = train_stage1(config, args.out, resume=args.resume, progress=progress)
     print(json.dumps({"out_dir": str(result.out_dir), "steps": result.steps, **result.final_losses}))
     return 0

@@ -30,6 +30,7 @@ from vlmkit.models.image_encoders import load_image_encoder
 from vlmkit.models.qformer import QFormer, QFormerConfig
 
 from .config import apply_overrides, dumps
+from .loop import append_metrics, batch_rows, plot_losses
 from .state import load_training_state, save_training_state
 
 __all__ = ["Stage1Config", "PRESETS", "Stage1Result", "train_stage1", "stage1_config"]
@@ -107,7 +108,8 @@ class Stage1Objective(nn.Module):
         return {"itc": losses.itc, "itm": losses.itm, "itg": losses.itg, "total": losses.total}
 
 
-def _examples(config: Stage1Config) -> list[Any]:
+def _examples(config: Any) -> list[Any]:
+    """The training examples a stage-1 or stage-2 config names (``data``, ``train_size``, ...)."""
     if config.data == "shapes":
         from vlmkit.data import make_split
 
@@ -128,8 +130,9 @@ def _tokenizer() -> Any:
     return tokenizer
 
 
-def _qformer(config: Stage1Config, encoder_width: int, tokenizer: Any) -> QFormer:
-    shared = dict(
+def _qformer(config: Any, encoder_width: int, tokenizer: Any) -> QFormer:
+    """A fresh Q-Former as a stage-1 or stage-2 config describes (``qformer_init`` and sizes)."""
+    shared: dict[str, Any] = dict(
         num_query_tokens=config.num_query_tokens,
         encoder_hidden_size=encoder_width,
         cross_attention_frequency=config.cross_attention_frequency,
@@ -147,28 +150,6 @@ def _qformer(config: Stage1Config, encoder_width: int, tokenizer: Any) -> QForme
 
         return QFormer.from_bert(get_model_path(), **shared)
     return QFormer.from_bert(config.qformer_init, **shared)
-
-
-def _plot(metrics_path: Path, out: Path) -> bool:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return False
-    rows = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
-    figure, axis = plt.subplots(figsize=(7, 4))
-    for key in ("total", "itc", "itm", "itg"):
-        axis.plot([r["step"] for r in rows], [r[key] for r in rows], label=key)
-    axis.set_xlabel("step")
-    axis.set_ylabel("loss")
-    axis.set_title("BLIP-2 stage 1")
-    axis.legend()
-    figure.tight_layout()
-    figure.savefig(out, dpi=100)
-    plt.close(figure)
-    return True
 
 
 def train_stage1(
@@ -233,7 +214,6 @@ def train_stage1(
             state_dir, model=accelerator.unwrap_model(objective), optimizer=optimizer, scheduler=scheduler
         )
     world, rank = accelerator.num_processes, accelerator.process_index
-    per_step = config.batch_size * world  # examples in one global micro-batch
     metrics_path = out / "metrics.jsonl"
     if not resume and accelerator.is_main_process:
         metrics_path.write_text("")
@@ -246,9 +226,7 @@ def train_stage1(
         totals = {k: 0.0 for k in ("itc", "itm", "itg", "total")}
         for micro in range(config.grad_accum):
             index = step * config.grad_accum + micro
-            epoch, offset = divmod(index * per_step, len(examples))
-            order = np.random.default_rng([config.seed, epoch]).permutation(len(examples))
-            rows = np.take(order, np.arange(offset, offset + per_step), mode="wrap")[rank * config.batch_size : (rank + 1) * config.batch_size]
+            rows = batch_rows(config.seed, index, dataset_size=len(examples), batch_size=config.batch_size, world=world, rank=rank)
             pick = np.random.default_rng([config.seed, index, rank])
             captions = [examples[i].captions[pick.integers(len(examples[i].captions))] for i in rows]
             text = tokenizer(captions, padding="max_length", truncation=True, max_length=config.max_text_length, return_tensors="pt")
@@ -270,8 +248,7 @@ def train_stage1(
         bar.set_postfix(loss=f"{totals['total']:.3f}")
         if accelerator.is_main_process and ((step + 1) % config.log_every == 0 or step + 1 == end):
             record = {"step": step + 1, "lr": scheduler.get_last_lr()[0], **totals, "seconds": time.perf_counter() - began}
-            with metrics_path.open("a") as f:
-                f.write(json.dumps(record) + "\n")
+            append_metrics(metrics_path, record)
         if config.save_every and (step + 1) % config.save_every == 0 and accelerator.is_main_process:
             save_training_state(state_dir, model=accelerator.unwrap_model(objective), optimizer=optimizer, scheduler=scheduler, step=step + 1)
     bar.close()
@@ -282,5 +259,5 @@ def train_stage1(
             final = accelerator.unwrap_model(objective).qformer
             final.save_pretrained(out / "qformer")
             tokenizer.save_pretrained(out / "qformer")
-            _plot(metrics_path, out / "loss.png")
+            plot_losses(metrics_path, out / "loss.png", ("total", "itc", "itm", "itg"), "BLIP-2 stage 1")
     return Stage1Result(out_dir=out, steps=end, final_losses=losses)

@@ -28,7 +28,7 @@ def save_training_state(
         for index, state in enumerate(torch.cuda.get_rng_state_all()):
             rng[f"cuda{index}"] = state
     save_file(rng, str(tmp / "rng.safetensors"))
-    numpy_state = np.random.get_state()
+    numpy_state: Any = np.random.get_state()
     meta = {
         "step": step,
         "scheduler": scheduler.state_dict(),

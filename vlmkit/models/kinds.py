@@ -56,6 +56,12 @@ KINDS: dict[str, ModelKind] = {
             "LLaVA-1.5 visual chat (Liu et al., 2023)",
         ),
         ModelKind(
+            "blip2",
+            "VlmkitBlip2",
+            frozenset({"caption", "ask", "generate", "embed", "similarity", "classify", "match"}),
+            "vlmkit's own BLIP-2, trained with `vlmkit train blip2-stage1/-stage2`",
+        ),
+        ModelKind(
             "conse",
             "ConSE",
             frozenset({"embed", "similarity", "classify", "match", "caption"}),

@@ -1,0 +1,98 @@
+"""BLIP-2 stage 2 on tiny sizes: stage 1 -> stage 2 through a frozen LM -> `vlmkit.load` answers."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import transformers
+from safetensors.torch import load_file
+from tiny_checkpoints import make_opt_tokenizer
+
+import vlmkit
+from vlmkit.models.blip2_native import NativeBlip2
+from vlmkit_cli.main import main
+from vlmkit_train.stage1 import stage1_config, train_stage1
+from vlmkit_train.stage2 import stage2_config, train_stage2
+
+
+@pytest.fixture(scope="module")
+def frozen_lm(tmp_path_factory):
+    """A tiny OPT language model with a real byte-level BPE tokenizer, saved like a hub LM."""
+    path = tmp_path_factory.mktemp("lm")
+    tokenizer = make_opt_tokenizer()
+    config = transformers.OPTConfig(
+        vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, ffn_dim=64, num_attention_heads=4,
+        max_position_embeddings=128, word_embed_proj_dim=32, bos_token_id=2, eos_token_id=2, pad_token_id=1,
+    )
+    torch.manual_seed(0)
+    transformers.OPTForCausalLM(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def stage1_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("stage1")
+    train_stage1(stage1_config("tiny"), out)
+    return out
+
+
+def test_stage2_end_to_end(tmp_path, frozen_lm, stage1_run, photos, capsys):
+    argv = ["train", "blip2-stage2", "--preset", "tiny", "--out", str(tmp_path / "s2"),
+            "--set", f"stage1={stage1_run}", "--set", f"language_model={frozen_lm}"]
+    assert main(argv) == 0, capsys.readouterr().err
+    rows = [json.loads(line) for line in (tmp_path / "s2" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6] and all(np.isfinite(r["loss"]) for r in rows)
+
+    # The LM stayed frozen: its weights in the checkpoint are the ones we started from.
+    before = load_file(frozen_lm / "model.safetensors")
+    after = load_file(tmp_path / "s2" / "model" / "lm" / "model.safetensors")
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+    model = vlmkit.load(tmp_path / "s2" / "model")
+    assert model.kind.architecture == "VlmkitBlip2"
+    paths = [str(photos["cat"]), str(photos["coffee"]), str(photos["astronaut"])]
+    captions = model.caption(paths, max_new_tokens=5)
+    assert len(captions) == 3 and captions == model.caption(paths, max_new_tokens=5, batch_size=1)
+    questions = ["what colour is the circle?", "how many shapes are there?", "is there a star?"]
+    assert model.ask(paths, questions, max_new_tokens=3) == model.ask(paths, questions, max_new_tokens=3, batch_size=1)
+    similarity = model.similarity(paths, ["a red circle", "a blue square"])
+    assert similarity.shape == (3, 2)
+    match = model.match(paths[0], ["a red circle", "a blue square"])
+    assert match.kind == "itm" and ((match.scores >= 0) & (match.scores <= 1)).all()
+    np.testing.assert_allclose(model.embed_images(paths, batch_size=1), model.embed_images(paths), atol=1e-5)
+
+    # The CLI answers with the trained checkpoint too.
+    capsys.readouterr()
+    assert main(["ask", paths[0], "what colour is the circle?", "--model", str(tmp_path / "s2" / "model"), "--json"]) == 0
+    record = json.loads(capsys.readouterr().out.strip())
+    assert record["question"] == "what colour is the circle?" and isinstance(record["answer"], str)
+
+
+def test_stage2_loss_is_prompt_masked(frozen_lm, stage1_run):
+    """Only target tokens carry the loss: changing the prompt's wording changes the loss only through
+    conditioning, and an empty batch of targets is refused by the shape checks."""
+    from vlmkit.models.blip2_native import Blip2Config
+    from vlmkit.models.qformer import QFormer
+
+    net = NativeBlip2.from_parts(Blip2Config(language_model=str(frozen_lm)), QFormer.from_pretrained(stage1_run / "qformer"), lm_path=frozen_lm)
+    features = torch.randn(2, 49, 1280)
+    loss = net(features, ["a photo of", "Question: what? Answer:"], ["a red circle", "red"])
+    assert torch.isfinite(loss)
+    loss.backward()
+    assert net.projection.weight.grad is not None and net.qformer.query_tokens.grad is not None
+    assert all(p.grad is None for p in net.lm.parameters())
+    with pytest.raises(vlmkit.InputError):
+        net(features, ["a photo of"], ["x"])
+
+
+def test_stage2_resume_is_exact(tmp_path, frozen_lm, stage1_run):
+    config = stage2_config("tiny", [f"stage1={stage1_run}", f"language_model={frozen_lm}", "save_every=3"])
+    train_stage2(config, tmp_path / "straight")
+    train_stage2(config, tmp_path / "cut", stop_after=3)
+    train_stage2(config, tmp_path / "cut", resume=True)
+    read = lambda p: [(r["step"], r["loss"]) for r in map(json.loads, (p / "metrics.jsonl").read_text().splitlines())]  # noqa: E731
+    assert read(tmp_path / "cut") == read(tmp_path / "straight")

@@ -1,0 +1,313 @@
+"""vlmkit's own BLIP-2 (Li et al., 2023): a frozen image encoder, our Q-Former, a linear projection
+and a frozen language model, as trained by ``vlmkit train blip2-stage1`` and ``blip2-stage2``.
+
+Stage 2 (vision-to-language generative learning): the Q-Former's query outputs (B, Q, D) are
+projected to the LM's embedding width and prepended to the text embeddings as soft visual prompts.
+A decoder-only LM (GPT-2, OPT, Llama) learns with the language-modelling loss on the text after the
+prompt; an encoder-decoder LM (T5) with the prefix-LM loss: visual prompts and prompt text go to the
+encoder, the continuation is the decoder's target. Only the Q-Former and the projection learn.
+
+A checkpoint is a directory: ``config.json`` (``model_type: vlmkit-blip2``, the encoder, the LM, the
+prompts), ``qformer/`` (weights and its BERT tokenizer), ``projection.safetensors`` and, when the LM is
+local, ``lm/`` in transformers format. ``vlmkit.load(dir)`` wraps it for caption / ask / embed / match.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from ..errors import InputError, ModelNotFoundError
+from .base import GenerationOptions, MatchResult, VisionLanguageModel, as_list, check_texts, pair_up
+from .image_encoders import FrozenImageEncoder, load_image_encoder
+from .kinds import KINDS
+from .qformer import QFormer
+
+__all__ = ["Blip2Config", "NativeBlip2", "NativeBlip2Tasks", "load_native", "MODEL_TYPE", "CAPTION_PROMPT", "VQA_PROMPT"]
+
+MODEL_TYPE = "vlmkit-blip2"
+CAPTION_PROMPT = "a photo of"
+VQA_PROMPT = "Question: {} Answer:"  # the paper's OPT prompt; FlanT5 uses "Question: {} Short answer:"
+IGNORE_INDEX = -100
+
+
+@dataclass(frozen=True)
+class Blip2Config:
+    image_encoder: str = "efficientnet-lite0"
+    encoder_layer: int = -2
+    #: A hub id or a directory; "lm" means the ``lm/`` folder inside the checkpoint.
+    language_model: str = "lm"
+    caption_prompt: str = CAPTION_PROMPT
+    vqa_prompt: str = VQA_PROMPT
+
+
+class NativeBlip2(nn.Module):
+    """Frozen encoder + Q-Former + projection + frozen LM. ``forward`` is the stage-2 loss."""
+
+    def __init__(
+        self, config: Blip2Config, encoder: FrozenImageEncoder, qformer: QFormer, lm: Any, lm_tokenizer: Any
+    ) -> None:
+        super().__init__()
+        self.config = config
+        self.encoder = encoder
+        self.qformer = qformer
+        self.lm = lm
+        self.lm_tokenizer = lm_tokenizer
+        self.projection = nn.Linear(qformer.config.hidden_size, lm.config.hidden_size)  # D -> D_lm
+        for parameter in self.lm.parameters():
+            parameter.requires_grad_(False)
+        self.lm.eval()
+        self.encoder_decoder = bool(getattr(lm.config, "is_encoder_decoder", False))
+
+    def train(self, mode: bool = True) -> NativeBlip2:
+        super().train(mode)
+        self.lm.eval()  # frozen: no dropout in the LM, ever
+        self.encoder.eval()
+        return self
+
+    # -- pieces ---------------------------------------------------------------------------------
+
+    def visual_prompts(self, image_embeds: torch.Tensor) -> torch.Tensor:
+        """Frozen image features (B, P, E) -> soft visual prompts (B, Q, D_lm)."""
+        queries = self.qformer.encode_image(image_embeds).last_hidden_state  # (B, Q, D)
+        return self.projection(queries).to(self.lm.dtype)
+
+    def _ids(self, text: str, *, bos: bool) -> list[int]:
+        tok = self.lm_tokenizer
+        ids = list(tok(text, add_special_tokens=False)["input_ids"]) if text else []
+        if bos and tok.bos_token_id is not None and not self.encoder_decoder:
+            ids = [tok.bos_token_id] + ids
+        return ids
+
+    def _embed(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.lm.get_input_embeddings()(ids)
+
+    # -- stage-2 loss ----------------------------------------------------------------------------
+
+    def forward(self, image_embeds: torch.Tensor, prompts: list[str], targets: list[str]) -> torch.Tensor:
+        """LM loss of ``targets`` given the image and ``prompts`` (prefix-LM loss for encoder-decoders)."""
+        if len(prompts) != image_embeds.shape[0] or len(targets) != len(prompts):
+            raise InputError("stage 2: one prompt and one target per image")
+        visual = self.visual_prompts(image_embeds)  # (B, Q, D_lm)
+        device, eos = visual.device, self.lm_tokenizer.eos_token_id
+        pad = self.lm_tokenizer.pad_token_id if self.lm_tokenizer.pad_token_id is not None else eos
+        prompt_ids = [self._ids(p, bos=True) for p in prompts]
+        target_ids = [self._ids(" " + t.strip() if not self.encoder_decoder else t.strip(), bos=False) + [eos] for t in targets]
+        if self.encoder_decoder:
+            enc = _pad(prompt_ids, pad, device)
+            inputs = torch.cat([visual, self._embed(enc.ids)], dim=1)  # (B, Q+Tp, D)
+            mask = torch.cat([torch.ones(visual.shape[:2], dtype=torch.long, device=device), enc.mask], dim=1)
+            target = _pad(target_ids, pad, device)
+            decoder_labels = target.ids.masked_fill(target.mask == 0, IGNORE_INDEX)
+            return self.lm(inputs_embeds=inputs, attention_mask=mask, labels=decoder_labels).loss
+        sequences = [p + t for p, t in zip(prompt_ids, target_ids, strict=True)]
+        batch = _pad(sequences, pad, device)  # right padding: (B, T)
+        labels = batch.ids.masked_fill(batch.mask == 0, IGNORE_INDEX)
+        for row, prompt in enumerate(prompt_ids):
+            labels[row, : len(prompt)] = IGNORE_INDEX  # the prompt is given, not predicted
+        inputs = torch.cat([visual, self._embed(batch.ids)], dim=1)  # (B, Q+T, D)
+        mask = torch.cat([torch.ones(visual.shape[:2], dtype=torch.long, device=device), batch.mask], dim=1)
+        full_labels = torch.cat([torch.full(visual.shape[:2], IGNORE_INDEX, device=device), labels], dim=1)
+        return self.lm(inputs_embeds=inputs, attention_mask=mask, labels=full_labels).loss
+
+    # -- generation ------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def generate(self, image_embeds: torch.Tensor, prompts: list[str], **generate_kwargs: Any) -> list[str]:
+        """Continue each prompt after its image. Batches hold prompts of one token length, so no
+        padding enters (results do not depend on the batch)."""
+        visual = self.visual_prompts(image_embeds)  # (B, Q, D_lm)
+        ids = [self._ids(p, bos=True) for p in prompts]
+        out: list[str] = [""] * len(prompts)
+        groups: dict[int, list[int]] = {}
+        for index, seq in enumerate(ids):
+            groups.setdefault(len(seq), []).append(index)
+        tok = self.lm_tokenizer
+        for rows in groups.values():
+            prompt = torch.tensor([ids[i] for i in rows], dtype=torch.long, device=visual.device)  # (b, Tp)
+            inputs = torch.cat([visual[rows], self._embed(prompt)], dim=1)
+            mask = torch.ones(inputs.shape[:2], dtype=torch.long, device=visual.device)
+            kwargs = {"pad_token_id": tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id, **generate_kwargs}
+            generated = self.lm.generate(inputs_embeds=inputs, attention_mask=mask, **kwargs)
+            for i, text in zip(rows, tok.batch_decode(generated, skip_special_tokens=True), strict=True):
+                out[i] = text.strip()
+        return out
+
+    # -- checkpoints -----------------------------------------------------------------------------
+
+    def save_pretrained(self, directory: str | os.PathLike, *, copy_lm: bool = True) -> None:
+        from vlmkit import __version__
+
+        path = Path(directory)
+        path.mkdir(parents=True, exist_ok=True)
+        config = self.config
+        if copy_lm:
+            self.lm.save_pretrained(path / "lm")
+            self.lm_tokenizer.save_pretrained(path / "lm")
+            config = Blip2Config(**{**asdict(config), "language_model": "lm"})
+        self.qformer.save_pretrained(path / "qformer")
+        save_file({k: v.detach().contiguous().cpu() for k, v in self.projection.state_dict().items()}, str(path / "projection.safetensors"))
+        meta = {"model_type": MODEL_TYPE, "architectures": ["VlmkitBlip2"], "vlmkit_version": __version__, **asdict(config)}
+        (path / "config.json").write_text(json.dumps(meta, indent=2) + "\n")
+
+    @classmethod
+    def from_parts(
+        cls,
+        config: Blip2Config,
+        qformer: QFormer,
+        *,
+        lm_path: str | os.PathLike,
+        dtype: torch.dtype = torch.float32,
+    ) -> NativeBlip2:
+        """Assemble a model for stage-2 training from a (stage-1) Q-Former and a frozen LM."""
+        import transformers
+
+        lm_config = transformers.AutoConfig.from_pretrained(lm_path)
+        lm_class = transformers.AutoModelForSeq2SeqLM if getattr(lm_config, "is_encoder_decoder", False) else transformers.AutoModelForCausalLM
+        lm = lm_class.from_pretrained(lm_path, dtype=dtype, use_safetensors=True)
+        tokenizer = transformers.AutoTokenizer.from_pretrained(lm_path)
+        encoder = load_image_encoder(config.image_encoder, layer=config.encoder_layer)
+        if encoder.hidden_size != qformer.config.encoder_hidden_size:
+            raise InputError(
+                f"the Q-Former cross-attends to {qformer.config.encoder_hidden_size}-wide features but "
+                f"{config.image_encoder} gives {encoder.hidden_size}"
+            )
+        return cls(config, encoder, qformer, lm, tokenizer)
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike, *, dtype: torch.dtype = torch.float32) -> NativeBlip2:
+        path = Path(directory)
+        try:
+            meta = json.loads((path / "config.json").read_text())
+        except (OSError, ValueError) as exc:
+            raise ModelNotFoundError(f"{path}: cannot read config.json ({exc})") from None
+        if meta.get("model_type") != MODEL_TYPE:
+            raise ModelNotFoundError(f"{path}: not a {MODEL_TYPE} checkpoint")
+        fields = {k: v for k, v in meta.items() if k in Blip2Config.__dataclass_fields__}
+        config = Blip2Config(**fields)
+        lm_path = path / "lm" if config.language_model == "lm" else config.language_model
+        model = cls.from_parts(config, QFormer.from_pretrained(path / "qformer"), lm_path=lm_path, dtype=dtype)
+        model.projection.load_state_dict(load_file(str(path / "projection.safetensors")))
+        return model.eval()
+
+
+@dataclass(frozen=True)
+class _Padded:
+    ids: torch.Tensor  # (B, T)
+    mask: torch.Tensor  # (B, T)
+
+
+def _pad(rows: list[list[int]], pad: int, device: torch.device) -> _Padded:
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad, dtype=torch.long, device=device)
+    mask = torch.zeros((len(rows), width), dtype=torch.long, device=device)
+    for i, row in enumerate(rows):
+        ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+        mask[i, : len(row)] = 1
+    return _Padded(ids, mask)
+
+
+class NativeBlip2Tasks(VisionLanguageModel):
+    """A :class:`NativeBlip2` checkpoint behind the vlmkit task interface: generation through the
+    frozen LM, retrieval through the Q-Former's stage-1 heads (ITC max over queries, ITM)."""
+
+    def __init__(self, name: str, net: NativeBlip2, qformer_tokenizer: Any, device: torch.device, dtype: torch.dtype) -> None:
+        super().__init__(name, KINDS["VlmkitBlip2"], device, dtype)
+        self.net = net.to(device).eval()
+        self.qformer_tokenizer = qformer_tokenizer
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.net.parameters())
+
+    def _features(self, images: Any, batch_size: int) -> torch.Tensor:
+        encoder = self.net.encoder
+        chunks = [
+            encoder(torch.stack(batch).to(self.device, self.dtype))
+            for batch in self._load_batches(as_list(images, "images"), batch_size, transform=lambda im: encoder.preprocess([im])[0])
+        ]
+        return torch.cat(chunks)  # (N, P, E)
+
+    def _generate(self, images: list[Any], prompts: list[str], options: GenerationOptions, batch_size: int) -> list[str]:
+        texts: list[str] = []
+        with torch.inference_mode():
+            for start in range(0, len(images), batch_size):
+                features = self._features(images[start : start + batch_size], batch_size)
+                texts += self.net.generate(features, prompts[start : start + batch_size], **options.to_hf())
+        return texts
+
+    def caption(self, images: Any, prompt: str | None = None, *, max_new_tokens: int = 30, num_beams: int = 1,
+                do_sample: bool = False, top_p: float = 1.0, temperature: float = 1.0, batch_size: int = 8) -> list[str]:
+        image_list = as_list(images, "images")
+        options = GenerationOptions(max_new_tokens, num_beams, do_sample, top_p, temperature)
+        return self._generate(image_list, [prompt or self.net.config.caption_prompt] * len(image_list), options, batch_size)
+
+    def ask(self, images: Any, questions: Any, *, max_new_tokens: int = 10, num_beams: int = 1, batch_size: int = 8) -> list[str]:
+        image_list, question_list = pair_up(as_list(images, "images"), check_texts(as_list(questions, "questions"), "questions"), "ask")
+        options = GenerationOptions(max_new_tokens, num_beams, length_penalty=-1.0)
+        return self._generate(image_list, [self.net.config.vqa_prompt.format(q) for q in question_list], options, batch_size)
+
+    def generate(self, images: Any, prompts: Any, *, max_new_tokens: int = 30, num_beams: int = 1, do_sample: bool = False,
+                 top_p: float = 1.0, temperature: float = 1.0, batch_size: int = 8) -> list[str]:
+        image_list, prompt_list = pair_up(as_list(images, "images"), check_texts(as_list(prompts, "prompts"), "prompts"), "generate")
+        return self._generate(image_list, prompt_list, GenerationOptions(max_new_tokens, num_beams, do_sample, top_p, temperature), batch_size)
+
+    # -- retrieval through the stage-1 heads ------------------------------------------------------
+
+    def embed_image_queries(self, images: Any, *, batch_size: int = 32) -> np.ndarray:
+        """Normalised ITC features of every query, (N, Q, D)."""
+        with torch.inference_mode():
+            return self.net.qformer.image_features(self._features(images, batch_size)).float().cpu().numpy()
+
+    def embed_images(self, images: Any, *, batch_size: int = 32) -> np.ndarray:
+        queries = self.embed_image_queries(images, batch_size=batch_size)
+        mean = queries.mean(axis=1)
+        return (mean / np.linalg.norm(mean, axis=1, keepdims=True)).astype(np.float32)
+
+    def _tokens(self, texts: list[str]) -> Any:
+        return self.qformer_tokenizer(texts, padding=True, truncation=True, max_length=64, return_tensors="pt").to(self.device)
+
+    def embed_texts(self, texts: Any, *, batch_size: int = 64) -> np.ndarray:
+        text_list = check_texts(as_list(texts, "texts"), "texts")
+        chunks = []
+        with torch.inference_mode():
+            for start in range(0, len(text_list), batch_size):
+                batch = self._tokens(text_list[start : start + batch_size])
+                chunks.append(self.net.qformer.text_features(batch["input_ids"], batch["attention_mask"]).float().cpu().numpy())
+        return np.concatenate(chunks).astype(np.float32)
+
+    def similarity(self, images: Any, texts: Any) -> np.ndarray:
+        return np.einsum("nqd,md->nqm", self.embed_image_queries(images), self.embed_texts(texts)).max(axis=1)
+
+    def _class_similarity(self, images: Any, text_emb: np.ndarray) -> np.ndarray:
+        return np.einsum("nqd,md->nqm", self.embed_image_queries(images), text_emb).max(axis=1)
+
+    def logit_scale(self) -> float:
+        return 1.0 / float(self.net.qformer.temp.detach().clamp(0.001, 0.5))
+
+    def match(self, images: Any, texts: Any, *, batch_size: int = 16) -> MatchResult:
+        image_list, text_list = pair_up(as_list(images, "images"), check_texts(as_list(texts, "texts"), "texts"), "match")
+        scores = []
+        with torch.inference_mode():
+            for start in range(0, len(image_list), batch_size):
+                features = self._features(image_list[start : start + batch_size], batch_size)
+                batch = self._tokens(text_list[start : start + batch_size])
+                logits = self.net.qformer.itm_logits(features, batch["input_ids"], batch["attention_mask"])  # (B, 2)
+                scores.append(logits.float().softmax(dim=-1)[:, 1].cpu().numpy())
+        return MatchResult(scores=np.concatenate(scores).astype(np.float32), kind="itm")
+
+
+def load_native(path: str | os.PathLike, *, name: str, device: torch.device, dtype: torch.dtype) -> NativeBlip2Tasks:
+    """Load a ``vlmkit-blip2`` checkpoint directory for the task interface."""
+    import transformers
+
+    net = NativeBlip2.from_pretrained(path, dtype=dtype)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(Path(path) / "qformer")
+    return NativeBlip2Tasks(name, net, tokenizer, device, dtype)

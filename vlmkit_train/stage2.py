@@ -1,0 +1,214 @@
+"""``vlmkit train blip2-stage2``: BLIP-2 vision-to-language generative learning.
+
+The Q-Former (from a stage-1 run, or fresh for the paper's Figure 5 ablation) and a new linear
+projection learn to feed a FROZEN language model soft visual prompts, with the LM loss on captions
+(prompt "a photo of") and answers (prompt "Question: {} Answer:"). Image features come from the same
+float16 cache as stage 1. The result in ``out_dir/model`` loads with ``vlmkit.load`` and answers
+``vlmkit caption / ask / embed / match``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from vlmkit.errors import InputError
+from vlmkit.feature_cache import FeatureCache
+from vlmkit.models.blip2_native import CAPTION_PROMPT, VQA_PROMPT, Blip2Config, NativeBlip2
+from vlmkit.models.image_encoders import load_image_encoder
+from vlmkit.models.qformer import QFormer
+
+from .config import apply_overrides, dumps
+from .loop import append_metrics, batch_rows, plot_losses
+from .stage1 import _examples, _qformer, _tokenizer
+from .state import load_training_state, save_training_state
+
+__all__ = ["Stage2Config", "PRESETS", "Stage2Result", "train_stage2", "stage2_config"]
+
+
+@dataclass(frozen=True)
+class Stage2Config:
+    data: Literal["shapes", "easy-vqa"] = "shapes"
+    train_size: int = 2000
+    image_size: int = 64
+    seed: int = 0
+    #: A stage-1 run directory (its ``qformer/``) or a Q-Former directory; "" starts from a fresh one.
+    stage1: str = ""
+    #: The frozen LM: a directory (e.g. from ``vlmkit train lm``) or a hub id. Required.
+    language_model: str = ""
+    encoder: str = "efficientnet-lite0"
+    encoder_layer: int = -2
+    # Used only when stage1 is "" (a fresh Q-Former, as in stage 1's options).
+    qformer_init: str = "minilm"
+    scratch_layers: int = 2
+    scratch_hidden: int = 128
+    num_query_tokens: int = 8
+    cross_attention_frequency: int = 2
+    #: Share of training samples that are question-answer pairs (the rest are captions).
+    qa_fraction: float = 0.5
+    batch_size: int = 32
+    grad_accum: int = 1
+    lr: float = 1e-4
+    weight_decay: float = 0.05
+    warmup_steps: int = 50
+    max_steps: int = 500
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    save_every: int = 0
+    log_every: int = 10
+
+    def __post_init__(self) -> None:
+        for name in ("train_size", "batch_size", "grad_accum", "max_steps"):
+            if getattr(self, name) < 1:
+                raise InputError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if not 0.0 <= self.qa_fraction <= 1.0:
+            raise InputError(f"qa_fraction must be in [0, 1], got {self.qa_fraction}")
+
+
+PRESETS: dict[str, Stage2Config] = {
+    "shapes": Stage2Config(),
+    "tiny": Stage2Config(
+        train_size=16, batch_size=4, max_steps=6, qformer_init="scratch", scratch_layers=2, scratch_hidden=32,
+        num_query_tokens=4, warmup_steps=2, log_every=1, lr=1e-3,
+    ),
+}
+
+
+def stage2_config(preset: str = "shapes", overrides: list[str] | None = None) -> Stage2Config:
+    if preset not in PRESETS:
+        raise InputError(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
+    return apply_overrides(PRESETS[preset], overrides or [])
+
+
+@dataclass(frozen=True)
+class Stage2Result:
+    out_dir: Path
+    steps: int
+    final_loss: float
+
+
+def _stage1_qformer(path: str) -> QFormer:
+    root = Path(path)
+    for candidate in (root / "qformer", root):
+        if (candidate / "model.safetensors").is_file():
+            return QFormer.from_pretrained(candidate)
+    raise InputError(f"stage1={path!r}: no Q-Former there (expected a stage-1 run or a qformer/ directory)")
+
+
+def _sample(example: Any, rng: np.random.Generator, qa_fraction: float) -> tuple[str, str]:
+    """One (prompt, target) pair: an answer to one of the image's questions, or one of its captions."""
+    use_qa = bool(example.qa) and (not example.captions or rng.random() < qa_fraction)
+    if use_qa:
+        question, answer = example.qa[rng.integers(len(example.qa))]
+        return VQA_PROMPT.format(question), answer
+    return CAPTION_PROMPT, example.captions[rng.integers(len(example.captions))]
+
+
+def train_stage2(
+    config: Stage2Config,
+    out_dir: str | Path,
+    *,
+    resume: bool = False,
+    progress: bool = False,
+    stop_after: int | None = None,
+) -> Stage2Result:
+    """Train the Q-Former and projection through the frozen LM; ``out_dir/model`` is the result."""
+    from accelerate import Accelerator
+    from tqdm import tqdm
+    from transformers import get_cosine_schedule_with_warmup
+
+    if not config.language_model:
+        raise InputError("language_model is required: a directory (see `vlmkit train lm`) or a hub id")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    state_dir, config_path = out / "state", out / "config.json"
+    if resume:
+        if not state_dir.is_dir():
+            raise InputError(f"{out}: nothing to resume (no state/ directory)")
+        if config_path.is_file() and json.loads(config_path.read_text()) != json.loads(dumps(config)):
+            raise InputError(f"{out}: the run was started with a different config; resume with the same one")
+    accelerator = Accelerator(gradient_accumulation_steps=config.grad_accum, mixed_precision=config.mixed_precision)
+    torch.manual_seed(config.seed)
+    if accelerator.is_main_process:
+        config_path.write_text(dumps(config))
+
+    examples = _examples(config)
+    encoder = load_image_encoder(config.encoder, layer=config.encoder_layer)
+    if accelerator.is_main_process:
+        FeatureCache.build(encoder, [e.image for e in examples], out / "features", progress=progress)
+    accelerator.wait_for_everyone()
+    cache = FeatureCache.open(out / "features", identity=encoder.identity)
+
+    tokenizer = _tokenizer()
+    qformer = _stage1_qformer(config.stage1) if config.stage1 else _qformer(config, encoder.hidden_size, tokenizer)
+    model = NativeBlip2.from_parts(
+        Blip2Config(image_encoder=config.encoder, encoder_layer=config.encoder_layer, language_model=config.language_model),
+        qformer,
+        lm_path=config.language_model,
+    )
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=config.weight_decay)
+    scheduler = get_cosine_schedule_with_warmup(optimizer, config.warmup_steps, config.max_steps)
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+
+    start = 0
+    if resume:
+        start = load_training_state(state_dir, model=_trainable_view(accelerator.unwrap_model(model)), optimizer=optimizer, scheduler=scheduler)
+    world, rank = accelerator.num_processes, accelerator.process_index
+    metrics_path = out / "metrics.jsonl"
+    if not resume and accelerator.is_main_process:
+        metrics_path.write_text("")
+    end = min(config.max_steps, stop_after if stop_after is not None else config.max_steps)
+    bar = tqdm(total=config.max_steps, initial=start, desc="stage 2", unit="step", disable=not (progress and accelerator.is_main_process))
+    began, loss_value = time.perf_counter(), float("nan")
+    for step in range(start, end):
+        model.train()
+        total = 0.0
+        for micro in range(config.grad_accum):
+            index = step * config.grad_accum + micro
+            rows = batch_rows(config.seed, index, dataset_size=len(examples), batch_size=config.batch_size, world=world, rank=rank)
+            rng = np.random.default_rng([config.seed, index, rank])
+            pairs = [_sample(examples[i], rng, config.qa_fraction) for i in rows]
+            with accelerator.accumulate(model):
+                loss = model(cache.batch(rows).to(accelerator.device), [p for p, _ in pairs], [t for _, t in pairs])
+                accelerator.backward(loss)
+                optimizer.step()
+                scheduler.step() if accelerator.sync_gradients else None
+                optimizer.zero_grad()
+            total += loss.item() / config.grad_accum
+        loss_value = total
+        bar.update(1)
+        bar.set_postfix(loss=f"{total:.3f}")
+        if accelerator.is_main_process and ((step + 1) % config.log_every == 0 or step + 1 == end):
+            append_metrics(metrics_path, {"step": step + 1, "lr": scheduler.get_last_lr()[0], "loss": total, "seconds": time.perf_counter() - began})
+        if config.save_every and (step + 1) % config.save_every == 0 and accelerator.is_main_process:
+            save_training_state(state_dir, model=_trainable_view(accelerator.unwrap_model(model)), optimizer=optimizer, scheduler=scheduler, step=step + 1)
+    bar.close()
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        final = accelerator.unwrap_model(model)
+        save_training_state(state_dir, model=_trainable_view(final), optimizer=optimizer, scheduler=scheduler, step=end)
+        if end == config.max_steps:
+            final.save_pretrained(out / "model")
+            tokenizer.save_pretrained(out / "model" / "qformer")
+            plot_losses(metrics_path, out / "loss.png", ("loss",), "BLIP-2 stage 2")
+    return Stage2Result(out_dir=out, steps=end, final_loss=loss_value)
+
+
+class _TrainableView(torch.nn.Module):
+    """The parts of the model that learn (Q-Former, projection): what a resumable state stores;
+    the frozen encoder and LM are reloaded from where they came from."""
+
+    def __init__(self, model: NativeBlip2) -> None:
+        super().__init__()
+        self.qformer = model.qformer
+        self.projection = model.projection
+
+
+def _trainable_view(model: NativeBlip2) -> torch.nn.Module:
+    return _TrainableView(model)
