@@ -1,0 +1,129 @@
+"""`vlmkit train lm` on the tiny preset: the tokenizer, the corpus, outputs that load like a hub LM,
+checked overrides, and exact resume."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from vlmkit.data import make_split
+from vlmkit.errors import InputError
+from vlmkit_cli.main import main
+from vlmkit_train.lm import (
+    QA_TEMPLATE,
+    corpus_texts,
+    lm_config,
+    split_heldout,
+    train_lm,
+    train_tokenizer,
+    training_texts,
+)
+
+QUESTION = "Question: what colour is the circle? Answer: red"
+
+
+def read_metrics(path):
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+@pytest.fixture(scope="module")
+def texts():
+    return corpus_texts(make_split(20, 0, "train"))
+
+
+def test_corpus_is_what_stage_2_asks_for():
+    examples = make_split(3, 0, "train")
+    texts = corpus_texts(examples)
+    assert QA_TEMPLATE.format(question="q?", answer="a") == "Question: q? Answer: a"
+    assert len(texts) == sum(len(e.captions) + len(e.qa) for e in examples)
+    for example in examples:
+        assert all(f"a photo of {c}" in texts for c in example.captions)
+        assert all(f"Question: {q} Answer: {a}" in texts for q, a in example.qa)
+
+
+def test_heldout_split_keeps_every_copy_together(texts):
+    train, heldout = split_heldout(texts, 0.1, seed=0)
+    assert heldout and not set(train) & set(heldout)
+    assert sorted(train + heldout) == sorted(texts)
+    assert split_heldout(texts, 0.1, seed=0) == (train, heldout)
+
+
+def test_tokenizer_round_trip_and_reload(tmp_path, texts):
+    tokenizer = train_tokenizer(texts, vocab_size=300)
+    ids = tokenizer(QUESTION)["input_ids"]
+    assert tokenizer.decode(ids) == QUESTION
+    assert tokenizer.decode(tokenizer("héllo 🙂 , unseen  words ")["input_ids"]) == "héllo 🙂 , unseen  words "
+    special = tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    assert tokenizer.bos_token_id == tokenizer.eos_token_id == tokenizer.pad_token_id == special
+    assert special not in ids  # GPT-2 style: special tokens are added by the caller
+    # Stage 2 tokenises the prompt and " " + answer separately; that must equal the whole text.
+    prompt, answer = QUESTION.rsplit(" ", 1)
+    parts = tokenizer(prompt)["input_ids"] + tokenizer(" " + answer)["input_ids"]
+    assert parts == ids
+
+    tokenizer.save_pretrained(tmp_path / "tok")
+    reloaded = AutoTokenizer.from_pretrained(tmp_path / "tok")
+    assert reloaded(QUESTION)["input_ids"] == ids
+    assert reloaded.decode(ids) == QUESTION
+    assert reloaded.pad_token_id == reloaded.eos_token_id == special
+
+
+def test_tiny_run_through_the_cli(tmp_path, capsys):
+    code = main(["train", "lm", "--preset", "tiny", "--out", str(tmp_path / "run")])
+    assert code == 0, capsys.readouterr().err
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    config = lm_config("tiny")
+    assert summary["steps"] == config.max_steps and math.isfinite(summary["heldout_ppl"])
+    rows = read_metrics(tmp_path / "run" / "metrics.jsonl")
+    assert [r["step"] for r in rows] == list(range(1, config.max_steps + 1))
+    assert rows[-1]["loss"] < rows[0]["loss"] - 0.3
+    assert rows[-1]["heldout_ppl"] == pytest.approx(summary["heldout_ppl"])
+
+    lm_dir = tmp_path / "run" / "lm"
+    model = AutoModelForCausalLM.from_pretrained(lm_dir)
+    tokenizer = AutoTokenizer.from_pretrained(lm_dir)
+    assert model.config.n_layer == config.n_layer and model.config.vocab_size == len(tokenizer)
+    prompt = tokenizer(["Question: what colour is the circle? Answer:"], return_tensors="pt")
+    out = model.generate(**prompt, max_new_tokens=4, do_sample=False)
+    assert out.shape == (1, prompt["input_ids"].shape[1] + 4)
+    assert tokenizer.decode(out[0]).startswith("Question: what colour is the circle? Answer:")
+
+
+def test_resume_continues_exactly(tmp_path):
+    config = lm_config("tiny", ["save_every=4"])
+    texts = training_texts(config)
+    straight = train_lm(config, texts, tmp_path / "straight")
+    stopped = train_lm(config, texts, tmp_path / "interrupted", stop_after=4)
+    assert stopped.steps == 4 and stopped.heldout_ppl is None
+    assert not (tmp_path / "interrupted" / "lm").exists()
+    resumed = train_lm(config, texts, tmp_path / "interrupted", resume=True)
+    assert resumed.heldout_ppl == straight.heldout_ppl
+    keys = ("step", "lr", "loss")
+    rows = [read_metrics(tmp_path / name / "metrics.jsonl") for name in ("straight", "interrupted")]
+    assert [[r[k] for k in keys] for r in rows[1]] == [[r[k] for k in keys] for r in rows[0]]
+    a, b = (load_file(tmp_path / name / "lm" / "model.safetensors") for name in ("straight", "interrupted"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_overrides_and_resume_are_checked(tmp_path, texts):
+    with pytest.raises(InputError, match="unknown config key 'layers'"):
+        lm_config("tiny", ["layers=2"])
+    with pytest.raises(InputError, match="multiple of n_head"):
+        lm_config("tiny", ["n_embd=30"])
+    with pytest.raises(InputError, match="must be one of"):
+        lm_config("tiny", ["data=wikipedia"])
+    with pytest.raises(InputError, match="unknown preset"):
+        lm_config("huge")
+    with pytest.raises(InputError, match="nothing to resume"):
+        train_lm(lm_config("tiny"), texts, tmp_path / "new", resume=True)
+    config = lm_config("tiny", ["max_steps=2"])
+    train_lm(config, texts, tmp_path / "run", stop_after=1)
+    with pytest.raises(InputError, match="different texts"):
+        train_lm(config, texts[:-5], tmp_path / "run", resume=True)
+    with pytest.raises(InputError, match="different config"):
+        train_lm(lm_config("tiny", ["max_steps=3"]), texts, tmp_path / "run", resume=True)
