@@ -28,7 +28,7 @@ import numpy as np
 
 SCALES = {
     # name: (train scenes, test scenes, lm steps, stage-1 steps, stage-2 steps, eval questions, easy-VQA train images)
-    "smoke": (200, 100, 60, 40, 60, 200, 300),
+    "smoke": (100, 50, 30, 20, 30, 100, 100),
     "full": (4000, 1000, 1500, 1500, 2000, 2000, 4000),
 }
 
