@@ -15,5 +15,7 @@ if [ -n "${1:-}" ]; then
 else
   "$PYTHON" -m pip install --disable-pip-version-check -q -e .
 fi
-# Last, and without the conflict warning: timm declares torchvision, which vlmkit never imports.
-"$PYTHON" -m pip install --disable-pip-version-check -q --no-deps --no-warn-conflicts "timm>=1.0.15"
+# timm only for its ImageNet class-name files, into a private directory off sys.path: importable
+# without torchvision it would break tools that probe for it (accelerate's CLI imports it).
+TIMM_DIR="${VLMKIT_TIMM_DIR:-$("$PYTHON" -c 'import platformdirs; print(platformdirs.user_data_dir("vlmkit"))')/timm}"
+"$PYTHON" -m pip install --disable-pip-version-check -q --no-deps --upgrade --target "$TIMM_DIR" "timm>=1.0.15"

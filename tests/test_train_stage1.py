@@ -54,3 +54,22 @@ def test_overrides_are_checked(tmp_path):
     with pytest.raises(InputError, match="nothing to resume"):
         train_stage1(stage1_config("tiny"), tmp_path / "new", resume=True)
     assert stage1_config("tiny", ["use_itg=false", "lr=0.01"]).use_itg is False
+
+
+def test_two_processes_through_accelerate_launch(tmp_path):
+    """DDP over two CPU processes (gloo) through `accelerate launch`, the same code as one process."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    launcher = shutil.which("accelerate", path=os.path.dirname(sys.executable)) or shutil.which("accelerate")
+    assert launcher, "accelerate's launcher must be installed with vlmkit"
+    cmd = [launcher, "launch", "--cpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+           "--dynamo_backend", "no", "-m", "vlmkit_cli.main", "train", "blip2-stage1", "--preset", "tiny",
+           "--out", str(tmp_path / "ddp")]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = read_metrics(tmp_path / "ddp" / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6]
+    assert QFormer.from_pretrained(tmp_path / "ddp" / "qformer").config.num_query_tokens == 4

@@ -38,12 +38,27 @@ _CAPTION_MAX_TAGS = 3
 
 
 def _timm_info_dir() -> Path:
-    # timm's ImageNetInfo reads these files; importing timm.data itself needs torchvision, so we read
-    # the same package data directly (find_spec locates the package without importing it).
-    spec = importlib.util.find_spec("timm")
-    if spec is None or not spec.submodule_search_locations:
-        raise VlmkitError("the built-in model needs ImageNet class names from timm: pip install --no-deps timm")
-    return Path(list(spec.submodule_search_locations)[0]) / "data" / "_info"
+    """timm's ImageNet info files. ``timm.data`` itself needs torchvision, and an importable timm
+    without torchvision breaks other tools that probe for it (``accelerate launch``), so
+    ``scripts/install.sh`` installs timm into a private directory off ``sys.path``
+    (``VLMKIT_TIMM_DIR``, default: the user data directory) and vlmkit only reads its data files.
+    A working, importable timm is used as it is."""
+    import os
+
+    from platformdirs import user_data_dir
+
+    candidates = []
+    spec = importlib.util.find_spec("timm")  # locates the package without importing it
+    if spec is not None and spec.submodule_search_locations:
+        candidates.append(Path(list(spec.submodule_search_locations)[0]))
+    candidates.append(Path(os.environ.get("VLMKIT_TIMM_DIR", Path(user_data_dir("vlmkit")) / "timm")) / "timm")
+    for root in candidates:
+        if (root / "data" / "_info" / "imagenet_synsets.txt").is_file():
+            return root / "data" / "_info"
+    raise VlmkitError(
+        "the built-in model needs ImageNet class names from timm's data files: run scripts/install.sh, "
+        f"or pip install --no-deps --target {candidates[-1].parent} timm"
+    )
 
 
 def imagenet_class_names() -> list[list[str]]:
