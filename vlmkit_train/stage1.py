@@ -229,7 +229,9 @@ def train_stage1(
             rows = batch_rows(config.seed, index, dataset_size=len(examples), batch_size=config.batch_size, world=world, rank=rank)
             pick = np.random.default_rng([config.seed, index, rank])
             captions = [examples[i].captions[pick.integers(len(examples[i].captions))] for i in rows]
-            text = tokenizer(captions, padding=True, truncation=True, max_length=config.max_text_length, return_tensors="pt")
+            # Under a process group ITM gathers token ids, which needs one length on every rank.
+            padding = "max_length" if world > 1 else True
+            text = tokenizer(captions, padding=padding, truncation=True, max_length=config.max_text_length, return_tensors="pt")
             with accelerator.accumulate(objective):
                 out_losses = objective(
                     features(rows).to(accelerator.device),
