@@ -19,3 +19,5 @@ fi
 # without torchvision it would break tools that probe for it (accelerate's CLI imports it).
 TIMM_DIR="${VLMKIT_TIMM_DIR:-$("$PYTHON" -c 'import platformdirs; print(platformdirs.user_data_dir("vlmkit"))')/timm}"
 "$PYTHON" -m pip install --disable-pip-version-check -q --no-deps --upgrade --target "$TIMM_DIR" "timm>=1.0.15"
+# pyenv only exposes new console scripts (`vlmkit`) after a rehash.
+if command -v pyenv >/dev/null 2>&1; then pyenv rehash || true; fi
