@@ -19,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,8 +33,8 @@ from vlmkit.errors import InputError
 from vlmkit.models.blip2_native import CAPTION_PROMPT, VQA_PROMPT
 
 from .config import apply_overrides, dumps
-from .loop import append_metrics, batch_rows, plot_losses
-from .state import load_training_state, save_training_state
+from .loop import StepLoop, batch_rows, check_resume, plot_losses, run_steps
+from .state import load_training_state
 
 __all__ = [
     "LMConfig",
@@ -260,7 +259,6 @@ def train_lm(
     from ``out_dir/state`` (same config and texts); ``stop_after`` ends the run early after that many
     steps (with a resumable state saved and no ``lm/``)."""
     from accelerate import Accelerator
-    from tqdm import tqdm
     from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel, get_cosine_schedule_with_warmup
 
     out = Path(out_dir)
@@ -268,13 +266,9 @@ def train_lm(
     state_dir, config_path, data_path, tokenizer_dir = out / "state", out / "config.json", out / "data.json", out / "tokenizer"
     train_texts, heldout_texts = split_heldout(list(texts), config.heldout_fraction, config.seed)
     fingerprint = _fingerprint(train_texts, heldout_texts)
-    if resume:
-        if not state_dir.is_dir() or not tokenizer_dir.is_dir():
-            raise InputError(f"{out}: nothing to resume (no state/ directory)")
-        if config_path.is_file() and json.loads(config_path.read_text()) != json.loads(dumps(config)):
-            raise InputError(f"{out}: the run was started with a different config; resume with the same one")
-        if data_path.is_file() and json.loads(data_path.read_text()) != fingerprint:
-            raise InputError(f"{out}: the run was started on different texts; resume with the same ones")
+    check_resume(out, dumps(config), resume, required=("state", "tokenizer"))
+    if resume and data_path.is_file() and json.loads(data_path.read_text()) != fingerprint:
+        raise InputError(f"{out}: the run was started on different texts; resume with the same ones")
     accelerator = Accelerator(mixed_precision=config.mixed_precision)
     if accelerator.is_main_process:
         config_path.write_text(dumps(config))
@@ -312,39 +306,30 @@ def train_lm(
     if not resume and accelerator.is_main_process:
         metrics_path.write_text("")
     end = min(config.max_steps, stop_after if stop_after is not None else config.max_steps)
-    bar = tqdm(total=config.max_steps, initial=start, desc="lm", unit="step", disable=not (progress and accelerator.is_main_process))
-    began, loss_value = time.perf_counter(), float("nan")
     heldout: float | None = None
-    for step in range(start, end):
-        model.train()
-        rows = batch_rows(config.seed, step, dataset_size=len(train_rows), batch_size=config.batch_size, world=world, rank=rank)
+
+    def micro_step(index: int) -> dict[str, torch.Tensor]:
+        rows = batch_rows(config.seed, index, dataset_size=len(train_rows), batch_size=config.batch_size, world=world, rank=rank)
         ids, mask, labels = (t.to(accelerator.device) for t in _batch([train_rows[i] for i in rows], special))
-        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
-        accelerator.backward(loss)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad()
-        loss_value = loss.item()
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss_value:.3f}")
-        record: dict[str, Any] = {"step": step + 1, "lr": scheduler.get_last_lr()[0], "loss": loss_value}
-        if step + 1 == config.max_steps:
-            unwrapped = accelerator.unwrap_model(model)
-            heldout = _heldout_loss(unwrapped, heldout_rows, special, config.batch_size, accelerator.device)
-            record.update(heldout_loss=heldout, heldout_ppl=math.exp(heldout))
-        if accelerator.is_main_process and ((step + 1) % config.log_every == 0 or step + 1 == end):
-            append_metrics(metrics_path, {**record, "seconds": time.perf_counter() - began})
-        if config.save_every and (step + 1) % config.save_every == 0 and accelerator.is_main_process:
-            save_training_state(state_dir, model=_StateView(accelerator.unwrap_model(model)), optimizer=optimizer, scheduler=scheduler, step=step + 1)
-    bar.close()
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
+        return {"loss": model(input_ids=ids, attention_mask=mask, labels=labels).loss}
+
+    def final_record() -> dict[str, Any]:
+        nonlocal heldout
+        heldout = _heldout_loss(accelerator.unwrap_model(model), heldout_rows, special, config.batch_size, accelerator.device)
+        return {"heldout_loss": heldout, "heldout_ppl": math.exp(heldout)}
+
+    losses = run_steps(
+        StepLoop(config.max_steps, 1, config.log_every, config.save_every, "lm", loss_key="loss"),
+        accelerator=accelerator, model=model, optimizer=optimizer, scheduler=scheduler,
+        state_model=lambda: _StateView(accelerator.unwrap_model(model)), micro_step=micro_step,
+        out=out, start=start, end=end, progress=progress, final_record=final_record,
+    )
+    loss_value = losses.get("loss", float("nan"))
+    if accelerator.is_main_process and end == config.max_steps:
         final = accelerator.unwrap_model(model)
-        save_training_state(state_dir, model=_StateView(final), optimizer=optimizer, scheduler=scheduler, step=end)
-        if end == config.max_steps:
-            final.save_pretrained(out / "lm")
-            tokenizer.save_pretrained(out / "lm")
-            plot_losses(metrics_path, out / "loss.png", ("loss",), "GPT-2 LM")
+        final.save_pretrained(out / "lm")
+        tokenizer.save_pretrained(out / "lm")
+        plot_losses(metrics_path, out / "loss.png", ("loss",), "GPT-2 LM")
     return LMResult(
         out_dir=out, steps=end, final_loss=loss_value, heldout_loss=heldout,
         heldout_ppl=None if heldout is None else math.exp(heldout),

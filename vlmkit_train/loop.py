@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
-__all__ = ["batch_rows", "append_metrics", "plot_losses"]
+from vlmkit.errors import InputError
+
+from .state import save_training_state
+
+__all__ = ["batch_rows", "append_metrics", "plot_losses", "check_resume", "StepLoop", "run_steps"]
 
 
 def batch_rows(seed: int, index: int, *, dataset_size: int, batch_size: int, world: int, rank: int) -> np.ndarray:
@@ -48,3 +56,81 @@ def plot_losses(metrics_path: Path, out: Path, keys: tuple[str, ...], title: str
     figure.savefig(out, dpi=100)
     plt.close(figure)
     return True
+
+
+def check_resume(out: Path, config_json: str, resume: bool, *, required: tuple[str, ...] = ("state",)) -> None:
+    """Refuse to resume a run that has no state, or that was started with another config."""
+    if not resume:
+        return
+    for name in required:
+        if not (out / name).is_dir():
+            raise InputError(f"{out}: nothing to resume (no {name}/ directory)")
+    config_path = out / "config.json"
+    if config_path.is_file() and json.loads(config_path.read_text()) != json.loads(config_json):
+        raise InputError(f"{out}: the run was started with a different config; resume with the same one")
+
+
+@dataclass(frozen=True)
+class StepLoop:
+    """How many steps to run and how often to log and save; ``loss_key`` names the loss to minimise."""
+
+    max_steps: int
+    grad_accum: int
+    log_every: int
+    save_every: int
+    desc: str
+    loss_key: str = "total"
+
+
+def run_steps(
+    loop: StepLoop,
+    *,
+    accelerator: Any,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    state_model: Callable[[], torch.nn.Module],
+    micro_step: Callable[[int], dict[str, torch.Tensor]],
+    out: Path,
+    start: int,
+    end: int,
+    progress: bool,
+    final_record: Callable[[], dict[str, Any]] | None = None,
+) -> dict[str, float]:
+    """The optimisation loop every recipe shares: ``grad_accum`` micro-steps per step (``micro_step``
+    gets the global micro-batch index and returns its losses), one optimizer and scheduler step,
+    a metrics row every ``log_every`` steps and a resumable state every ``save_every`` steps.
+    Returns the last step's losses, averaged over its micro-steps."""
+    from tqdm import tqdm
+
+    bar = tqdm(total=loop.max_steps, initial=start, desc=loop.desc, unit="step", disable=not (progress and accelerator.is_main_process))
+    metrics_path = out / "metrics.jsonl"
+    began = time.perf_counter()
+    totals: dict[str, float] = {}
+    for step in range(start, end):
+        model.train()
+        totals = {}
+        for micro in range(loop.grad_accum):
+            with accelerator.accumulate(model):
+                losses = micro_step(step * loop.grad_accum + micro)
+                accelerator.backward(losses[loop.loss_key])
+                optimizer.step()
+                if accelerator.sync_gradients:
+                    scheduler.step()
+                optimizer.zero_grad()
+            for key, value in losses.items():
+                totals[key] = totals.get(key, 0.0) + value.item() / loop.grad_accum
+        bar.update(1)
+        bar.set_postfix(loss=f"{totals[loop.loss_key]:.3f}")
+        record: dict[str, Any] = {"step": step + 1, "lr": scheduler.get_last_lr()[0], **totals}
+        if step + 1 == loop.max_steps and final_record is not None:
+            record.update(final_record())
+        if accelerator.is_main_process and ((step + 1) % loop.log_every == 0 or step + 1 == end):
+            append_metrics(metrics_path, {**record, "seconds": time.perf_counter() - began})
+        if loop.save_every and (step + 1) % loop.save_every == 0 and accelerator.is_main_process:
+            save_training_state(out / "state", model=state_model(), optimizer=optimizer, scheduler=scheduler, step=step + 1)
+    bar.close()
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        save_training_state(out / "state", model=state_model(), optimizer=optimizer, scheduler=scheduler, step=end)
+    return totals

@@ -13,8 +13,6 @@ Outputs in ``out_dir``: ``qformer/`` (safetensors + config + tokenizer, loadable
 
 from __future__ import annotations
 
-import json
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -30,8 +28,8 @@ from vlmkit.models.image_encoders import load_image_encoder
 from vlmkit.models.qformer import QFormer, QFormerConfig
 
 from .config import apply_overrides, dumps
-from .loop import append_metrics, batch_rows, plot_losses
-from .state import load_training_state, save_training_state
+from .loop import StepLoop, batch_rows, check_resume, plot_losses, run_steps
+from .state import load_training_state
 
 __all__ = ["Stage1Config", "PRESETS", "Stage1Result", "train_stage1", "stage1_config"]
 
@@ -163,18 +161,12 @@ def train_stage1(
     """Train a Q-Former with the stage-1 objective. ``resume`` continues from ``out_dir/state``;
     ``stop_after`` ends the run early after that many steps (with a resumable state saved)."""
     from accelerate import Accelerator
-    from tqdm import tqdm
     from transformers import get_cosine_schedule_with_warmup
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    state_dir = out / "state"
-    config_path = out / "config.json"
-    if resume:
-        if not state_dir.is_dir():
-            raise InputError(f"{out}: nothing to resume (no state/ directory)")
-        if config_path.is_file() and json.loads(config_path.read_text()) != json.loads(dumps(config)):
-            raise InputError(f"{out}: the run was started with a different config; resume with the same one")
+    state_dir, config_path = out / "state", out / "config.json"
+    check_resume(out, dumps(config), resume)
     accelerator = Accelerator(gradient_accumulation_steps=config.grad_accum, mixed_precision=config.mixed_precision)
     torch.manual_seed(config.seed)
     if accelerator.is_main_process:
@@ -218,48 +210,30 @@ def train_stage1(
     if not resume and accelerator.is_main_process:
         metrics_path.write_text("")
     end = min(config.max_steps, stop_after if stop_after is not None else config.max_steps)
-    bar = tqdm(total=config.max_steps, initial=start, desc="stage 1", unit="step", disable=not (progress and accelerator.is_main_process))
-    began = time.perf_counter()
-    losses: dict[str, float] = {}
-    for step in range(start, end):
-        objective.train()
-        totals = {k: 0.0 for k in ("itc", "itm", "itg", "total")}
-        for micro in range(config.grad_accum):
-            index = step * config.grad_accum + micro
-            rows = batch_rows(config.seed, index, dataset_size=len(examples), batch_size=config.batch_size, world=world, rank=rank)
-            pick = np.random.default_rng([config.seed, index, rank])
-            captions = [examples[i].captions[pick.integers(len(examples[i].captions))] for i in rows]
-            # Under a process group ITM gathers token ids, which needs one length on every rank.
-            padding = "max_length" if world > 1 else True
-            text = tokenizer(captions, padding=padding, truncation=True, max_length=config.max_text_length, return_tensors="pt")
-            with accelerator.accumulate(objective):
-                out_losses = objective(
-                    features(rows).to(accelerator.device),
-                    text["input_ids"].to(accelerator.device),
-                    text["attention_mask"].to(accelerator.device),
-                    seed=config.seed * 1_000_003 + index,
-                )
-                accelerator.backward(out_losses["total"])
-                optimizer.step()
-                scheduler.step() if accelerator.sync_gradients else None
-                optimizer.zero_grad()
-            for key in totals:
-                totals[key] += out_losses[key].item() / config.grad_accum
-        losses = totals
-        bar.update(1)
-        bar.set_postfix(loss=f"{totals['total']:.3f}")
-        if accelerator.is_main_process and ((step + 1) % config.log_every == 0 or step + 1 == end):
-            record = {"step": step + 1, "lr": scheduler.get_last_lr()[0], **totals, "seconds": time.perf_counter() - began}
-            append_metrics(metrics_path, record)
-        if config.save_every and (step + 1) % config.save_every == 0 and accelerator.is_main_process:
-            save_training_state(state_dir, model=accelerator.unwrap_model(objective), optimizer=optimizer, scheduler=scheduler, step=step + 1)
-    bar.close()
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        save_training_state(state_dir, model=accelerator.unwrap_model(objective), optimizer=optimizer, scheduler=scheduler, step=end)
-        if end == config.max_steps:
-            final = accelerator.unwrap_model(objective).qformer
-            final.save_pretrained(out / "qformer")
-            tokenizer.save_pretrained(out / "qformer")
-            plot_losses(metrics_path, out / "loss.png", ("total", "itc", "itm", "itg"), "BLIP-2 stage 1")
+
+    def micro_step(index: int) -> dict[str, torch.Tensor]:
+        rows = batch_rows(config.seed, index, dataset_size=len(examples), batch_size=config.batch_size, world=world, rank=rank)
+        pick = np.random.default_rng([config.seed, index, rank])
+        captions = [examples[i].captions[pick.integers(len(examples[i].captions))] for i in rows]
+        # Under a process group ITM gathers token ids, which needs one length on every rank.
+        padding = "max_length" if world > 1 else True
+        text = tokenizer(captions, padding=padding, truncation=True, max_length=config.max_text_length, return_tensors="pt")
+        return objective(
+            features(rows).to(accelerator.device),
+            text["input_ids"].to(accelerator.device),
+            text["attention_mask"].to(accelerator.device),
+            seed=config.seed * 1_000_003 + index,
+        )
+
+    losses = run_steps(
+        StepLoop(config.max_steps, config.grad_accum, config.log_every, config.save_every, "stage 1"),
+        accelerator=accelerator, model=objective, optimizer=optimizer, scheduler=scheduler,
+        state_model=lambda: accelerator.unwrap_model(objective), micro_step=micro_step,
+        out=out, start=start, end=end, progress=progress,
+    )
+    if accelerator.is_main_process and end == config.max_steps:
+        final = accelerator.unwrap_model(objective).qformer
+        final.save_pretrained(out / "qformer")
+        tokenizer.save_pretrained(out / "qformer")
+        plot_losses(metrics_path, out / "loss.png", ("total", "itc", "itm", "itg"), "BLIP-2 stage 1")
     return Stage1Result(out_dir=out, steps=end, final_losses=losses)

@@ -9,8 +9,6 @@ float16 cache as stage 1. The result in ``out_dir/model`` loads with ``vlmkit.lo
 
 from __future__ import annotations
 
-import json
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -25,9 +23,9 @@ from vlmkit.models.image_encoders import load_image_encoder
 from vlmkit.models.qformer import QFormer
 
 from .config import apply_overrides, dumps
-from .loop import append_metrics, batch_rows, plot_losses
+from .loop import StepLoop, batch_rows, check_resume, plot_losses, run_steps
 from .stage1 import _examples, _qformer, _tokenizer
-from .state import load_training_state, save_training_state
+from .state import load_training_state
 
 __all__ = ["Stage2Config", "PRESETS", "Stage2Result", "train_stage2", "stage2_config"]
 
@@ -119,7 +117,6 @@ def train_stage2(
 ) -> Stage2Result:
     """Train the Q-Former and projection through the frozen LM; ``out_dir/model`` is the result."""
     from accelerate import Accelerator
-    from tqdm import tqdm
     from transformers import get_cosine_schedule_with_warmup
 
     if not config.language_model:
@@ -127,11 +124,7 @@ def train_stage2(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     state_dir, config_path = out / "state", out / "config.json"
-    if resume:
-        if not state_dir.is_dir():
-            raise InputError(f"{out}: nothing to resume (no state/ directory)")
-        if config_path.is_file() and json.loads(config_path.read_text()) != json.loads(dumps(config)):
-            raise InputError(f"{out}: the run was started with a different config; resume with the same one")
+    check_resume(out, dumps(config), resume)
     accelerator = Accelerator(gradient_accumulation_steps=config.grad_accum, mixed_precision=config.mixed_precision)
     torch.manual_seed(config.seed)
     if accelerator.is_main_process:
@@ -164,39 +157,26 @@ def train_stage2(
     if not resume and accelerator.is_main_process:
         metrics_path.write_text("")
     end = min(config.max_steps, stop_after if stop_after is not None else config.max_steps)
-    bar = tqdm(total=config.max_steps, initial=start, desc="stage 2", unit="step", disable=not (progress and accelerator.is_main_process))
-    began, loss_value = time.perf_counter(), float("nan")
-    for step in range(start, end):
-        model.train()
-        total = 0.0
-        for micro in range(config.grad_accum):
-            index = step * config.grad_accum + micro
-            rows = batch_rows(config.seed, index, dataset_size=len(examples), batch_size=config.batch_size, world=world, rank=rank)
-            rng = np.random.default_rng([config.seed, index, rank])
-            pairs = [_sample(examples[i], rng, config.qa_fraction) for i in rows]
-            with accelerator.accumulate(model):
-                loss = model(cache.batch(rows).to(accelerator.device), [p for p, _ in pairs], [t for _, t in pairs])
-                accelerator.backward(loss)
-                optimizer.step()
-                scheduler.step() if accelerator.sync_gradients else None
-                optimizer.zero_grad()
-            total += loss.item() / config.grad_accum
-        loss_value = total
-        bar.update(1)
-        bar.set_postfix(loss=f"{total:.3f}")
-        if accelerator.is_main_process and ((step + 1) % config.log_every == 0 or step + 1 == end):
-            append_metrics(metrics_path, {"step": step + 1, "lr": scheduler.get_last_lr()[0], "loss": total, "seconds": time.perf_counter() - began})
-        if config.save_every and (step + 1) % config.save_every == 0 and accelerator.is_main_process:
-            save_training_state(state_dir, model=_trainable_view(accelerator.unwrap_model(model)), optimizer=optimizer, scheduler=scheduler, step=step + 1)
-    bar.close()
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
+
+    def micro_step(index: int) -> dict[str, torch.Tensor]:
+        rows = batch_rows(config.seed, index, dataset_size=len(examples), batch_size=config.batch_size, world=world, rank=rank)
+        rng = np.random.default_rng([config.seed, index, rank])
+        pairs = [_sample(examples[i], rng, config.qa_fraction) for i in rows]
+        loss = model(cache.batch(rows).to(accelerator.device), [p for p, _ in pairs], [t for _, t in pairs])
+        return {"loss": loss}
+
+    losses = run_steps(
+        StepLoop(config.max_steps, config.grad_accum, config.log_every, config.save_every, "stage 2", loss_key="loss"),
+        accelerator=accelerator, model=model, optimizer=optimizer, scheduler=scheduler,
+        state_model=lambda: _trainable_view(accelerator.unwrap_model(model)), micro_step=micro_step,
+        out=out, start=start, end=end, progress=progress,
+    )
+    loss_value = losses.get("loss", float("nan"))
+    if accelerator.is_main_process and end == config.max_steps:
         final = accelerator.unwrap_model(model)
-        save_training_state(state_dir, model=_trainable_view(final), optimizer=optimizer, scheduler=scheduler, step=end)
-        if end == config.max_steps:
-            final.save_pretrained(out / "model")
-            tokenizer.save_pretrained(out / "model" / "qformer")
-            plot_losses(metrics_path, out / "loss.png", ("loss",), "BLIP-2 stage 2")
+        final.save_pretrained(out / "model")
+        tokenizer.save_pretrained(out / "model" / "qformer")
+        plot_losses(metrics_path, out / "loss.png", ("loss",), "BLIP-2 stage 2")
     return Stage2Result(out_dir=out, steps=end, final_loss=loss_value)
 
 
