@@ -66,3 +66,19 @@ def test_feature_cache_round_trip_and_resume(tmp_path, images):
         FeatureCache.open(tmp_path / "cache", identity="something-else")
     with pytest.raises(InputError, match="not a feature cache"):
         FeatureCache.open(tmp_path / "nothing")
+
+
+def test_feature_cache_is_shared_only_by_the_same_images(tmp_path, images, monkeypatch):
+    encoder = load_image_encoder("efficientnet-lite0")
+    first = FeatureCache.build(encoder, images, tmp_path / "cache", images_key="set-a").batch(range(5))
+    calls = []
+    original = type(encoder).encode
+    monkeypatch.setattr(type(encoder), "encode", lambda self, batch: calls.append(len(batch)) or original(self, batch))
+    # The same key: the complete cache is reused (only the one-image shape probe runs).
+    FeatureCache.build(encoder, images, tmp_path / "cache", images_key="set-a")
+    assert calls == [1]
+    # Another key with as many images: rebuilt from those images, not mixed with the old rows.
+    reversed_images = images[::-1]
+    other = FeatureCache.build(encoder, reversed_images, tmp_path / "cache", images_key="set-b", batch_size=5)
+    assert calls[1:] == [1, 5]
+    torch.testing.assert_close(other.batch(range(5)), first[torch.arange(4, -1, -1)])

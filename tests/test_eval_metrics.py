@@ -30,3 +30,35 @@ def test_vqa_exact_match():
     assert exact_match_accuracy(["red", "Two", "no"], ["red", "2", "yes"]) == pytest.approx(200 / 3)
     with pytest.raises(ValueError):
         exact_match_accuracy(["a"], [])
+
+
+def test_retrieval_with_interchangeable_images():
+    # Images 0 and 1 are the same scene content (group "a"), image 2 another ("b"); text j describes image j.
+    sim = np.array([[0.1, 0.9, 0.2],
+                    [0.5, 0.3, 0.4],
+                    [0.6, 0.2, 0.8]])
+    strict = retrieval_scores(sim, [0, 1, 2], ks=(1,))
+    # strict T2I: text 0 -> image 2 (0.6) beats image 0 (0.1): rank 3; text 1 -> image 0 (0.9): rank 2;
+    # text 2 -> image 2 (0.8): rank 1
+    assert strict.text_to_image_mean_rank == pytest.approx(2.0)
+    grouped = retrieval_scores(sim, [0, 1, 2], ks=(1,), image_groups=["a", "a", "b"])
+    # text 0: best of images 0/1 is 0.5 < image 2's 0.6 -> rank 2; text 1: image 0 (0.9) is right -> 1;
+    # text 2 -> 1. So T2I R@1 = 2/3.
+    assert grouped.text_to_image[1] == pytest.approx(200 / 3)
+    assert grouped.text_to_image_mean_rank == pytest.approx(4 / 3)
+    # I2T: image 0's right texts are 0 and 1 (0.9 best) -> 1; image 1's best right text is 0 (0.5),
+    # text 2 (0.4) is lower -> 1; image 2: text 2 (0.8) -> 1.
+    assert grouped.image_to_text[1] == 100.0
+    # strict I2T: image 0's text 0 (0.1) is last -> 3; image 1's text 1 (0.3) is below 0.5 and 0.4 -> 3;
+    # image 2 -> 1
+    assert strict.image_to_text[1] == pytest.approx(100 / 3)
+    with pytest.raises(ValueError, match="image groups"):
+        retrieval_scores(sim, [0, 1, 2], image_groups=["a"])
+
+
+def test_an_image_of_several_texts_ranks_by_its_best_text():
+    # image 0 owns texts 0, 1, 2 (two tie at the top); image 1 owns text 3 which scores 0.9 on image 0.
+    sim = np.array([[0.8, 0.8, 0.1, 0.9],
+                    [0.0, 0.0, 0.0, 1.0]])
+    scores = retrieval_scores(sim, [0, 0, 0, 1], ks=(1, 2))
+    assert scores.image_to_text == {1: 50.0, 2: 100.0}  # image 0: text 3 beats its best (0.8) -> rank 2

@@ -199,6 +199,25 @@ def test_image_mask_hides_image_tokens() -> None:
     torch.testing.assert_close(masked, model.encode_image(images[:, :3]).last_hidden_state, atol=1e-6, rtol=0)
 
 
+def test_image_layer_norm_normalises_each_image_token() -> None:
+    """BLIP-2's ln_vision: with it, a per-token affine change of the features (a CNN's unnormalised
+    activations) leaves the queries unchanged; without it, it does not."""
+    import dataclasses
+
+    images, _, _ = tiny_inputs()
+    shifted = images * 3.0 + 1.5
+    torch.manual_seed(0)
+    with_norm = QFormer(dataclasses.replace(TINY, image_layer_norm=True)).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(
+            with_norm.encode_image(shifted).last_hidden_state, with_norm.encode_image(images).last_hidden_state,
+            atol=1e-4, rtol=1e-4,
+        )
+        plain = tiny_model()
+        assert not torch.allclose(plain.encode_image(shifted).last_hidden_state, plain.encode_image(images).last_hidden_state, atol=1e-3)
+    assert "image_norm.weight" in with_norm.state_dict() and "image_norm.weight" not in plain.state_dict()
+
+
 def test_save_and_load_round_trip(tmp_path: Path) -> None:
     model = tiny_model()
     model.save_pretrained(tmp_path)

@@ -56,6 +56,33 @@ def test_overrides_are_checked(tmp_path):
     assert stage1_config("tiny", ["use_itg=false", "lr=0.01"]).use_itg is False
 
 
+def test_corpus_vocabulary_is_learnt_saved_and_used(tmp_path):
+    from transformers import AutoTokenizer
+
+    from vlmkit.data import make_split
+    from vlmkit_train.vocab import train_wordpiece
+
+    train_stage1(stage1_config("tiny", ["max_steps=1"]), tmp_path / "run")
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "run" / "qformer")
+    model = QFormer.from_pretrained(tmp_path / "run" / "qformer")
+    assert 20 < len(tokenizer) < 300 and model.config.vocab_size == len(tokenizer)
+    assert (tokenizer.pad_token_id, tokenizer.bos_token, model.config.dec_token_id) == (0, "[DEC]", tokenizer.bos_token_id)
+    caption = make_split(16, 0, "train")[3].captions[0]
+    ids = tokenizer(caption)["input_ids"]
+    assert ids[0] == tokenizer.cls_token_id and ids[-1] == tokenizer.sep_token_id
+    assert tokenizer.unk_token_id not in ids and tokenizer.decode(ids, skip_special_tokens=True) == caption
+    # The vocabulary depends on the texts, not on their order.
+    texts = ["a red circle", "two shapes: a blue square and a red circle", "a green star above a blue square"]
+    assert train_wordpiece(texts).get_vocab() == train_wordpiece(texts[::-1]).get_vocab()
+
+
+def test_bert_vocabulary_for_a_bert_initialised_qformer(tmp_path):
+    train_stage1(stage1_config("tiny", ["max_steps=1", "tokenizer=minilm"]), tmp_path / "run")
+    assert QFormer.from_pretrained(tmp_path / "run" / "qformer").config.vocab_size == 30523  # BERT's + [DEC]
+    with pytest.raises(InputError, match="tokenizer=corpus needs qformer_init=scratch"):
+        stage1_config("tiny", ["qformer_init=minilm"])
+
+
 def test_two_processes_through_accelerate_launch(tmp_path):
     """DDP over two CPU processes (gloo) through `accelerate launch`, the same code as one process."""
     import os

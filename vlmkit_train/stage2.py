@@ -17,15 +17,15 @@ import numpy as np
 import torch
 
 from vlmkit.errors import InputError
-from vlmkit.feature_cache import FeatureCache
 from vlmkit.models.blip2_native import CAPTION_PROMPT, VQA_PROMPT, Blip2Config, NativeBlip2
 from vlmkit.models.image_encoders import load_image_encoder
 from vlmkit.models.qformer import QFormer
 
 from .config import apply_overrides, dumps
 from .loop import StepLoop, batch_rows, check_resume, plot_losses, run_steps
-from .stage1 import _examples, _qformer, _tokenizer
+from .stage1 import _examples, _qformer, _tokenizer, check_vocabulary, feature_cache
 from .state import load_training_state
+from .vocab import minilm_tokenizer
 
 __all__ = ["Stage2Config", "PRESETS", "Stage2Result", "train_stage2", "stage2_config"]
 
@@ -44,6 +44,7 @@ class Stage2Config:
     encoder_layer: int = -2
     # Used only when stage1 is "" (a fresh Q-Former, as in stage 1's options).
     qformer_init: str = "minilm"
+    tokenizer: Literal["minilm", "corpus"] = "minilm"
     scratch_layers: int = 2
     scratch_hidden: int = 128
     num_query_tokens: int = 8
@@ -57,6 +58,8 @@ class Stage2Config:
     warmup_steps: int = 50
     max_steps: int = 500
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    #: As in stage 1: "" is ``out/features``; a stage-1 run's ``features/`` can be shared.
+    features_dir: str = ""
     save_every: int = 0
     log_every: int = 10
 
@@ -66,12 +69,13 @@ class Stage2Config:
                 raise InputError(f"{name} must be at least 1, got {getattr(self, name)}")
         if not 0.0 <= self.qa_fraction <= 1.0:
             raise InputError(f"qa_fraction must be in [0, 1], got {self.qa_fraction}")
+        check_vocabulary(self)
 
 
 PRESETS: dict[str, Stage2Config] = {
-    "shapes": Stage2Config(),
+    "shapes": Stage2Config(qformer_init="scratch", tokenizer="corpus", lr=1e-3, max_steps=1000),
     "tiny": Stage2Config(
-        train_size=16, batch_size=4, max_steps=6, qformer_init="scratch", scratch_layers=2, scratch_hidden=32,
+        train_size=16, batch_size=4, max_steps=6, qformer_init="scratch", tokenizer="corpus", scratch_layers=2, scratch_hidden=32,
         num_query_tokens=4, warmup_steps=2, log_every=1, lr=1e-3,
     ),
 }
@@ -90,11 +94,21 @@ class Stage2Result:
     final_loss: float
 
 
-def _stage1_qformer(path: str) -> QFormer:
+def _stage1_qformer(path: str) -> tuple[QFormer, Any]:
+    """The Q-Former of a stage-1 run (or a Q-Former directory) and the tokenizer saved beside it;
+    a bare Q-Former directory gets BERT's vocabulary (MiniLM's) when its size fits."""
+    from transformers import AutoTokenizer
+
     root = Path(path)
     for candidate in (root / "qformer", root):
         if (candidate / "model.safetensors").is_file():
-            return QFormer.from_pretrained(candidate)
+            qformer = QFormer.from_pretrained(candidate)
+            if (candidate / "tokenizer_config.json").is_file():
+                return qformer, AutoTokenizer.from_pretrained(candidate)
+            tokenizer = minilm_tokenizer()
+            if len(tokenizer) != qformer.config.vocab_size:
+                raise InputError(f"stage1={path!r}: no tokenizer beside the Q-Former, and BERT's does not fit its vocabulary")
+            return qformer, tokenizer
     raise InputError(f"stage1={path!r}: no Q-Former there (expected a stage-1 run or a qformer/ directory)")
 
 
@@ -132,13 +146,13 @@ def train_stage2(
 
     examples = _examples(config)
     encoder = load_image_encoder(config.encoder, layer=config.encoder_layer)
-    if accelerator.is_main_process:
-        FeatureCache.build(encoder, [e.image for e in examples], out / "features", progress=progress)
-    accelerator.wait_for_everyone()
-    cache = FeatureCache.open(out / "features", identity=encoder.identity)
+    cache = feature_cache(config, encoder, [e.image for e in examples], out, accelerator, progress)
 
-    tokenizer = _tokenizer()
-    qformer = _stage1_qformer(config.stage1) if config.stage1 else _qformer(config, encoder.hidden_size, tokenizer)
+    if config.stage1:
+        qformer, tokenizer = _stage1_qformer(config.stage1)
+    else:
+        tokenizer = _tokenizer(config, examples, out, accelerator)
+        qformer = _qformer(config, encoder.hidden_size, tokenizer)
     model = NativeBlip2.from_parts(
         Blip2Config(image_encoder=config.encoder, encoder_layer=config.encoder_layer, language_model=config.language_model),
         qformer,

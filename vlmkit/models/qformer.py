@@ -12,6 +12,9 @@ learned query embeddings, followed by the text tokens:
 * queries and text run through separate feed-forward blocks (LAVIS's ``intermediate_query`` /
   ``output_query`` beside BERT's ``intermediate`` / ``output``), both initialised from BERT.
 
+A learned LayerNorm over the image features (BLIP-2's ``ln_vision``) is optional
+(``image_layer_norm``): transformers' vision towers apply one already.
+
 On top sit the stage-1 heads: ``vision_proj`` and ``text_proj`` for image-text contrastive learning
 (ITC, with the learned temperature ``temp``), ``itm_head`` for image-text matching (ITM), and a BERT
 LM head for image-grounded text generation (ITG). The module computes no losses: the pure functions
@@ -85,6 +88,10 @@ class QFormerConfig:
     cross_attention_frequency: int = 2
     #: Width of the frozen image features that the queries cross-attend to.
     encoder_hidden_size: int = 1408
+    #: A learned LayerNorm over the frozen image features before cross-attention (BLIP-2's
+    #: ``ln_vision``). Off for transformers checkpoints, whose vision tower applies it already
+    #: (``post_layernorm``); on for features read from inside an encoder (layer -2, a CNN map).
+    image_layer_norm: bool = False
     #: Size of the ITC space (``vision_proj`` and ``text_proj`` outputs).
     embed_dim: int = 256
     pad_token_id: int = 0
@@ -308,6 +315,9 @@ class QFormer(nn.Module):
         # (1, Q, D), drawn from N(0, initializer_range) below
         self.query_tokens = nn.Parameter(torch.zeros(1, config.num_query_tokens, config.hidden_size))
         self.embeddings = QFormerEmbeddings(config)
+        self.image_norm = (
+            nn.LayerNorm(config.encoder_hidden_size, eps=1e-6) if config.image_layer_norm else nn.Identity()
+        )
         self.layers = nn.ModuleList(QFormerLayer(config, index) for index in range(config.num_layers))
         self.vision_proj = nn.Linear(config.hidden_size, config.embed_dim)
         self.text_proj = nn.Linear(config.hidden_size, config.embed_dim)
@@ -367,7 +377,7 @@ class QFormer(nn.Module):
 
         cross_mask = None
         if image_embeds is not None:
-            image_embeds = image_embeds.to(hidden.dtype)  # features may be cached in float16
+            image_embeds = self.image_norm(image_embeds.to(hidden.dtype))  # features may be cached in float16
             if image_mask is None:
                 image_mask = torch.ones(image_embeds.shape[:2], dtype=torch.bool, device=device)
             cross_mask = image_mask.bool()[:, None, :]  # (B, 1, P)
