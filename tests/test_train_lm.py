@@ -46,6 +46,16 @@ def test_corpus_is_what_stage_2_asks_for():
         assert all(f"Question: {q} Answer: {a}" in texts for q, a in example.qa)
 
 
+def test_context_corpus_leads_each_text_with_its_scene():
+    example = make_split(1, 0, "train")[0]
+    texts = corpus_texts([example], context=True)
+    description = " ".join(f"{c}." for c in example.captions)
+    assert len(texts) == len(example.captions) + len(example.qa)
+    q, a = example.qa[0]
+    assert f"{description} Question: {q} Answer: {a}" in texts
+    assert all(t.startswith(description + " ") for t in texts)
+
+
 def test_heldout_split_keeps_every_copy_together(texts):
     train, heldout = split_heldout(texts, 0.1, seed=0)
     assert heldout and not set(train) & set(heldout)

@@ -54,6 +54,12 @@ def test_stage2_end_to_end(tmp_path, frozen_lm, stage1_run, photos, capsys):
 
     model = vlmkit.load(tmp_path / "s2" / "model")
     assert model.kind.architecture == "VlmkitBlip2"
+    # Retrieval uses the stage-1 Q-Former, kept beside the one stage 2 trained for the LM.
+    from vlmkit.models.qformer import QFormer
+
+    stage1 = QFormer.from_pretrained(stage1_run / "qformer").state_dict()
+    assert all(torch.equal(model.retrieval.state_dict()[k], v) for k, v in stage1.items())
+    assert not torch.equal(model.net.qformer.state_dict()["query_tokens"], stage1["query_tokens"])
     paths = [str(photos["cat"]), str(photos["coffee"]), str(photos["astronaut"])]
     captions = model.caption(paths, max_new_tokens=5)
     assert len(captions) == 3 and captions == model.caption(paths, max_new_tokens=5, batch_size=1)
@@ -87,6 +93,19 @@ def test_stage2_loss_is_prompt_masked(frozen_lm, stage1_run):
     assert all(p.grad is None for p in net.lm.parameters())
     with pytest.raises(vlmkit.InputError):
         net(features, ["a photo of"], ["x"])
+
+
+def test_visual_prompts_start_at_the_lm_embedding_scale(frozen_lm, stage1_run):
+    """A fresh projection gives prompts as long as the LM's token embeddings, not tens of times longer."""
+    from vlmkit.models.blip2_native import Blip2Config
+    from vlmkit.models.qformer import QFormer
+
+    net = NativeBlip2.from_parts(Blip2Config(language_model=str(frozen_lm)), QFormer.from_pretrained(stage1_run / "qformer"), lm_path=frozen_lm)
+    with torch.no_grad():
+        prompts = net.visual_prompts(torch.randn(4, 49, 1280))  # (B, Q, D_lm)
+    embedding = net.lm.get_input_embeddings().weight.norm(dim=-1).mean()
+    ratio = float(prompts.norm(dim=-1).mean() / embedding)
+    assert 0.5 < ratio < 2.0, ratio
 
 
 def test_stage2_resume_is_exact(tmp_path, frozen_lm, stage1_run):

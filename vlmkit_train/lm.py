@@ -66,6 +66,8 @@ QA_TEMPLATE = VQA_PROMPT.format("{question}") + " {answer}"
 class LMConfig:
     data: Literal["shapes", "easy-vqa"] = "shapes"
     train_size: int = 2000  # examples whose texts make the corpus
+    #: Start every text with its scene's description (see ``corpus_texts``), so the LM learns to read it.
+    context: bool = True
     seed: int = 0
     #: Upper bound for the BPE vocabulary; a small templated corpus saturates below it.
     vocab_size: int = 2000
@@ -132,13 +134,19 @@ class LMResult:
 # -- data ------------------------------------------------------------------------------------------
 
 
-def corpus_texts(examples: Sequence[Example]) -> list[str]:
+def corpus_texts(examples: Sequence[Example], *, context: bool = False) -> list[str]:
     """Every caption (after stage 2's caption prompt) and every question-answer pair (in BLIP-2's OPT
-    prompt) of ``examples``, in order and with repeats: the texts stage 2 uses, see the templates."""
+    prompt) of ``examples``, in order and with repeats: the texts stage 2 uses, see the templates.
+
+    ``context=True`` starts each text with a description of its scene (all its captions): the LM then
+    learns, from text alone, to answer a question and to caption from a description in its context,
+    the reading skill a large pretrained LM brings to BLIP-2. Stage 2 teaches the Q-Former to give
+    that description as soft visual prompts. Without it, a small LM only learns each answer's prior."""
     texts: list[str] = []
     for example in examples:
-        texts += [CAPTION_TEMPLATE.format(caption=caption.strip()) for caption in example.captions]
-        texts += [QA_TEMPLATE.format(question=q, answer=a.strip()) for q, a in example.qa]
+        lead = " ".join(f"{c.strip()}." for c in example.captions) + " " if context and example.captions else ""
+        texts += [lead + CAPTION_TEMPLATE.format(caption=caption.strip()) for caption in example.captions]
+        texts += [lead + QA_TEMPLATE.format(question=q, answer=a.strip()) for q, a in example.qa]
     return texts
 
 
@@ -148,10 +156,10 @@ def training_texts(config: LMConfig) -> list[str]:
     if config.data == "shapes":
         from vlmkit.data import make_split
 
-        return corpus_texts(make_split(config.train_size, config.seed, "train"))
+        return corpus_texts(make_split(config.train_size, config.seed, "train"), context=config.context)
     from vlmkit.data import load_easy_vqa
 
-    return corpus_texts(load_easy_vqa("train")[: config.train_size])
+    return corpus_texts(load_easy_vqa("train")[: config.train_size], context=config.context)
 
 
 def split_heldout(texts: Sequence[str], fraction: float, seed: int) -> tuple[list[str], list[str]]:

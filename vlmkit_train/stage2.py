@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from vlmkit.errors import InputError
-from vlmkit.models.blip2_native import CAPTION_PROMPT, VQA_PROMPT, Blip2Config, NativeBlip2
+from vlmkit.models.blip2_native import CAPTION_PROMPT, RETRIEVAL_QFORMER, VQA_PROMPT, Blip2Config, NativeBlip2
 from vlmkit.models.image_encoders import load_image_encoder
 from vlmkit.models.qformer import QFormer
 
@@ -190,6 +190,8 @@ def train_stage2(
         final = accelerator.unwrap_model(model)
         final.save_pretrained(out / "model")
         tokenizer.save_pretrained(out / "model" / "qformer")
+        if config.stage1:  # retrieval keeps the stage-1 Q-Former, as BLIP-2 does
+            _stage1_qformer(config.stage1)[0].save_pretrained(out / "model" / RETRIEVAL_QFORMER)
         plot_losses(metrics_path, out / "loss.png", ("loss",), "BLIP-2 stage 2")
     return Stage2Result(out_dir=out, steps=end, final_loss=loss_value)
 

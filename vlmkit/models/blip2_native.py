@@ -8,8 +8,9 @@ prompt; an encoder-decoder LM (T5) with the prefix-LM loss: visual prompts and p
 encoder, the continuation is the decoder's target. Only the Q-Former and the projection learn.
 
 A checkpoint is a directory: ``config.json`` (``model_type: vlmkit-blip2``, the encoder, the LM, the
-prompts), ``qformer/`` (weights and its BERT tokenizer), ``projection.safetensors`` and, when the LM is
-local, ``lm/`` in transformers format. ``vlmkit.load(dir)`` wraps it for caption / ask / embed / match.
+prompts), ``qformer/`` (weights and its tokenizer), ``projection.safetensors``, when the LM is
+local, ``lm/`` in transformers format, and, after a stage-2 run from a stage-1 run,
+``retrieval_qformer/``: the stage-1 Q-Former, which embed / similarity / match use. ``vlmkit.load(dir)`` wraps it for caption / ask / embed / match.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from .image_encoders import FrozenImageEncoder, load_image_encoder
 from .kinds import KINDS
 from .qformer import QFormer
 
-__all__ = ["Blip2Config", "NativeBlip2", "NativeBlip2Tasks", "load_native", "MODEL_TYPE", "CAPTION_PROMPT", "VQA_PROMPT"]
+__all__ = ["Blip2Config", "NativeBlip2", "NativeBlip2Tasks", "load_native", "MODEL_TYPE", "CAPTION_PROMPT", "VQA_PROMPT", "RETRIEVAL_QFORMER"]
 
 MODEL_TYPE = "vlmkit-blip2"
 CAPTION_PROMPT = "a photo of"
@@ -49,6 +50,10 @@ class Blip2Config:
     vqa_prompt: str = VQA_PROMPT
 
 
+#: Optional checkpoint subdirectory: the stage-1 Q-Former that ``embed`` / ``similarity`` / ``match`` use.
+RETRIEVAL_QFORMER = "retrieval_qformer"
+
+
 class NativeBlip2(nn.Module):
     """Frozen encoder + Q-Former + projection + frozen LM. ``forward`` is the stage-2 loss."""
 
@@ -62,6 +67,7 @@ class NativeBlip2(nn.Module):
         self.lm = lm
         self.lm_tokenizer = lm_tokenizer
         self.projection = nn.Linear(qformer.config.hidden_size, lm.config.hidden_size)  # D -> D_lm
+        self._init_projection()
         for parameter in self.lm.parameters():
             parameter.requires_grad_(False)
         self.lm.eval()
@@ -72,6 +78,18 @@ class NativeBlip2(nn.Module):
         self.lm.eval()  # frozen: no dropout in the LM, ever
         self.encoder.eval()
         return self
+
+    @torch.no_grad()
+    def _init_projection(self) -> None:
+        """Start the visual prompts at the scale of the LM's own token embeddings. PyTorch's default
+        initialisation maps the Q-Former's LayerNorm-ed outputs (norm about sqrt(D)) to vectors tens
+        of times longer than a small LM's embeddings; such prompts are nearly the same for every
+        image after the LM's first LayerNorm, and stage 2 then learns only the text prior."""
+        embeddings = self.lm.get_input_embeddings().weight.float()  # (V, D_lm)
+        target = float(embeddings.norm(dim=-1).mean())
+        fan_in, fan_out = self.projection.in_features, self.projection.out_features
+        nn.init.normal_(self.projection.weight, std=target / (fan_in * fan_out) ** 0.5)
+        nn.init.zeros_(self.projection.bias)
 
     # -- pieces ---------------------------------------------------------------------------------
 
@@ -219,10 +237,17 @@ class NativeBlip2Tasks(VisionLanguageModel):
     """A :class:`NativeBlip2` checkpoint behind the vlmkit task interface: generation through the
     frozen LM, retrieval through the Q-Former's stage-1 heads (ITC max over queries, ITM)."""
 
-    def __init__(self, name: str, net: NativeBlip2, qformer_tokenizer: Any, device: torch.device, dtype: torch.dtype) -> None:
+    def __init__(
+        self, name: str, net: NativeBlip2, qformer_tokenizer: Any, device: torch.device, dtype: torch.dtype,
+        retrieval_qformer: QFormer | None = None,
+    ) -> None:
         super().__init__(name, KINDS["VlmkitBlip2"], device, dtype)
         self.net = net.to(device).eval()
         self.qformer_tokenizer = qformer_tokenizer
+        #: ITC / ITM come from the stage-1 Q-Former when the checkpoint keeps it: stage 2 trains the
+        #: Q-Former for the LM only, which moves the queries away from the ITC space (BLIP-2 also
+        #: retrieves with its stage-1 model).
+        self.retrieval = (retrieval_qformer or net.qformer).to(device, dtype).eval()
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.net.parameters())
@@ -264,7 +289,7 @@ class NativeBlip2Tasks(VisionLanguageModel):
     def embed_image_queries(self, images: Any, *, batch_size: int = 32) -> np.ndarray:
         """Normalised ITC features of every query, (N, Q, D)."""
         with torch.inference_mode():
-            return self.net.qformer.image_features(self._features(images, batch_size)).float().cpu().numpy()
+            return self.retrieval.image_features(self._features(images, batch_size)).float().cpu().numpy()
 
     def embed_images(self, images: Any, *, batch_size: int = 32) -> np.ndarray:
         queries = self.embed_image_queries(images, batch_size=batch_size)
@@ -280,7 +305,7 @@ class NativeBlip2Tasks(VisionLanguageModel):
         with torch.inference_mode():
             for start in range(0, len(text_list), batch_size):
                 batch = self._tokens(text_list[start : start + batch_size])
-                chunks.append(self.net.qformer.text_features(batch["input_ids"], batch["attention_mask"]).float().cpu().numpy())
+                chunks.append(self.retrieval.text_features(batch["input_ids"], batch["attention_mask"]).float().cpu().numpy())
         return np.concatenate(chunks).astype(np.float32)
 
     def similarity(self, images: Any, texts: Any) -> np.ndarray:
@@ -290,7 +315,7 @@ class NativeBlip2Tasks(VisionLanguageModel):
         return np.einsum("nqd,md->nqm", self.embed_image_queries(images), text_emb).max(axis=1)
 
     def logit_scale(self) -> float:
-        return 1.0 / float(self.net.qformer.temp.detach().clamp(0.001, 0.5))
+        return 1.0 / float(self.retrieval.temp.detach().clamp(0.001, 0.5))
 
     def match(self, images: Any, texts: Any, *, batch_size: int = 16) -> MatchResult:
         image_list, text_list = pair_up(as_list(images, "images"), check_texts(as_list(texts, "texts"), "texts"), "match")
@@ -299,7 +324,7 @@ class NativeBlip2Tasks(VisionLanguageModel):
             for start in range(0, len(image_list), batch_size):
                 features = self._features(image_list[start : start + batch_size], batch_size)
                 batch = self._tokens(text_list[start : start + batch_size])
-                logits = self.net.qformer.itm_logits(features, batch["input_ids"], batch["attention_mask"])  # (B, 2)
+                logits = self.retrieval.itm_logits(features, batch["input_ids"], batch["attention_mask"])  # (B, 2)
                 scores.append(logits.float().softmax(dim=-1)[:, 1].cpu().numpy())
         return MatchResult(scores=np.concatenate(scores).astype(np.float32), kind="itm")
 
@@ -310,4 +335,6 @@ def load_native(path: str | os.PathLike, *, name: str, device: torch.device, dty
 
     net = NativeBlip2.from_pretrained(path, dtype=dtype)
     tokenizer = transformers.AutoTokenizer.from_pretrained(Path(path) / "qformer")
-    return NativeBlip2Tasks(name, net, tokenizer, device, dtype)
+    stage1 = Path(path) / RETRIEVAL_QFORMER
+    retrieval = QFormer.from_pretrained(stage1) if (stage1 / "model.safetensors").is_file() else None
+    return NativeBlip2Tasks(name, net, tokenizer, device, dtype, retrieval)
