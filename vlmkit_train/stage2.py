@@ -151,7 +151,7 @@ def train_stage2(
     if config.stage1:
         qformer, tokenizer = _stage1_qformer(config.stage1)
     else:
-        tokenizer = _tokenizer(config, examples, out, accelerator)
+        tokenizer = _tokenizer(config, examples, out, accelerator, resume)
         qformer = _qformer(config, encoder.hidden_size, tokenizer)
     model = NativeBlip2.from_parts(
         Blip2Config(image_encoder=config.encoder, encoder_layer=config.encoder_layer, language_model=config.language_model),

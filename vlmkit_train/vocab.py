@@ -72,16 +72,16 @@ def train_wordpiece(texts: Iterable[str], vocab_size: int = 1000) -> Any:
     )
 
 
-def qformer_tokenizer(kind: str, out: Path, texts: Iterable[str], *, is_main: bool, wait: Any) -> Any:
+def qformer_tokenizer(kind: str, out: Path, texts: Iterable[str], *, is_main: bool, wait: Any, resume: bool = False) -> Any:
     """The tokenizer a run's ``tokenizer`` setting names ("minilm" or "corpus"), saved in ``out``
-    by the main process (a resumed run reads it back rather than learning it again) and read by all."""
+    by the main process and read by all; a resumed run reads the saved one back."""
     from transformers import AutoTokenizer
 
     if kind == "minilm":
         return minilm_tokenizer()
     if kind != "corpus":
         raise InputError(f"tokenizer must be minilm or corpus, got {kind!r}")
-    if is_main and not (out / "tokenizer.json").is_file():
+    if is_main and not (resume and (out / "tokenizer.json").is_file()):
         train_wordpiece(texts).save_pretrained(out)
     wait()
     return AutoTokenizer.from_pretrained(out)
