@@ -144,7 +144,7 @@ def feature_cache(config: Any, encoder: Any, images: list[Any], out: Path, accel
 
 
 def _tokenizer(config: Any, examples: list[Any], out: Path, accelerator: Any, resume: bool) -> Any:
-    """The Q-Former tokenizer a config names; a corpus vocabulary is learnt on every text of the
+    """The Q-Former tokenizer a config names; a corpus vocabulary is built from every text of the
     training examples (captions, questions, answers) and kept in ``out/tokenizer``."""
     from .lm import corpus_texts
 

@@ -1,4 +1,4 @@
-"""The Q-Former's text vocabulary: BERT's (from all-MiniLM-L6-v2) or one learnt on the training corpus.
+"""The Q-Former's text vocabulary: BERT's (from all-MiniLM-L6-v2) or one built from the training corpus.
 
 BLIP-2 tokenises Q-Former text with BERT's uncased WordPiece vocabulary plus a ``[DEC]`` token that
 starts ITG text. A Q-Former initialised from BERT must keep that vocabulary; one trained from scratch

@@ -10,7 +10,8 @@ encoder, the continuation is the decoder's target. Only the Q-Former and the pro
 A checkpoint is a directory: ``config.json`` (``model_type: vlmkit-blip2``, the encoder, the LM, the
 prompts), ``qformer/`` (weights and its tokenizer), ``projection.safetensors``, when the LM is
 local, ``lm/`` in transformers format, and, after a stage-2 run from a stage-1 run,
-``retrieval_qformer/``: the stage-1 Q-Former, which embed / similarity / match use. ``vlmkit.load(dir)`` wraps it for caption / ask / embed / match.
+``retrieval_qformer/``: the stage-1 Q-Former, which embed / similarity / match use.
+``vlmkit.load(dir)`` wraps it for caption / ask / embed / match.
 """
 
 from __future__ import annotations
