@@ -21,3 +21,11 @@ TIMM_DIR="${VLMKIT_TIMM_DIR:-$("$PYTHON" -c 'import platformdirs; print(platform
 "$PYTHON" -m pip install --disable-pip-version-check -q --no-deps --upgrade --target "$TIMM_DIR" "timm>=1.0.15"
 # pyenv only exposes new console scripts (`vlmkit`) after a rehash.
 if command -v pyenv >/dev/null 2>&1; then pyenv rehash || true; fi
+# The browser tests drive Debian's chromium through Playwright (`playwright install` needs a download).
+if [ "${1:-}" = "test" ] && ! command -v chromium >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+  else
+    echo "install.sh: the browser tests need chromium: sudo apt-get install -y chromium" >&2
+  fi
+fi

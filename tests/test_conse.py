@@ -80,3 +80,10 @@ def test_generative_tasks_are_refused_with_alternatives(model, photos, task):
         else:
             model.generate(photos["cat"], "describe")
     assert "conse" in str(info.value)
+
+
+def test_embeddings_with_tags_come_from_one_pass(model, photos):
+    images = [photos["cat"], photos["coffee"]]
+    vectors, tags = model.embed_images_with_tags(images)
+    np.testing.assert_allclose(vectors, model.embed_images(images), atol=1e-6)
+    assert [f"a photo of {t}" for t in tags] == model.caption(images)

@@ -1,4 +1,4 @@
-"""The library never imports the applications (CLI now; training and server later)."""
+"""The library never imports the applications (CLI, training, server)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import vlmkit
 
-APPS = ("vlmkit_cli", "vlmkit_train")
+APPS = ("vlmkit_cli", "vlmkit_train", "vlmkit_server")
 
 
 def test_library_source_never_imports_applications():

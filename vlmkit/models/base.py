@@ -193,6 +193,10 @@ class VisionLanguageModel:
         """L2-normalised text embeddings, float32, shape (N, D)."""
         raise self._unsupported("embed")
 
+    def embed_images_with_tags(self, images: Any, *, batch_size: int = 32) -> tuple[np.ndarray, list[str] | None]:
+        """Image embeddings and, for models that tag in the same pass (the built-in), their tags."""
+        return self.embed_images(images, batch_size=batch_size), None
+
     def logit_scale(self) -> float:
         """Multiplier that turns cosine similarities into classification logits."""
         return 100.0

@@ -183,15 +183,21 @@ class ConSE(VisionLanguageModel):
         Decoding options are checked for validity but a tagger has nothing to decode."""
         GenerationOptions(max_new_tokens, num_beams, do_sample, top_p, temperature)
         start = (prompt or CAPTION_PROMPT).strip()
-        captions = []
-        for row in self.class_probabilities(images, batch_size=batch_size):
-            order = np.argsort(-row, kind="stable")
-            tags: list[str] = []
-            for rank, index in enumerate(order[: _CAPTION_MAX_TAGS * 3]):
-                if len(tags) == _CAPTION_MAX_TAGS or (rank > 0 and row[index] < _CAPTION_MIN_PROB):
-                    break
-                name = self.class_names[index][0]
-                if name.lower() not in (t.lower() for t in tags):
-                    tags.append(name)
-            captions.append(f"{start} " + ", ".join(f"{_article(t)} {t}" for t in tags))
-        return captions
+        return [f"{start} {self._tags(row)}" for row in self.class_probabilities(images, batch_size=batch_size)]
+
+    def _tags(self, row: np.ndarray) -> str:
+        """"an espresso, a cup": the most probable classes that clear a probability floor."""
+        order = np.argsort(-row, kind="stable")
+        tags: list[str] = []
+        for rank, index in enumerate(order[: _CAPTION_MAX_TAGS * 3]):
+            if len(tags) == _CAPTION_MAX_TAGS or (rank > 0 and row[index] < _CAPTION_MIN_PROB):
+                break
+            name = self.class_names[index][0]
+            if name.lower() not in (t.lower() for t in tags):
+                tags.append(name)
+        return ", ".join(f"{_article(t)} {t}" for t in tags)
+
+    def embed_images_with_tags(self, images: Any, *, batch_size: int = 32) -> tuple[np.ndarray, list[str] | None]:
+        """Embeddings and caption tags from one classifier pass (what the image index stores)."""
+        probs = self.class_probabilities(images, batch_size=batch_size)
+        return self._combine(probs), [self._tags(row) for row in probs]

@@ -1,0 +1,76 @@
+"""The Ray engine on a local cluster of two worker nodes gives the same index as the local engine,
+and a re-run after an interruption skips what was committed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import ray
+from index_fakes import FakeEmbedder, solid
+
+from vlmkit.index import ImageIndex
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    import index_fakes
+    from ray.cluster_utils import Cluster
+
+    ray.cloudpickle.register_pickle_by_value(index_fakes)  # the workers cannot import tests/
+    local = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+    workers = [local.add_node(num_cpus=2), local.add_node(num_cpus=2)]
+    local.wait_for_nodes()
+    ray.init(address=local.address, log_to_driver=False)
+    yield workers
+    ray.shutdown()
+    local.shutdown()
+
+
+def _collection(root: Path) -> Path:
+    for i in range(30):
+        solid(root / f"part{i % 3}" / f"{i:02d}.png", (i * 37 % 256, i * 91 % 256, i * 53 % 256))
+    (root / "part0" / "copy.png").write_bytes((root / "part1" / "01.png").read_bytes())
+    (root / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    return root
+
+
+def _table(index: ImageIndex):
+    return index.table().to_arrow().sort_by("path")
+
+
+def test_two_worker_ray_index_equals_the_local_index(cluster, tmp_path: Path) -> None:
+    from vlmkit.index.ray_engine import RayEngine
+
+    root = _collection(tmp_path / "photos")
+    assert len([n for n in ray.nodes() if n["Alive"] and n["Resources"].get("CPU")]) == 2
+    via_ray = ImageIndex(tmp_path / "ray")
+    report = via_ray.update([root], FakeEmbedder(), engine=RayEngine(FakeEmbedder), batch_size=4, commit_every=8)
+    local = ImageIndex(tmp_path / "local")
+    expected = local.update([root], FakeEmbedder(), batch_size=4)
+    assert (report.added + report.reused, len(report.skipped)) == (expected.added + expected.reused, 1) == (31, 1)
+    a, b = _table(via_ray), _table(local)
+    for column in ("path", "sha256", "size", "mtime_ns", "width", "height", "model", "dim", "text"):
+        assert a.column(column).to_pylist() == b.column(column).to_pylist(), column
+    assert np.array_equal(np.array(a.column("vector").to_pylist()), np.array(b.column("vector").to_pylist()))
+
+
+def test_ray_rerun_skips_committed_partitions(cluster, tmp_path: Path) -> None:
+    from vlmkit.index.ray_engine import RayEngine
+
+    root = _collection(tmp_path / "photos")
+    index = ImageIndex(tmp_path / "idx")
+    done = []
+
+    def stop_after_first_commit(n: int) -> None:
+        done.append(n)
+        if sum(done) >= 8:
+            raise KeyboardInterrupt  # as if the run were stopped here
+
+    with pytest.raises(KeyboardInterrupt):
+        index.update([root], FakeEmbedder(), engine=RayEngine(FakeEmbedder), batch_size=4, commit_every=8, progress=stop_after_first_commit)
+    committed = len(index)
+    assert 8 <= committed < 31
+    report = index.update([root], FakeEmbedder(), engine=RayEngine(FakeEmbedder), batch_size=4, commit_every=8)
+    assert report.unchanged == committed and report.added + report.reused == 31 - committed and len(index) == 31
