@@ -83,6 +83,7 @@ from typing import Any
 import lancedb
 import numpy as np
 import pyarrow as pa
+from embed_throughput import machine_busy_seconds, own_cpu_seconds  # bench/ is sys.path[0] when run
 
 from vlmkit.index.store import ANN_MIN_ROWS, ANN_NPROBES, ANN_REFINE, ann_index_options, create_ann_index
 
@@ -93,22 +94,6 @@ TARGET_RECALL = 0.95
 # --------------------------------------------------------------------------------------------------
 # Machine load and memory
 # --------------------------------------------------------------------------------------------------
-
-
-def machine_busy_seconds() -> float | None:
-    """CPU-seconds all processes on this machine have used so far (Linux ``/proc/stat``), else None."""
-    try:
-        with open("/proc/stat") as stat:
-            # user nice system idle iowait irq softirq steal
-            ticks = [int(v) for v in stat.readline().split()[1:9]]
-    except (OSError, ValueError):
-        return None
-    return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
-
-
-def own_cpu_seconds() -> float:
-    times = os.times()
-    return times.user + times.system
 
 
 class Load:

@@ -8,23 +8,10 @@ import shutil
 from pathlib import Path
 
 import pytest
+from test_cli import reuse_models  # noqa: F401 - the same model cache: each model loads once
 
 import vlmkit
 from vlmkit_cli.main import main
-
-_load = vlmkit.load
-_cache: dict = {}
-
-
-@pytest.fixture(autouse=True)
-def reuse_models(monkeypatch):
-    def cached(name, **kwargs):
-        key = (str(name), tuple(sorted(kwargs.items())))
-        if key not in _cache:
-            _cache[key] = _load(name, **kwargs)
-        return _cache[key]
-
-    monkeypatch.setattr(vlmkit, "load", cached)
 
 
 def run(capsys, *argv):

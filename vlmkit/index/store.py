@@ -5,6 +5,7 @@ Layout of an index directory::
 
     index.json        the model it was built with, the embedding size, the format version
     images.lance/     the LanceDB table, one row per file (see ``SCHEMA_FIELDS``)
+    finished          the table version the last completed run ended at
     .lock             held while a process writes, so two runs never interleave
 
 Crash safety comes from Lance itself: every commit (an upsert of one batch, one delete) writes new
