@@ -7,10 +7,12 @@ commits them in batches of ``commit_every`` files through the index's single wri
 guarantees are those of a local run: a killed run loses at most one uncommitted batch, and a re-run
 skips every committed partition because those files are then unchanged.
 
+>>> import functools, vlmkit
 >>> from vlmkit.index import ImageIndex
 >>> from vlmkit.index.ray_engine import RayEngine
->>> engine = RayEngine(lambda: vlmkit.load("openai/clip-vit-base-patch32", device="cuda"), address="auto")
->>> ImageIndex("photos.index").update(["/data/photos"], model, engine=engine)
+>>> name = "openai/clip-vit-base-patch32"
+>>> engine = RayEngine(functools.partial(vlmkit.load, name, device="cuda"), address="auto")
+>>> ImageIndex("photos.index").update(["/data/photos"], vlmkit.load(name), engine=engine)
 """
 
 from __future__ import annotations
