@@ -224,7 +224,7 @@ def search(
     fetch = 2 * k + 4  # room for identical files collapsing into one hit and for the exact glob test
 
     semantic_query = table.search(vector, vector_column_name="vector").distance_type("cosine").select([*_COLUMNS, "_distance"]).limit(fetch)
-    if index._vector_index_stats(table) is not None:
+    if index._vector_index_name(table) is not None:  # per query: list the indexes, no statistics
         from .store import ANN_NPROBES, ANN_REFINE
 
         semantic_query = semantic_query.nprobes(ANN_NPROBES).refine_factor(ANN_REFINE)

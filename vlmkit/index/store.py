@@ -578,13 +578,18 @@ class ImageIndex:
             return None
 
     @staticmethod
-    def _vector_index_stats(table: Any) -> tuple[int, int] | None:
+    def _vector_index_name(table: Any) -> str | None:
+        """The name of the approximate vector index, or None when there is none (a listing only)."""
+        return next((i.name for i in table.list_indices() if list(i.columns) == ["vector"]), None)
+
+    @classmethod
+    def _vector_index_stats(cls, table: Any) -> tuple[int, int] | None:
         """(indexed, unindexed) rows of the vector index, or None when there is none."""
-        for index in table.list_indices():
-            if list(index.columns) == ["vector"]:
-                stats = table.index_stats(index.name)
-                return int(stats.num_indexed_rows), int(stats.num_unindexed_rows)
-        return None
+        name = cls._vector_index_name(table)
+        if name is None:
+            return None
+        stats = table.index_stats(name)
+        return int(stats.num_indexed_rows), int(stats.num_unindexed_rows)
 
     def build_approximate_index(self, table: Any | None = None) -> None:
         """Build (or rebuild) the approximate vector index now; see :func:`ann_index_options`."""
