@@ -21,11 +21,25 @@ TIMM_DIR="${VLMKIT_TIMM_DIR:-$("$PYTHON" -c 'import platformdirs; print(platform
 "$PYTHON" -m pip install --disable-pip-version-check -q --no-deps --upgrade --target "$TIMM_DIR" "timm>=1.0.15"
 # pyenv only exposes new console scripts (`vlmkit`) after a rehash.
 if command -v pyenv >/dev/null 2>&1; then pyenv rehash || true; fi
-# The browser tests drive Debian's chromium through Playwright (`playwright install` needs a download).
-if [ "${1:-}" = "test" ] && ! command -v chromium >/dev/null 2>&1; then
-  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
-  else
-    echo "install.sh: the browser tests need chromium: sudo apt-get install -y chromium" >&2
+# The browser tests drive Debian's chromium through Playwright (`playwright install` needs a download);
+# the captioning tests run the COCO tokenizer and METEOR, which are Java programs.
+if [ "${1:-}" = "test" ]; then
+  PACKAGES=()
+  NEEDED_BY=()
+  if ! command -v chromium >/dev/null 2>&1; then
+    PACKAGES+=(chromium)
+    NEEDED_BY+=("the browser tests need chromium")
+  fi
+  if ! command -v java >/dev/null 2>&1 && [ ! -x "${JAVA_HOME:-/nonexistent}/bin/java" ]; then
+    PACKAGES+=(default-jre-headless)
+    NEEDED_BY+=("the captioning tests need Java")
+  fi
+  if [ "${#PACKAGES[@]}" -gt 0 ]; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+      apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${PACKAGES[@]}" >/dev/null
+    else
+      for reason in "${NEEDED_BY[@]}"; do echo "install.sh: $reason" >&2; done
+      echo "install.sh: sudo apt-get install -y ${PACKAGES[*]}" >&2
+    fi
   fi
 fi

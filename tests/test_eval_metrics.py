@@ -5,7 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from vlmkit.eval import exact_match_accuracy, normalize_answer, retrieval_scores
+from vlmkit.eval import (
+    exact_match_accuracy,
+    normalize_answer,
+    retrieval_scores,
+    topk_accuracy,
+    vqa_accuracy,
+    vqa_question_accuracy,
+)
 
 
 def test_retrieval_recall_by_hand():
@@ -62,3 +69,53 @@ def test_an_image_of_several_texts_ranks_by_its_best_text():
                     [0.0, 0.0, 0.0, 1.0]])
     scores = retrieval_scores(sim, [0, 0, 0, 1], ks=(1, 2))
     assert scores.image_to_text == {1: 50.0, 2: 100.0}  # image 0: text 3 beats its best (0.8) -> rank 2
+
+
+# -- VQAv2 accuracy -----------------------------------------------------------------------------
+
+
+def test_vqa_normalisation_follows_the_vqav2_rules():
+    assert normalize_answer("Two.") == normalize_answer("2") == "2"
+    assert normalize_answer("The Red!") == "red"
+    assert normalize_answer("dont know") == "don't know"  # contraction restored
+    assert normalize_answer("its red") == "its red"  # an ordinary word is not a contraction
+    assert normalize_answer("2.5") == "2.5"  # a decimal point stays
+    assert normalize_answer("1,000") == "1000"  # a thousands comma goes
+    assert normalize_answer("t-shirt") == "t shirt"
+    assert normalize_answer("10:30") == "10:30"
+    assert normalize_answer("  A\tdog\n") == "dog"
+    assert normalize_answer("none") == "0"
+
+
+@pytest.mark.parametrize(("agreeing", "expected"), [(0, 0.0), (1, 0.3), (2, 0.6), (3, 0.9), (4, 1.0), (10, 1.0)])
+def test_vqa_accuracy_of_one_question_by_hand(agreeing, expected):
+    # With m of 10 annotators agreeing: leaving out one of the m leaves m-1, one of the others m;
+    # e.g. m=3: (3 * min(1, 2/3) + 7 * min(1, 3/3)) / 10 = 0.9.
+    answers = ["yes"] * agreeing + ["no"] * (10 - agreeing)
+    assert vqa_question_accuracy("Yes.", answers) == pytest.approx(expected)
+
+
+def test_vqa_accuracy_overall_and_per_answer_type():
+    humans = [["2"] * 10, ["red"] * 2 + ["blue"] * 8, ["yes"] * 10]
+    scores = vqa_accuracy(["two", "red", "no"], humans, ["number", "other", "yes/no"])
+    assert scores.per_question == pytest.approx([1.0, 0.6, 0.0])
+    assert scores.overall == pytest.approx(100 * 1.6 / 3)
+    assert scores.per_answer_type == pytest.approx({"number": 100.0, "other": 60.0, "yes/no": 0.0})
+    with pytest.raises(ValueError, match="human answers"):
+        vqa_question_accuracy("yes", ["yes"])
+    with pytest.raises(ValueError):
+        vqa_accuracy(["a"], [])
+
+
+# -- zero-shot top-k ----------------------------------------------------------------------------
+
+
+def test_topk_accuracy_by_hand():
+    scores = np.array([[0.1, 0.7, 0.2],   # true 1: rank 1
+                       [0.5, 0.3, 0.2],   # true 2: rank 3
+                       [0.4, 0.4, 0.2]])  # true 0: tied with class 1 -> rank 2 (ties count against)
+    result = topk_accuracy(scores, [1, 2, 0], ks=(1, 2, 3))
+    assert result.accuracy == pytest.approx({1: 100 / 3, 2: 200 / 3, 3: 100.0})
+    assert result.per_class_top1 == {0: 0.0, 1: 100.0, 2: 0.0}
+    with pytest.raises(ValueError, match="class indices"):
+        topk_accuracy(scores, [0, 1, 3])

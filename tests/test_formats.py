@@ -1,5 +1,6 @@
-"""Dataset format readers: COCO / Karpathy captions, VQAv2, caption folders, WebDataset shards and
-the one-string spec. Fixtures are built on the fly; every format check's message is pinned."""
+"""Dataset format readers: COCO / Karpathy / NoCaps captions, VQAv2 / OK-VQA, GQA, caption folders,
+class folders, WebDataset shards and the one-string spec. Fixtures are built on the fly; every
+format check's message is pinned."""
 
 from __future__ import annotations
 
@@ -22,11 +23,15 @@ from vlmkit.data import (
     read_coco_captions,
     read_dataset,
     read_folder,
+    read_gqa,
+    read_gqa_annotations,
+    read_image_classes,
     read_vqa,
     read_vqa_annotations,
     read_webdataset,
 )
-from vlmkit.errors import InputError
+from vlmkit.errors import InputError, VlmkitError
+from vlmkit.models import conse
 
 # ---------------------------------------------------------------------------------------------------
 # Helpers
@@ -187,7 +192,14 @@ def test_coco_reader_is_lazy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     ("data", "message"),
     [
         ([1, 2], r"captions.json: the top level must be an object, not list"),
-        ({"annotations": []}, r"captions.json: the top level has no 'images' key"),
+        (
+            {"annotations": []},
+            r"captions.json: the top level has no 'images' key: not a COCO caption, COCO image-info or Karpathy",
+        ),
+        (
+            {"images": [{"id": 1, "file_name": "a.png"}], "annotations": {}},
+            r"captions.json: the top level\['annotations'\] must be a list, not object",
+        ),
         ({"images": {}, "annotations": []}, r"the top level\['images'\] must be a list, not object"),
         ({"images": [{"id": 1}], "annotations": []}, r"captions.json: images\[0\] has no 'file_name' key"),
         (
@@ -216,8 +228,8 @@ def test_coco_reader_is_lazy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
             r"annotations\[0\]: image_id 2 is not in 'images'",
         ),
         (
-            {"images": [{"id": 1, "file_name": "a.png"}]},
-            r"not a caption file: expected an 'annotations' list \(COCO\) or images with 'sentences'",
+            {"images": [{"id": 1, "filename": "a.png"}]},  # image-info file with a Karpathy-style key
+            r"captions.json: images\[0\] has no 'file_name' key",
         ),
         (
             {"images": [{"filename": "a.jpg", "split": "test", "sentences": [{"text": "x"}]}]},
@@ -245,11 +257,86 @@ def test_coco_file_errors(coco: tuple[Path, Path], tmp_path: Path) -> None:
     broken.write_text('{"images": [')
     assert _error(lambda: read_coco_captions(broken, images)).startswith(f"{broken}: not valid JSON")
     message = _error(lambda: read_coco_captions(annotations, images, split="train"))
-    assert "split= applies to the Karpathy format" in message
+    assert message == f"{annotations}: split= applies to the Karpathy format; this is a COCO caption file"
     (images / "c.png").unlink()
     examples = read_coco_captions(annotations, images)
     assert [e.id for e in (next(examples), next(examples))] == ["9", "25"]
     assert _error(examples) == f"{annotations}: image file missing for image 30: {images / 'c.png'}"
+
+
+NOCAPS_IMAGE = {
+    "license": 2,
+    "coco_url": "https://example.invalid/0013ea2087020901.jpg",
+    "date_captured": "2018-11-06 11:04:33",
+    "height": 1024,
+    "width": 732,
+}
+
+
+def test_nocaps_captions_read_as_coco(tmp_path: Path, no_image_opens: None) -> None:
+    """nocaps_val_4500_captions.json: COCO caption format with extra image and annotation keys."""
+    data = {
+        "licenses": [{"url": "x", "id": 2, "name": "CC BY 2.0"}],
+        "info": {"url": "https://nocaps.org", "year": 2018, "version": "0.1"},
+        "images": [
+            {
+                **NOCAPS_IMAGE,
+                "id": 0,
+                "file_name": "0013ea2087020901.jpg",
+                "open_images_id": "0013ea2087020901",
+                "domain": "in-domain",
+            },
+            {
+                **NOCAPS_IMAGE,
+                "id": 1,
+                "file_name": "0028b5d5e7a6e2d6.jpg",
+                "open_images_id": "0028b5d5e7a6e2d6",
+            },
+        ],
+        "annotations": [
+            {"image_id": 0, "id": 0, "caption": "A baby is standing in front of a house."},
+            {"image_id": 1, "id": 1, "caption": "A group of people on a sidewalk."},
+            {"image_id": 0, "id": 2, "caption": "A little girl in a white jacket."},
+        ],
+    }
+    annotations = _json(tmp_path / "nocaps_val_4500_captions.json", data)
+    _png(tmp_path / "val/0013ea2087020901.jpg")
+    _png(tmp_path / "val/0028b5d5e7a6e2d6.jpg")
+    examples = list(read_coco_captions(annotations, tmp_path / "val"))
+    assert examples == [
+        Example(
+            "0",
+            tmp_path / "val/0013ea2087020901.jpg",
+            ("A baby is standing in front of a house.", "A little girl in a white jacket."),
+        ),
+        Example("1", tmp_path / "val/0028b5d5e7a6e2d6.jpg", ("A group of people on a sidewalk.",)),
+    ]
+    assert list(read_dataset(f"coco:{annotations}:{tmp_path / 'val'}")) == examples
+
+
+def test_coco_image_info_file_gives_images_without_captions(tmp_path: Path, no_image_opens: None) -> None:
+    """nocaps_test_image_info.json and COCO's image_info_test2014.json: images, no annotations."""
+    data = {
+        "info": {"description": "test"},
+        "images": [
+            {**NOCAPS_IMAGE, "id": 4500, "file_name": "a.jpg", "open_images_id": "a"},
+            {"id": 4501, "file_name": "b.jpg"},
+        ],
+        "categories": [{"id": 1, "name": "person"}],
+    }
+    info = _json(tmp_path / "nocaps_test_image_info.json", data)
+    _png(tmp_path / "test/a.jpg")
+    _png(tmp_path / "test/b.jpg")
+    examples = list(read_coco_captions(info, tmp_path / "test"))
+    assert examples == [Example("4500", tmp_path / "test/a.jpg"), Example("4501", tmp_path / "test/b.jpg")]
+    assert _error(lambda: read_coco_captions(info, tmp_path, split="test")) == (
+        f"{info}: split= applies to the Karpathy format; this is a COCO image-info file"
+    )
+    (tmp_path / "test/b.jpg").unlink()
+    reader = read_coco_captions(info, tmp_path / "test")
+    assert next(reader).id == "4500"
+    assert _error(reader) == f"{info}: image file missing for image 4501: {tmp_path / 'test/b.jpg'}"
+    assert list(read_coco_captions(_json(tmp_path / "none.json", {"images": []}), tmp_path)) == []
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -364,7 +451,17 @@ def test_vqa_without_annotations_and_custom_names(vqa: tuple[Path, Path, Path], 
         (
             QUESTIONS,
             {"annotations": [{"question_id": 420}]},
-            r"a.json: annotations\[0\] has no 'multiple_choice_answer'",
+            r"a.json: annotations\[0\] has no 'answers' key",
+        ),
+        (
+            QUESTIONS,
+            {"annotations": [{"question_id": 420, "answers": [], "answer_type": "other"}]},
+            r"a.json: annotations\[0\] has no 'multiple_choice_answer' and no 'answers' to take one from",
+        ),
+        (
+            QUESTIONS,
+            {"annotations": [{**_vqa_annotation(420, 42, "x", "other"), "question_type": 4}]},
+            r"annotations\[0\]\['question_type'\] must be a string, not integer",
         ),
         (
             QUESTIONS,
@@ -416,6 +513,211 @@ def test_vqa_image_errors(vqa: tuple[Path, Path, Path], tmp_path: Path) -> None:
     )
 
 
+def _okvqa_annotation(question_id: int, image_id: int, answers: list[str]) -> dict[str, Any]:
+    """An entry of OK-VQA's mscoco_val2014_annotations.json: no multiple_choice_answer, extra keys."""
+    return {
+        "image_id": image_id,
+        "answer_type": "other",
+        "question_type": "eight",
+        "question_id": question_id,
+        "answers": [
+            {"answer_id": i + 1, "raw_answer": f"{a}s", "answer_confidence": "yes", "answer": a}
+            for i, a in enumerate(answers)
+        ],
+        "confidence": 3,
+    }
+
+
+def test_okvqa_annotations_take_the_most_frequent_answer(tmp_path: Path) -> None:
+    questions = _json(
+        tmp_path / "OpenEnded_mscoco_val2014_questions.json",
+        {
+            "license": {},
+            "data_subtype": "val2014",
+            "task_type": "Open-Ended",
+            "questions": [
+                {"image_id": 297147, "question": "What sport can you use this for?", "question_id": 2971475},
+                {"image_id": 297147, "question": "Name the type of plant?", "question_id": 2971476},
+                {"image_id": 9, "question": "Who made this?", "question_id": 90},
+            ],
+        },
+    )
+    tie = ["fern", "ivy", "ivy", "fern", "moss", "fern", "ivy", "palm", "palm", "moss"]  # 3 fern, 3 ivy
+    annotations = _json(
+        tmp_path / "mscoco_val2014_annotations.json",
+        {
+            "info": {},
+            "annotations": [
+                _okvqa_annotation(
+                    2971475, 297147, ["race"] * 2 + ["ride"] * 5 + ["race"] * 2 + ["motocross"]
+                ),
+                _okvqa_annotation(2971476, 297147, tie),
+                {**_okvqa_annotation(90, 9, ["apple"] * 10), "multiple_choice_answer": "given"},
+            ],
+        },
+    )
+    images = tmp_path / "val2014"
+    _png(images / "COCO_val2014_000000297147.jpg")
+    _png(images / "COCO_val2014_000000000009.jpg")
+    examples = list(read_vqa(questions, annotations, images))
+    assert [e.qa for e in examples] == [
+        (("What sport can you use this for?", "ride"), ("Name the type of plant?", "fern")),
+        (("Who made this?", "given"),),  # an explicit multiple_choice_answer still wins
+    ]
+    truth = read_vqa_annotations(questions, annotations)
+    assert truth["297147"][1] == VqaAnnotation(
+        2971476, 297147, "Name the type of plant?", "fern", tuple(tie), "other", "eight"
+    )
+    minimal = {"question_id": 90, "answers": [{"answer": "apple"}]}  # no types: empty strings
+    bare = _json(tmp_path / "bare.json", {"annotations": [minimal]})
+    only_90 = _json(tmp_path / "q90.json", {"data_subtype": "val2014", "questions": [_read(questions)[2]]})
+    assert read_vqa_annotations(only_90, bare)["9"] == (
+        VqaAnnotation(90, 9, "Who made this?", "apple", ("apple",), "", ""),
+    )
+
+
+def _read(questions: Path) -> list[Any]:
+    return json.loads(questions.read_text())["questions"]
+
+
+# ---------------------------------------------------------------------------------------------------
+# GQA
+
+
+def _gqa_question(
+    image_id: str, question: str, answer: str, structural: str, detailed: str
+) -> dict[str, Any]:
+    return {
+        "semantic": [{"operation": "select", "dependencies": [], "argument": "x (1)"}],
+        "entailed": [],
+        "equivalent": [],
+        "question": question,
+        "imageId": image_id,
+        "isBalanced": True,
+        "groups": {"global": None, "local": "13-x"},
+        "answer": answer,
+        "semanticStr": "select: x",
+        "annotations": {"answer": {}, "question": {}, "fullAnswer": {}},
+        "types": {"detailed": detailed, "semantic": "attr", "structural": structural},
+        "fullAnswer": f"The answer is {answer}.",
+    }
+
+
+GQA: dict[str, Any] = {
+    "201307251": _gqa_question("n161313", "Is it overcast?", "no", "verify", "weatherVerify"),
+    "201640614": _gqa_question("n235859", "Who is wearing the dress?", "woman", "query", "relS"),
+    "202225914": _gqa_question("n161313", "Which color is the sky?", "blue", "query", "directOf"),
+}
+
+
+@pytest.fixture
+def gqa(tmp_path: Path) -> tuple[Path, Path]:
+    images = tmp_path / "images"
+    _png(images / "n161313.jpg")
+    _png(images / "n235859.jpg")
+    return _json(tmp_path / "testdev_balanced_questions.json", GQA), images
+
+
+def test_gqa_groups_questions_per_image(gqa: tuple[Path, Path], no_image_opens: None) -> None:
+    questions, images = gqa
+    examples = read_gqa(questions, images)
+    assert isinstance(examples, Iterator)
+    assert list(examples) == [
+        Example(
+            "n161313",
+            images / "n161313.jpg",
+            qa=(("Is it overcast?", "no"), ("Which color is the sky?", "blue")),
+        ),
+        Example("n235859", images / "n235859.jpg", qa=(("Who is wearing the dress?", "woman"),)),
+    ]
+    truth = read_gqa_annotations(questions)
+    assert list(truth) == ["n161313", "n235859"]
+    for example in read_gqa(str(questions), str(images)):  # aligned with Example.qa
+        assert [(t.question, t.answer) for t in truth[example.id]] == list(example.qa)
+    assert truth["n161313"][1] == VqaAnnotation(
+        "202225914", "n161313", "Which color is the sky?", "blue", ("blue",), "query", "directOf"
+    )
+
+
+def test_gqa_test_set_without_answers_or_types(tmp_path: Path) -> None:
+    data = {
+        "20968379": {"imageId": "n15740", "question": "What is on the table?", "isBalanced": True},
+        "20968380": {"imageId": "n15740", "question": "Is the cup white?", "types": {}},
+    }
+    questions = _json(tmp_path / "test_balanced_questions.json", data)
+    examples = list(read_gqa(questions, tmp_path, check_files=False))
+    assert examples == [
+        Example(
+            "n15740", tmp_path / "n15740.jpg", qa=(("What is on the table?", ""), ("Is the cup white?", ""))
+        )
+    ]
+    assert read_gqa_annotations(questions)["n15740"][0] == VqaAnnotation(
+        "20968379", "n15740", "What is on the table?"
+    )
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ([GQA["201307251"]], r"gqa.json: the top level must be an object, not list"),
+        (
+            {"questions": [{"image_id": 1, "question": "x", "question_id": 1}]},
+            r"gqa.json: a 'questions' list is the VQAv2 layout; a GQA file maps question ids to questions",
+        ),
+        ({"1": "Is it overcast?"}, r"gqa.json: question '1' must be an object, not string"),
+        ({"1": {"question": "x", "answer": "no"}}, r"gqa.json: question '1' has no 'imageId' key"),
+        ({"1": {"imageId": "n1", "answer": "no"}}, r"gqa.json: question '1' has no 'question' key"),
+        (
+            {"1": {"imageId": None, "question": "x"}},
+            r"question '1'\['imageId'\] must be a string or an integer, not null",
+        ),
+        (
+            {"1": {"imageId": "n1", "question": 7}},
+            r"question '1'\['question'\] must be a string, not integer",
+        ),
+        (
+            {"1": {"imageId": "n1", "question": "x", "answer": ["no"]}},
+            r"question '1'\['answer'\] must be a string",
+        ),
+        (
+            {"1": {"imageId": "n1", "question": "x", "types": "query"}},
+            r"question '1'\['types'\] must be an object",
+        ),
+        (
+            {"1": {"imageId": "n1", "question": "x", "types": {"structural": 3}}},
+            r"question '1'\['types'\]\['structural'\] must be a string, not integer",
+        ),
+        (
+            {"1": {"imageId": "../n1", "question": "x"}},
+            r"question '1'\['imageId'\] '../n1' is not a plain file name",
+        ),
+    ],
+)
+def test_gqa_format_errors(tmp_path: Path, data: Any, message: str) -> None:
+    questions = _json(tmp_path / "gqa.json", data)
+    with pytest.raises(InputError, match=message):
+        read_gqa(questions, tmp_path)  # raised on the call, before iterating
+    with pytest.raises(InputError, match=message):
+        read_gqa_annotations(questions)
+
+
+def test_gqa_file_errors(gqa: tuple[Path, Path], tmp_path: Path) -> None:
+    questions, images = gqa
+    assert _error(lambda: read_gqa(tmp_path / "no.json", images)) == (
+        f"GQA questions file not found: {tmp_path / 'no.json'}"
+    )
+    assert (
+        _error(lambda: read_gqa(questions, tmp_path / "nope"))
+        == f"image directory not found: {tmp_path / 'nope'}"
+    )
+    (images / "n235859.jpg").unlink()
+    examples = read_gqa(questions, images)
+    assert next(examples).id == "n161313"
+    assert (
+        _error(examples) == f"{questions}: image file missing for image 'n235859': {images / 'n235859.jpg'}"
+    )
+
+
 # ---------------------------------------------------------------------------------------------------
 # Folders
 
@@ -460,6 +762,156 @@ def test_folder_errors(folder: Path, tmp_path: Path) -> None:
     examples = read_folder(folder)
     assert [next(examples).id, next(examples).id] == ["a.JPG", "b.png"]
     assert _error(examples).startswith(f"{folder / 'cats/001.txt'}: caption file is not UTF-8 text")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Class folders (ImageNet-style)
+
+
+@pytest.fixture
+def classes(tmp_path: Path) -> Path:
+    root = tmp_path / "classes"
+    _png(root / "dog/b.png")
+    _png(root / "dog/a.JPEG")
+    _png(root / "dog/more/c.webp")  # deeper in a class folder: still a dog
+    (root / "dog/notes.txt").write_text("not an image")
+    _png(root / "cat/1.jpg")
+    (root / "empty/sub").mkdir(parents=True)  # no image: left out
+    (root / "empty/sub/readme.txt").write_text("x")
+    _png(root / ".cache/x.png")  # hidden: not a class
+    _png(root / "stray.png")  # not in a class folder: ignored
+    return root
+
+
+def test_image_classes_reads_class_folders(classes: Path, no_image_opens: None) -> None:
+    names, examples = read_image_classes(classes)
+    assert names == ["cat", "dog"]
+    assert isinstance(examples, Iterator)
+    assert list(examples) == [
+        Example("cat/1.jpg", classes / "cat/1.jpg", label="cat"),
+        Example("dog/a.JPEG", classes / "dog/a.JPEG", label="dog"),
+        Example("dog/b.png", classes / "dog/b.png", label="dog"),
+        Example("dog/more/c.webp", classes / "dog/more/c.webp", label="dog"),
+    ]
+    assert [e.label for e in read_dataset(f"imagenet:{classes}")] == ["cat", "dog", "dog", "dog"]
+
+
+def test_example_label_is_backwards_compatible() -> None:
+    example = Example("x", Path("x.png"), ("a caption",), (("q?", "a"),))  # positional, as before
+    assert example.label == "" and example.qa == (("q?", "a"),)
+    assert Example("x", Path("x.png"), label="cat") != Example("x", Path("x.png"), label="dog")
+
+
+def test_image_classes_with_class_names_file_and_dict(classes: Path, tmp_path: Path) -> None:
+    mapping = tmp_path / "names.txt"
+    mapping.write_text("dog\tdomestic dog\n\ncat   house cat, Felis catus  \nunused whatever\n")
+    names, examples = read_image_classes(classes, class_names=mapping)
+    assert names == ["house cat, Felis catus", "domestic dog"]
+    assert [e.label for e in examples][:2] == ["house cat, Felis catus", "domestic dog"]
+    names, _ = read_image_classes(classes, class_names={"cat": "kitty", "dog": "puppy"})
+    assert names == ["kitty", "puppy"]
+    names, examples = read_image_classes(classes, class_names={"cat": "pet", "dog": "pet"})
+    assert names == ["pet (cat)", "pet (dog)"]  # the same name twice: kept apart
+    assert next(examples).label == "pet (cat)"
+
+
+def _wordnet_folders(root: Path) -> Path:
+    for synset in ("n02012849", "n01440764", "n03126707", "n99999999"):
+        _png(root / synset / f"{synset}_1.JPEG")
+    return root
+
+
+def test_image_classes_names_wordnet_folders_from_timm(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    info = tmp_path / "_info"
+    info.mkdir()
+    (info / "imagenet_synset_to_lemma.txt").write_text(
+        "n01440764\ttench, Tinca tinca\nn02012849\tcrane\nn03126707\tcrane\n"
+    )
+    monkeypatch.setattr(conse, "_timm_info_dir", lambda: info)
+    root = _wordnet_folders(tmp_path / "val")
+    names, examples = read_image_classes(root)
+    assert names == ["tench, Tinca tinca", "crane (n02012849)", "crane (n03126707)", "n99999999"]
+    assert next(examples) == Example(
+        "n01440764/n01440764_1.JPEG", root / "n01440764/n01440764_1.JPEG", label="tench, Tinca tinca"
+    )
+    assert read_image_classes(root, class_names={s: s.upper() for s in _synsets(root)})[0] == [
+        "N01440764",
+        "N02012849",
+        "N03126707",
+        "N99999999",
+    ]  # class_names wins over timm
+
+    def missing() -> Path:
+        raise VlmkitError("timm's files are not installed")
+
+    monkeypatch.setattr(conse, "_timm_info_dir", missing)
+    assert _error(lambda: read_image_classes(root)) == (
+        f"{root}: the class folders are WordNet ids; their names come from timm's ImageNet descriptions, "
+        "which were not found (timm's files are not installed); or pass class_names="
+    )
+
+
+def _synsets(root: Path) -> list[str]:
+    return sorted(p.name for p in root.iterdir())
+
+
+def test_image_classes_real_timm_descriptions(tmp_path: Path) -> None:
+    try:
+        conse._timm_info_dir()
+    except VlmkitError:
+        pytest.skip("timm's ImageNet info files are not installed")
+    names, _ = read_image_classes(_wordnet_folders(tmp_path))
+    assert names == ["tench, Tinca tinca", "crane (n02012849)", "crane (n03126707)", "n99999999"]
+
+
+def test_image_classes_errors(classes: Path, tmp_path: Path) -> None:
+    assert (
+        _error(lambda: read_image_classes(tmp_path / "nope"))
+        == f"image folder not found: {tmp_path / 'nope'}"
+    )
+    _png(tmp_path / "flat/a.png")
+    assert _error(lambda: read_image_classes(tmp_path / "flat")) == (
+        f"{tmp_path / 'flat'}: no class folders (expected ROOT/<class name>/<image files>)"
+    )
+    (tmp_path / "hollow/a").mkdir(parents=True)
+    (tmp_path / "hollow/b").mkdir()
+    (tmp_path / "hollow/b/labels.txt").write_text("x")
+    assert _error(lambda: read_image_classes(tmp_path / "hollow")).startswith(
+        f"{tmp_path / 'hollow'}: no image files (.bmp, "
+    )
+    assert _error(lambda: read_image_classes(tmp_path / "hollow")).endswith(") in any of its class folders")
+    assert _error(lambda: read_image_classes(classes, class_names={"cat": "kitty"})) == (
+        f"class_names: no name for 1 of the 2 class folders of {classes} (first: 'dog')"
+    )
+    assert _error(lambda: read_image_classes(classes, class_names={"cat": "kitty", "dog": " "})) == (
+        "class_names['dog'] must be a non-empty string, not ' '"
+    )
+    assert _error(lambda: read_image_classes(classes, class_names=["cat", "dog"])) == (  # type: ignore[arg-type]
+        "class_names must be a file path or a dict of folder -> name, not list"
+    )
+    names = tmp_path / "names.txt"
+    assert (
+        _error(lambda: read_image_classes(classes, class_names=names))
+        == f"class names file not found: {names}"
+    )
+    names.write_text("cat kitty\ndog\n")
+    assert _error(lambda: read_image_classes(classes, class_names=names)) == (
+        f"{names}:2: expected 'FOLDER NAME' (tab or spaces between), got 'dog'"
+    )
+    names.write_text("cat kitty\ncat tabby\n")
+    assert _error(lambda: read_image_classes(classes, class_names=str(names))) == (
+        f"{names}:2: folder 'cat' is named twice"
+    )
+    names.write_text("cat kitty\n")
+    assert _error(lambda: read_image_classes(classes, class_names=names)).startswith(
+        f"{names}: no name for 1 of the 2 class folders"
+    )
+    names.write_bytes(b"cat caf\xe9\n")
+    assert _error(lambda: read_image_classes(classes, class_names=names)).startswith(
+        f"{names}: class names file is not UTF-8 text"
+    )
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -627,7 +1079,11 @@ def test_webdataset_file_errors(tmp_path: Path) -> None:
 
 
 def test_read_dataset_routes_every_scheme(
-    coco: tuple[Path, Path], vqa: tuple[Path, Path, Path], folder: Path, tmp_path: Path
+    coco: tuple[Path, Path],
+    vqa: tuple[Path, Path, Path],
+    gqa: tuple[Path, Path],
+    folder: Path,
+    tmp_path: Path,
 ) -> None:
     annotations, images = coco
     assert list(read_dataset(f"coco:{annotations}:{images}")) == list(read_coco_captions(annotations, images))
@@ -641,6 +1097,14 @@ def test_read_dataset_routes_every_scheme(
     )
     assert next(read_dataset(f"vqa:{questions}::{vqa_images}")).answers == ("", "")
     assert list(read_dataset(f"folder:{folder}")) == list(read_folder(folder))
+    gqa_questions, gqa_images = gqa
+    gqa_examples = list(read_dataset(f"gqa:{gqa_questions}:{gqa_images}"))
+    assert [e.id for e in gqa_examples] == ["n161313", "n235859"]
+    assert gqa_examples == list(read_gqa(gqa_questions, gqa_images))
+    _png(tmp_path / "classes/cat/1.png")
+    assert list(read_dataset(f"imagenet:{tmp_path / 'classes'}")) == list(
+        read_image_classes(tmp_path / "classes")[1]
+    )
     _tar(tmp_path / "w-0.tar", _samples(0, 1))
     _tar(tmp_path / "w-1.tar", _samples(1, 1))
     assert [e.id for e in read_dataset(f"wds:{tmp_path}/w-{{0..1}}.tar")] == ["w-0.tar/0000", "w-1.tar/0001"]
@@ -662,13 +1126,18 @@ def test_read_dataset_easy_vqa() -> None:
 @pytest.mark.parametrize(
     ("spec", "message"),
     [
-        ("imagenet:/data", r"unknown dataset spec 'imagenet:/data'; expected one of: coco:ANNOTATIONS.json"),
-        ("shapes", r"unknown dataset spec 'shapes'; expected one of: .*shapes:N, easy-vqa:train\|test"),
+        ("laion:/data", r"unknown dataset spec 'laion:/data'; expected one of: coco:ANNOTATIONS.json"),
+        ("shapes", r"unknown dataset spec 'shapes'; expected one of: .*shapes:N\[:SPLIT\[:SEED\]\], easy-vqa:train\|test"),
         ("coco:only.json", r"expected 'coco:ANNOTATIONS.json:IMAGE_DIR'"),
         ("vqa:q.json:dir", r"expected 'vqa:QUESTIONS.json:ANNOTATIONS.json:IMAGE_DIR'"),
+        ("gqa:q.json", r"expected 'gqa:QUESTIONS.json:IMAGE_DIR'"),
+        ("gqa:q.json:", r"expected 'gqa:QUESTIONS.json:IMAGE_DIR'"),
+        ("imagenet:", r"expected 'imagenet:DIR'"),
+        ("imagenet:/no/such/dir", r"image folder not found: /no/such/dir"),
         ("folder:", r"expected 'folder:DIR'"),
         ("wds:", r"expected 'wds:PATTERN'"),
-        ("shapes:-1", r"expected 'shapes:N' with N a non-negative integer, not 'shapes:-1'"),
+        ("shapes:-1", r"expected 'shapes:N\[:SPLIT\[:SEED\]\]' with N a non-negative integer, not 'shapes:-1'"),
+        ("shapes:3:dev", r"shapes split must be 'train' or 'test', not 'dev'"),
         ("shapes:ten", r"not 'shapes:ten'"),
         ("easy-vqa:val", r"expected 'easy-vqa:train' or 'easy-vqa:test', not 'easy-vqa:val'"),
     ],
@@ -682,6 +1151,8 @@ def test_dataset_schemes_cover_the_documented_forms() -> None:
     assert [form.split(":")[0] for form in dataset_schemes()] == [
         "coco",
         "vqa",
+        "gqa",
+        "imagenet",
         "folder",
         "wds",
         "shapes",

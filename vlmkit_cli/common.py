@@ -76,9 +76,14 @@ def progress(total: int, args: argparse.Namespace, desc: str) -> Any:
     a terminal and --json is off (so pipes and logs stay clean)."""
     from tqdm import tqdm
 
+    quiet = total < 4 or not show_progress(args)
+    return tqdm(total=total, desc=desc, unit="img", disable=quiet, file=sys.stderr, leave=False)
+
+
+def show_progress(args: argparse.Namespace) -> bool:
+    """Progress bars only when both output streams are a terminal and --json is off."""
     terminal = sys.stderr.isatty() and sys.stdout.isatty()
-    quiet = args.json or total < 4 or not terminal or os.environ.get("VLMKIT_NO_PROGRESS")
-    return tqdm(total=total, desc=desc, unit="img", disable=bool(quiet), file=sys.stderr, leave=False)
+    return bool(terminal and not getattr(args, "json", False) and not os.environ.get("VLMKIT_NO_PROGRESS"))
 
 
 def image_batches(

@@ -1,4 +1,5 @@
-"""Datasets as lists of ``Example`` records: the generated shapes world and the easy-VQA package."""
+"""Datasets as ``Example`` records: the generated shapes world, the easy-VQA package, and readers for
+the standard caption, VQA and classification formats (:mod:`vlmkit.data.formats`)."""
 
 from .easy_vqa import easy_vqa_answers, load_easy_vqa
 from .formats import (
@@ -8,6 +9,9 @@ from .formats import (
     read_coco_captions,
     read_dataset,
     read_folder,
+    read_gqa,
+    read_gqa_annotations,
+    read_image_classes,
     read_vqa,
     read_vqa_annotations,
     read_webdataset,
@@ -44,7 +48,10 @@ __all__ = [
     "read_vqa",
     "read_vqa_annotations",
     "VqaAnnotation",
+    "read_gqa",
+    "read_gqa_annotations",
     "read_folder",
+    "read_image_classes",
     "read_webdataset",
     "expand_braces",
     "read_dataset",

@@ -12,9 +12,12 @@ the annotation files are reported when the reader is called, before anything is 
 that need the images (a missing image file, a sample without an image) are reported when the
 example concerned is reached.
 
-- :func:`read_coco_captions`: COCO caption JSON, or the Karpathy-split JSON (COCO, Flickr8k, Flickr30k).
-- :func:`read_vqa` and :func:`read_vqa_annotations`: VQAv2 questions and annotations.
+- :func:`read_coco_captions`: COCO caption JSON (also NoCaps, and the image-info files of the test
+  sets, which have no captions), or the Karpathy-split JSON (COCO, Flickr8k, Flickr30k).
+- :func:`read_vqa` and :func:`read_vqa_annotations`: VQAv2 (and OK-VQA) questions and annotations.
+- :func:`read_gqa` and :func:`read_gqa_annotations`: GQA question files.
 - :func:`read_folder`: a folder of images with same-named ``.txt`` caption files.
+- :func:`read_image_classes`: a classification folder, one subfolder per class (ImageNet-style).
 - :func:`read_webdataset`: WebDataset ``.tar`` shards.
 - :func:`read_dataset`: one string spec for all of the above and the built-in sets.
 
@@ -37,17 +40,35 @@ Where to get the files (nothing is downloaded by vlmkit):
   (Denotation Graph project; access by request form), and the captions and splits from Karpathy's
   ``dataset_flickr30k.json`` above: ``read_coco_captions("dataset_flickr30k.json", "flickr30k-images",
   split="test")``.
+- **NoCaps**: the validation captions (``nocaps_val_4500_captions.json``, COCO caption format) and the
+  test image list (``nocaps_test_image_info.json``, no captions: results go to the evaluation server)
+  from the Download section of nocaps.org. The images are Open Images validation/test images; the
+  ``file_name`` of each entry is the name to store them under in ``image_dir``. Read with
+  :func:`read_coco_captions` (``coco:`` spec); the extra image keys (``open_images_id``, ``height``,
+  ...) are ignored. COCO's own ``image_info_test2014.json`` reads the same way.
+- **OK-VQA**: the questions (``OpenEnded_mscoco_val2014_questions.json``) and annotations
+  (``mscoco_val2014_annotations.json``) from okvqa.allenai.org, in the VQAv2 layout over COCO 2014
+  images, so :func:`read_vqa` (``vqa:`` spec) reads them as they are.
+- **GQA**: from the Download page of cs.stanford.edu/people/dorarad/gqa, the questions archive (use
+  the ``*_balanced_questions.json`` files, e.g. ``testdev_balanced_questions.json``; the "all"
+  files are far larger) and the images archive, whose ``images/`` folder is the ``image_dir``.
+- **ImageNet** (zero-shot classification): the ILSVRC2012 validation images from image-net.org (after
+  registration), sorted into one folder per WordNet id (``val/n01440764/*.JPEG``); the Kaggle copy's
+  ``LOC_synset_mapping.txt`` is a ready ``class_names`` file, and without one the names come from
+  timm's ImageNet class descriptions.
 """
 
 from __future__ import annotations
 
+import csv
 import io
 import json
 import os
 import re
 import tarfile
 import zlib
-from collections.abc import Callable, Collection, Iterable, Iterator
+from collections import Counter
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from tarfile import ReadError
@@ -55,7 +76,7 @@ from typing import Any, Self
 
 from PIL import Image, UnidentifiedImageError
 
-from ..errors import InputError
+from ..errors import InputError, VlmkitError
 from .easy_vqa import load_easy_vqa
 from .records import Example
 from .shapes import make_scene, to_example
@@ -68,7 +89,10 @@ __all__ = [
     "read_coco_captions",
     "read_vqa",
     "read_vqa_annotations",
+    "read_gqa",
+    "read_gqa_annotations",
     "read_folder",
+    "read_image_classes",
     "read_webdataset",
     "expand_braces",
     "read_dataset",
@@ -110,6 +134,11 @@ def _field(entry: object, key: str, kinds: type | tuple[type, ...], where: str) 
     if key not in entry:
         raise InputError(f"{where} has no {key!r} key")
     return _check_kind(entry[key], kinds, f"{where}[{key!r}]")
+
+
+def _optional(entry: dict[str, Any], key: str, where: str) -> str:
+    """``entry[key]`` checked to be a string when present; ``""`` when absent."""
+    return _field(entry, key, str, where) if key in entry else ""
 
 
 def _load_json(path: str | os.PathLike[str], what: str) -> tuple[Path, dict[str, Any]]:
@@ -157,7 +186,10 @@ def read_coco_captions(
 
     Two layouts are recognised. COCO (``{"images": [{"id", "file_name"}], "annotations": [{"image_id",
     "caption"}]}``): the id is the COCO image id and the image ``image_dir / file_name``; images without
-    a caption are yielded with none. Karpathy (``{"images": [{"filename", "filepath"?, "split",
+    a caption are yielded with none. A COCO "image info" file (``images`` but no ``annotations``: the
+    COCO test2014 and NoCaps test image lists) gives every image with no captions, e.g. to write a
+    result file for an evaluation server. Other keys of the entries (NoCaps' ``open_images_id``,
+    ``height``, ...) are ignored. Karpathy (``{"images": [{"filename", "filepath"?, "split",
     "sentences": [{"raw"}]}]}``): the id is ``cocoid`` when present (the same id as in COCO), else the
     file name without extension (Flickr ids); the image is ``image_dir / filepath / filename``.
     ``split`` keeps only the Karpathy images of that split or those splits (``"train"``, ``"restval"``,
@@ -166,19 +198,19 @@ def read_coco_captions(
     """
     file, data = _load_json(annotation_json, "caption annotation")
     directory = _image_dir(image_dir)
-    images = _field(data, "images", list, f"{file}: the top level")
-    if "annotations" in data:
-        if split is not None:
-            raise InputError(f"{file}: split= applies to the Karpathy format; this is a COCO caption file")
-        return _iter_coco(
-            file, directory, images, _field(data, "annotations", list, f"{file}: the top level"), check_files
+    if "images" not in data:
+        raise InputError(
+            f"{file}: the top level has no 'images' key: not a COCO caption, COCO image-info or Karpathy file"
         )
-    if images and isinstance(images[0], dict) and "sentences" in images[0]:
+    images = _field(data, "images", list, f"{file}: the top level")
+    if images and isinstance(images[0], dict) and "sentences" in images[0] and "annotations" not in data:
         splits = None if split is None else ({split} if isinstance(split, str) else set(split))
         return _iter_karpathy(file, directory, images, splits, check_files)
-    raise InputError(
-        f"{file}: not a caption file: expected an 'annotations' list (COCO) or images with 'sentences' (Karpathy)"
-    )
+    if split is not None:
+        kind = "COCO caption" if "annotations" in data else "COCO image-info"
+        raise InputError(f"{file}: split= applies to the Karpathy format; this is a {kind} file")
+    annotations = _field(data, "annotations", list, f"{file}: the top level") if "annotations" in data else []
+    return _iter_coco(file, directory, images, annotations, check_files)
 
 
 def _iter_coco(
@@ -249,8 +281,11 @@ def _iter_karpathy(
 class VqaAnnotation:
     """One VQA question with everything the VQA accuracy needs (``Example.qa`` keeps only the pair).
 
-    ``answer`` is the ``multiple_choice_answer``; ``answers`` the ten human answers in file order.
+    ``answer`` is the ``multiple_choice_answer`` (OK-VQA, which has none: the most frequent of the
+    human answers); ``answers`` the ten human answers in file order.
     Without an annotation file (test-dev, test) ``answer`` is ``""`` and the other answer fields empty.
+    For GQA (:func:`read_gqa_annotations`) ``answers`` holds the one answer and the types come from
+    the question's ``types``.
     """
 
     question_id: int | str
@@ -281,6 +316,11 @@ def read_vqa(
     image id; the result is relative to ``image_dir``. ``subset`` defaults to the questions file's
     ``data_subtype`` (e.g. ``"train2014"``). Without ``annotations_json`` every answer is ``""``. The
     ten human answers and the answer types are in :func:`read_vqa_annotations`, aligned with ``qa``.
+
+    OK-VQA's annotations read as they are: where an annotation has no ``multiple_choice_answer``, the
+    answer is the most frequent of its ``answers`` (on a tie, the one that comes first in the file);
+    ``answer_type`` and ``question_type`` are optional (``""`` when absent); other keys of the
+    annotations and of their answers (``raw_answer``, ``answer_confidence``, ...) are ignored.
     """
     questions_file, grouped, data_subtype = _load_vqa(questions_json, annotations_json)
     directory = _image_dir(image_dir)
@@ -374,11 +414,17 @@ def _vqa_truth(
         question_id = _field(entry, "question_id", (int, str), where)
         if question_id in by_question:
             raise InputError(f"{where}: question_id {question_id!r} appears twice")
-        answer = _field(entry, "multiple_choice_answer", str, where)
         raw = _field(entry, "answers", list, where)
         answers = tuple(_field(a, "answer", str, f"{where}['answers'][{j}]") for j, a in enumerate(raw))
-        answer_type = _field(entry, "answer_type", str, where)
-        question_type = _field(entry, "question_type", str, where) if "question_type" in entry else ""
+        if "multiple_choice_answer" in entry:
+            answer = _field(entry, "multiple_choice_answer", str, where)
+        elif answers:  # OK-VQA: the most frequent answer; max() keeps the first of equals
+            counts = Counter(answers)
+            answer = max(answers, key=counts.__getitem__)
+        else:
+            raise InputError(f"{where} has no 'multiple_choice_answer' and no 'answers' to take one from")
+        answer_type = _optional(entry, "answer_type", where)
+        question_type = _optional(entry, "question_type", where)
         by_question[question_id] = (answer, answers, answer_type, question_type)
     return file, by_question
 
@@ -394,6 +440,69 @@ def _iter_vqa(
             )
         path = _existing(directory / name, file, f"image {image_id!r}", check)
         yield Example(id=_id(image_id), image=path, qa=tuple((q.question, q.answer) for q in items))
+
+
+# ---------------------------------------------------------------------------------------------------
+# GQA
+
+
+_PLAIN_NAME = re.compile(r"[^/\\\0]+")  # an image id must not reach outside image_dir
+
+
+def read_gqa(
+    questions_json: str | os.PathLike[str], image_dir: str | os.PathLike[str], *, check_files: bool = True
+) -> Iterator[Example]:
+    """One example per image with its (question, answer) pairs, from a GQA questions file.
+
+    The file (e.g. ``testdev_balanced_questions.json``) maps each question id to an object with
+    ``imageId``, ``question`` and ``answer``; images come in the order of their first question, the
+    id is the ``imageId`` and the image ``image_dir / "<imageId>.jpg"``. Files without answers (the
+    test and challenge submission sets) give ``""`` answers. Question ids and answer types are in
+    :func:`read_gqa_annotations`, aligned with ``qa``. GQA is scored by exact match of the one answer.
+    """
+    file, grouped = _load_gqa(questions_json)
+    directory = _image_dir(image_dir)
+    return _iter_vqa(file, directory, grouped, lambda image_id: f"{image_id}.jpg", check_files)
+
+
+def read_gqa_annotations(questions_json: str | os.PathLike[str]) -> dict[str, tuple[VqaAnnotation, ...]]:
+    """For each example id of :func:`read_gqa`, its questions in the same order as ``Example.qa``.
+
+    ``question_id`` is the GQA question id (the key, a string), ``answers`` is ``(answer,)`` (empty
+    without an answer), ``answer_type`` is ``types["structural"]`` (``"verify"``, ``"query"``, ...)
+    and ``question_type`` is ``types["detailed"]``, each ``""`` when absent.
+    """
+    _, grouped = _load_gqa(questions_json)
+    return {_id(image_id): tuple(items) for image_id, items in grouped.items()}
+
+
+def _load_gqa(questions_json: str | os.PathLike[str]) -> tuple[Path, dict[int | str, list[VqaAnnotation]]]:
+    """Questions grouped by image id, in the order of each image's first question."""
+    file, data = _load_json(questions_json, "GQA questions")
+    if isinstance(data.get("questions"), list):
+        raise InputError(
+            f"{file}: a 'questions' list is the VQAv2 layout; a GQA file maps question ids to questions"
+        )
+    grouped: dict[int | str, list[VqaAnnotation]] = {}
+    for question_id, entry in data.items():
+        where = f"{file}: question {question_id!r}"
+        image_id = _field(entry, "imageId", (str, int), where)
+        if isinstance(image_id, str) and (image_id.startswith(".") or not _PLAIN_NAME.fullmatch(image_id)):
+            raise InputError(f"{where}['imageId'] {image_id!r} is not a plain file name")
+        question = _field(entry, "question", str, where)
+        answer = _optional(entry, "answer", where)
+        types = _field(entry, "types", dict, where) if "types" in entry else {}
+        item = VqaAnnotation(
+            question_id,
+            image_id,
+            question,
+            answer,
+            (answer,) if "answer" in entry else (),
+            _optional(types, "structural", f"{where}['types']"),
+            _optional(types, "detailed", f"{where}['types']"),
+        )
+        grouped.setdefault(image_id, []).append(item)
+    return file, grouped
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -416,20 +525,29 @@ def read_folder(directory: str | os.PathLike[str]) -> Iterator[Example]:
     return _iter_folder(root)
 
 
-def _iter_folder(root: Path) -> Iterator[Example]:
-    found = 0
-    for current, folders, files in os.walk(root):
+def _image_files(directory: Path) -> Iterator[Path]:
+    """Image files under ``directory``: in each folder its files by name, then its subfolders by
+    name; hidden files and folders skipped."""
+    for current, folders, files in os.walk(directory):
         folders[:] = sorted(f for f in folders if not f.startswith("."))
         here = Path(current)
         for name in sorted(files):
             path = here / name
-            if name.startswith(".") or path.suffix.lower() not in IMAGE_EXTENSIONS:
-                continue
-            found += 1
-            yield Example(id=path.relative_to(root).as_posix(), image=path, captions=_caption_lines(path))
+            if not name.startswith(".") and path.suffix.lower() in IMAGE_EXTENSIONS:
+                yield path
+
+
+def _no_images(root: Path, where: str) -> InputError:
+    return InputError(f"{root}: no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}) {where}")
+
+
+def _iter_folder(root: Path) -> Iterator[Example]:
+    found = 0
+    for path in _image_files(root):
+        found += 1
+        yield Example(id=path.relative_to(root).as_posix(), image=path, captions=_caption_lines(path))
     if not found:
-        extensions = ", ".join(sorted(IMAGE_EXTENSIONS))
-        raise InputError(f"{root}: no image files ({extensions}) in this folder or below")
+        raise _no_images(root, "in this folder or below")
 
 
 def _caption_lines(image: Path) -> tuple[str, ...]:
@@ -443,6 +561,128 @@ def _caption_lines(image: Path) -> tuple[str, ...]:
     except OSError as error:
         raise InputError(f"{text_file}: caption file cannot be read ({error})") from error
     return tuple(line.strip() for line in text.splitlines() if line.strip())
+
+
+# ---------------------------------------------------------------------------------------------------
+# Image classes (ImageNet-style folders)
+
+_WORDNET_ID = re.compile(r"n\d{8}")
+ClassNames = str | os.PathLike[str] | Mapping[str, str]
+
+
+def read_image_classes(
+    root: str | os.PathLike[str], *, class_names: ClassNames | None = None
+) -> tuple[list[str], Iterator[Example]]:
+    """The class names and the labelled examples of a folder laid out as ``root/<class>/<images>``.
+
+    Each non-hidden subfolder of ``root`` is a class; its images, at any depth below it, are that
+    class's examples (files directly in ``root`` are not). Classes come in folder-name order, and
+    so do their examples, each folder's images in :func:`read_folder`'s order; the id is the path
+    relative to ``root`` (``"n01440764/ILSVRC2012_val_00000293.JPEG"``) and ``label`` the class name.
+    A class folder with no image is left out (of the names too); no class folder, or no image in
+    any, is an error.
+
+    ``class_names`` maps folder names to class names: a dict, or a text file with one
+    ``FOLDER NAME`` per line (separated by a tab or spaces; the name may contain spaces), such as
+    ImageNet's ``LOC_synset_mapping.txt``; it must name every non-empty class folder. Without it the
+    folder names are the class names, except that when every folder is a WordNet id (``n01440764``)
+    the names are timm's ImageNet descriptions (``"tench, Tinca tinca"``; ids timm does not know keep
+    the folder name). Names given to several folders (ImageNet's two "crane"s) get the folder name
+    appended, ``"crane (n02012849)"``, so that the class names stay distinct.
+    """
+    directory = Path(root)
+    if not directory.is_dir():
+        raise InputError(f"image folder not found: {directory}")
+    folders = sorted(p.name for p in directory.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not folders:
+        raise InputError(f"{directory}: no class folders (expected ROOT/<class name>/<image files>)")
+    kept = [f for f in folders if next(_image_files(directory / f), None) is not None]
+    if not kept:
+        raise _no_images(directory, "in any of its class folders")
+    names = _distinct(kept, _class_names(directory, kept, class_names))
+    return names, _iter_classes(directory, kept, names)
+
+
+def _class_names(directory: Path, folders: list[str], class_names: ClassNames | None) -> list[str]:
+    """The name of each folder, from ``class_names``, timm's WordNet descriptions or the folder."""
+    if class_names is None:
+        if all(_WORDNET_ID.fullmatch(f) for f in folders):
+            descriptions = _wordnet_descriptions(directory)
+            return [descriptions.get(f, f) for f in folders]
+        return list(folders)
+    if isinstance(class_names, Mapping):
+        source, mapping = "class_names", dict(class_names)
+        for folder, name in mapping.items():
+            if not isinstance(name, str) or not name.strip():
+                raise InputError(f"class_names[{folder!r}] must be a non-empty string, not {name!r}")
+    elif isinstance(class_names, (str, os.PathLike)):
+        source, mapping = str(class_names), _read_class_names(Path(class_names))
+    else:
+        raise InputError(
+            f"class_names must be a file path or a dict of folder -> name, not {type(class_names).__name__}"
+        )
+    missing = [f for f in folders if f not in mapping]
+    if missing:
+        raise InputError(
+            f"{source}: no name for {len(missing)} of the {len(folders)} class folders of {directory} "
+            f"(first: {missing[0]!r})"
+        )
+    return [mapping[f].strip() for f in folders]
+
+
+def _read_class_names(file: Path) -> dict[str, str]:
+    if not file.is_file():
+        raise InputError(f"class names file not found: {file}")
+    try:
+        text = file.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise InputError(f"{file}: class names file is not UTF-8 text ({error})") from error
+    mapping: dict[str, str] = {}
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        fields = line.strip().split(maxsplit=1)
+        if len(fields) != 2:
+            raise InputError(f"{file}:{number}: expected 'FOLDER NAME' (tab or spaces between), got {line!r}")
+        folder, name = fields
+        if folder in mapping:
+            raise InputError(f"{file}:{number}: folder {folder!r} is named twice")
+        mapping[folder] = name.strip()
+    return mapping
+
+
+def _wordnet_descriptions(directory: Path) -> dict[str, str]:
+    """WordNet id -> description, from the files behind ``timm.data.ImageNetInfo`` (the same text as
+    its ``index_to_description``); located by the helper the built-in model uses."""
+    from ..models import conse  # lazily: torch is only needed by models, and this path is rare
+
+    try:
+        info = conse._timm_info_dir()
+    except VlmkitError as error:
+        raise InputError(
+            f"{directory}: the class folders are WordNet ids; their names come from timm's ImageNet "
+            f"descriptions, which were not found ({error}); or pass class_names="
+        ) from error
+    lemmas = info / "imagenet_synset_to_lemma.txt"
+    try:
+        with lemmas.open(encoding="utf-8", newline="") as handle:
+            return {row[0]: row[1] for row in csv.reader(handle, delimiter="\t") if len(row) >= 2}
+    except (OSError, UnicodeDecodeError) as error:
+        raise InputError(f"{lemmas}: timm's ImageNet descriptions cannot be read ({error})") from error
+
+
+def _distinct(folders: list[str], names: list[str]) -> list[str]:
+    counts = Counter(names)
+    return [
+        f"{name} ({folder})" if counts[name] > 1 else name
+        for folder, name in zip(folders, names, strict=True)
+    ]
+
+
+def _iter_classes(directory: Path, folders: list[str], names: list[str]) -> Iterator[Example]:
+    for folder, name in zip(folders, names, strict=True):
+        for path in _image_files(directory / folder):
+            yield Example(id=path.relative_to(directory).as_posix(), image=path, label=name)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -643,12 +883,31 @@ def _vqa_spec(rest: str) -> Iterator[Example]:
     return read_vqa(fields[0], fields[1] or None, fields[2])
 
 
+def _gqa_spec(rest: str) -> Iterator[Example]:
+    fields = rest.split(":")
+    if len(fields) != 2 or not all(fields):
+        raise InputError("expected 'gqa:QUESTIONS.json:IMAGE_DIR'")
+    return read_gqa(fields[0], fields[1])
+
+
+def _imagenet_spec(rest: str) -> Iterator[Example]:
+    if not rest:
+        raise InputError("expected 'imagenet:DIR'")
+    return read_image_classes(rest)[1]
+
+
 def _shapes_spec(rest: str) -> Iterator[Example]:
-    if not rest.isdigit():
-        raise InputError(f"expected 'shapes:N' with N a non-negative integer, not 'shapes:{rest}'")
-    n = int(rest)
-    # The same examples as make_split(n) (train split, seed 0), rendered one at a time.
-    return (to_example(make_scene(i)) for i in range(n))
+    fields = rest.split(":")
+    if not fields[0].isdigit() or len(fields) > 3:
+        raise InputError(f"expected 'shapes:N[:SPLIT[:SEED]]' with N a non-negative integer, not 'shapes:{rest}'")
+    split = fields[1] if len(fields) > 1 else "train"
+    if split not in ("train", "test"):
+        raise InputError(f"shapes split must be 'train' or 'test', not {split!r}")
+    if len(fields) > 2 and not fields[2].isdigit():
+        raise InputError(f"shapes seed must be a non-negative integer, not {fields[2]!r}")
+    n, seed = int(fields[0]), int(fields[2]) if len(fields) > 2 else 0
+    # The same examples as make_split(n, seed, split), rendered one at a time.
+    return (to_example(make_scene(i, seed, split)) for i in range(n))
 
 
 def _easy_vqa_spec(rest: str) -> Iterator[Example]:
@@ -672,9 +931,11 @@ def _wds_spec(rest: str) -> Iterator[Example]:
 _SCHEMES: dict[str, tuple[str, Callable[[str], Iterator[Example]]]] = {
     "coco": ("coco:ANNOTATIONS.json:IMAGE_DIR[:SPLIT[,SPLIT]]", _coco_spec),
     "vqa": ("vqa:QUESTIONS.json:ANNOTATIONS.json:IMAGE_DIR", _vqa_spec),
+    "gqa": ("gqa:QUESTIONS.json:IMAGE_DIR", _gqa_spec),
+    "imagenet": ("imagenet:DIR", _imagenet_spec),
     "folder": ("folder:DIR", _folder_spec),
     "wds": ("wds:PATTERN", _wds_spec),
-    "shapes": ("shapes:N", _shapes_spec),
+    "shapes": ("shapes:N[:SPLIT[:SEED]]", _shapes_spec),
     "easy-vqa": ("easy-vqa:train|test", _easy_vqa_spec),
 }
 
@@ -688,9 +949,12 @@ def read_dataset(spec: str) -> Iterator[Example]:
     """Examples from a one-string description (for command lines and configs); see ``dataset_schemes()``.
 
     ``"coco:..."`` reads COCO or Karpathy caption JSON (an optional fourth field keeps Karpathy splits,
-    ``train,restval``); ``"vqa:..."`` VQAv2 (leave ANNOTATIONS empty, ``vqa:Q.json::DIR``, for the test
-    sets); ``"folder:DIR"`` a folder with ``.txt`` captions; ``"wds:PATTERN"`` WebDataset shards;
-    ``"shapes:N"`` the first N training examples of the shapes world (as ``make_split(N)``);
+    ``train,restval``), NoCaps and image-info files included; ``"vqa:..."`` VQAv2 or OK-VQA (leave
+    ANNOTATIONS empty, ``vqa:Q.json::DIR``, for the test sets); ``"gqa:..."`` a GQA questions file;
+    ``"imagenet:DIR"`` a folder of class folders (``read_image_classes``: ``label`` holds the class
+    name; call that function for the class list); ``"folder:DIR"`` a folder with ``.txt`` captions; ``"wds:PATTERN"`` WebDataset shards;
+    ``"shapes:N[:SPLIT[:SEED]]"`` the first N examples of the shapes world (as ``make_split(N, SEED, SPLIT)``,
+    default train split, seed 0);
     ``"easy-vqa:train"`` or ``"easy-vqa:test"`` the easy-VQA package.
     """
     if not isinstance(spec, str):

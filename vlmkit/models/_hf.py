@@ -13,7 +13,7 @@ from PIL import Image
 from .base import GenerationOptions, VisionLanguageModel, as_list, check_texts, pair_up
 from .kinds import ModelKind
 
-__all__ = ["HFModel", "features", "normalise", "image_size_of"]
+__all__ = ["HFModel", "features", "normalise", "image_size_of", "equal_length_groups"]
 
 
 def features(output: Any) -> torch.Tensor:
@@ -124,6 +124,19 @@ class HFModel(VisionLanguageModel):
             raise errors[0]
 
 
+def equal_length_groups(keys: list[Any], batch_size: int) -> list[list[int]]:
+    """Indices grouped into batches of at most ``batch_size`` whose keys (token lengths) agree, so
+    that no batch needs padding; in order of key, then of index."""
+    order = sorted(range(len(keys)), key=lambda i: (keys[i], i))
+    groups: list[list[int]] = []
+    for i in order:
+        if groups and keys[groups[-1][0]] == keys[i] and len(groups[-1]) < batch_size:
+            groups[-1].append(i)
+        else:
+            groups.append([i])
+    return groups
+
+
 def strip_prompt(sequences: torch.Tensor, input_ids: torch.Tensor | None) -> torch.Tensor:
     """Drop the echoed prompt when ``generate`` returns it in front of the new tokens."""
     if input_ids is None or sequences.shape[1] < input_ids.shape[1]:
@@ -214,16 +227,8 @@ class PromptedGenerator(HFModel):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         full = self._prepare_prompts(prompts)
-        keys = [self._length_key(p) for p in full]
-        order = sorted(range(len(full)), key=lambda i: (keys[i], i))
-        groups: list[list[int]] = []
-        for i in order:
-            if groups and keys[groups[-1][0]] == keys[i] and len(groups[-1]) < batch_size:
-                groups[-1].append(i)
-            else:
-                groups.append([i])
         texts: list[str] = [""] * len(full)
-        for group in groups:
+        for group in equal_length_groups([self._length_key(p) for p in full], batch_size):
             batch = self._load_all([image_list[i] for i in group])
             inputs = self.processor(images=batch, text=[full[i] for i in group], padding=True, return_tensors="pt")
             inputs = self._to_device(inputs)

@@ -216,6 +216,17 @@ class VisionLanguageModel:
     ) -> list[list[LabelScore]]:
         """Zero-shot classification: each label is embedded through every template, the embeddings
         averaged (a prompt ensemble, as in CLIP), and scored by a softmax over the labels."""
+        labels = list(labels) if not isinstance(labels, str) else labels
+        probs = self.label_probabilities(images, self.label_embeddings(labels, templates))
+        results = []
+        for row in probs:
+            order = np.argsort(-row, kind="stable")[: top_k or len(labels)]
+            results.append([LabelScore(labels[i], float(row[i])) for i in order])
+        return results
+
+    def label_embeddings(self, labels: Sequence[str], templates: Sequence[str] | None = None) -> np.ndarray:
+        """One L2-normalised text embedding per label, (N_labels, D): the mean over the prompt
+        templates (the model's defaults when none are given). Compute once, score many images."""
         self.require("classify")
         if isinstance(labels, str):
             raise InputError("classify: labels must be a list of strings, not one string")
@@ -226,20 +237,19 @@ class VisionLanguageModel:
             raise InputError("classify: labels must be distinct")
         chosen = tuple(templates) if templates else self.default_templates()
         for template in chosen:
-            if "{}" not in template:
+            if not isinstance(template, str) or "{}" not in template:
                 raise InputError(f"classify: template {template!r} has no '{{}}' for the label")
         texts = [template.format(label) for label in labels for template in chosen]
         text_emb = self.embed_texts(texts).reshape(len(labels), len(chosen), -1).mean(axis=1)
-        text_emb /= np.linalg.norm(text_emb, axis=1, keepdims=True)
-        logits = self.logit_scale() * self._class_similarity(images, text_emb)
+        return text_emb / np.linalg.norm(text_emb, axis=1, keepdims=True)
+
+    def label_probabilities(self, images: Any, label_emb: np.ndarray) -> np.ndarray:
+        """Softmax over the labels of :meth:`label_embeddings`, (N_images, N_labels)."""
+        self.require("classify")
+        logits = self.logit_scale() * self._class_similarity(images, label_emb)
         logits -= logits.max(axis=1, keepdims=True)
         probs = np.exp(logits)
-        probs /= probs.sum(axis=1, keepdims=True)
-        results = []
-        for row in probs:
-            order = np.argsort(-row, kind="stable")[: top_k or len(labels)]
-            results.append([LabelScore(labels[i], float(row[i])) for i in order])
-        return results
+        return probs / probs.sum(axis=1, keepdims=True)
 
     def _class_similarity(self, images: Any, text_emb: np.ndarray) -> np.ndarray:
         return self.embed_images(images) @ text_emb.T

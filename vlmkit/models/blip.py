@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ._hf import HFModel, normalise
+from ._hf import HFModel, equal_length_groups, normalise
 from .base import GenerationOptions, MatchResult, as_list, check_texts, pair_up
 
 __all__ = ["Blip"]
@@ -69,15 +69,20 @@ class Blip(HFModel):
         image_list, question_list = pair_up(
             as_list(images, "images"), check_texts(as_list(questions, "questions"), "questions"), "ask"
         )
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         options = GenerationOptions(max_new_tokens, num_beams)
-        answers: list[str] = []
-        for start in range(0, len(image_list), batch_size):
-            batch = self._load_all(image_list[start : start + batch_size])
-            text = question_list[start : start + batch_size]
-            inputs = self.processor(images=batch, text=text, padding=True, return_tensors="pt")
+        answers: list[str] = [""] * len(question_list)
+        # Questions of equal token length share a batch: padding the question encoder changes the
+        # answers of some, so the answers would depend on the batch size.
+        lengths = [len(self.tokenizer(q)["input_ids"]) for q in question_list]
+        for group in equal_length_groups(lengths, batch_size):
+            batch = self._load_all([image_list[i] for i in group])
+            inputs = self.processor(images=batch, text=[question_list[i] for i in group], padding=True, return_tensors="pt")
             with torch.inference_mode():
                 out = self.model.generate(**self._to_device(inputs), **options.to_hf())
-            answers.extend(self._decode(out))
+            for i, answer in zip(group, self._decode(out), strict=True):
+                answers[i] = answer
         return answers
 
     # -- retrieval head ---------------------------------------------------------------------
