@@ -183,6 +183,8 @@ def test_vqav2_files_score_with_ten_answers_and_export(tiny, vqav2, tmp_path):
 
 def test_published_figures_shown_when_model_and_dataset_match(tiny, tmp_path, vqav2):
     assert dataset_identity("vqa:/d/v2_OpenEnded_mscoco_test-dev2015_questions.json::/d/test2015") == ("vqav2", "test-dev")
+    assert dataset_identity("vqa:/okvqa/OpenEnded_mscoco_val2014_questions.json:/okvqa/a.json:/coco/val2014") == ("okvqa", "val")
+    assert dataset_identity("vqa:/v1/OpenEnded_mscoco_val2014_questions.json::/coco/val2014") == ("vqa", "val")
     assert dataset_identity("gqa:/d/testdev_balanced_questions.json:/d/images") == ("gqa", "test-dev")
     assert dataset_identity("coco:/d/dataset_flickr30k.json:/d/img:test") == ("flickr30k", "test")
     assert [r["value"] for r in published_references("llava-hf/llava-1.5-7b-hf", "vqav2", "vqa")] == [78.5]

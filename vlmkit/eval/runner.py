@@ -168,7 +168,11 @@ def dataset_identity(spec: str) -> tuple[str, str]:
         split = re.sub(r"_?(balanced|all)?_?questions\.json$", "", name).replace("testdev", "test-dev")
         return "gqa", split
     if scheme == "vqa":
-        dataset = "vqav2" if name.startswith("v2_") or "v2_" in name else ("okvqa" if "openended" in name else "vqa")
+        # OK-VQA and VQA v1 share their file names; only a path that says "okvqa" tells them apart.
+        if re.search(r"ok-?vqa", spec.lower()):
+            dataset = "okvqa"
+        else:
+            dataset = "vqav2" if "v2_" in name else "vqa"
         match = re.search(r"(train|val|test-dev|test)(20\d\d)", name)
         return dataset, match.group(1) if match else ""
     if scheme == "coco":
