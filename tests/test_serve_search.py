@@ -301,12 +301,18 @@ def test_serve_runs_uvicorn_with_the_index_model(
     loaded, ran = [], {}
     monkeypatch.setattr(serve, "load_model", lambda args: loaded.append(args.model) or FakeEmbedder())
     monkeypatch.setattr(uvicorn, "run", lambda app, **kw: ran.update(kw, app=app))
+    from vlmkit_cli.common import CommandError
+
     args = _serve_args("--index", str(collection["index"]), "--host", "0.0.0.0", "--port", "8123")
+    with pytest.raises(CommandError, match="needs an API key"):
+        args.run(args)
+    args = _serve_args("--index", str(collection["index"]), "--host", "0.0.0.0", "--port", "8123", "--api-key", "k")
     assert args.run(args) == 0
     assert loaded == ["fake-colour"] and ran["host"] == "0.0.0.0" and ran["port"] == 8123
     assert TestClient(ran["app"]).get("/health").json()["rows"] == 6
     err = capsys.readouterr().err
     assert "warning: listening on 0.0.0.0" in err and "serving 6 images" in err
+    assert ran["timeout_graceful_shutdown"] == 30
     args = _serve_args("--index", str(collection["index"]))
     args.run(args)
     assert ran["host"] == "127.0.0.1" and ran["port"] == 8000 and "warning" not in capsys.readouterr().err

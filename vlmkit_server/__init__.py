@@ -1,10 +1,13 @@
-"""The HTTP server (``vlmkit serve``): a search page and a JSON API over an image index.
+"""The HTTP server (``vlmkit serve``): an OpenAI-compatible API over loaded models
+(:func:`create_api_app`), and a search page with its JSON API over an image index (:func:`create_app`).
 
-An application on top of the library, like the CLI: it parses requests, calls
-:class:`vlmkit.index.ImageIndex` and turns vlmkit's exceptions into status codes. Needs FastAPI,
-uvicorn and python-multipart (``pip install 'vlmkit[serve]'``).
+An application on top of the library, like the CLI: it parses requests, calls vlmkit and turns its
+exceptions into status codes. Needs FastAPI, uvicorn, python-multipart and prometheus-client
+(``pip install 'vlmkit[serve]'``).
 """
 
+from .api import ServerConfig, create_api_app
 from .app import DEFAULT_K, MAX_K, MAX_UPLOAD_BYTES, THUMBNAIL_SIZE, create_app
+from .routing import Route, Routes
 
-__all__ = ["create_app", "DEFAULT_K", "MAX_K", "MAX_UPLOAD_BYTES", "THUMBNAIL_SIZE"]
+__all__ = ["create_app", "create_api_app", "ServerConfig", "Routes", "Route", "DEFAULT_K", "MAX_K", "MAX_UPLOAD_BYTES", "THUMBNAIL_SIZE"]

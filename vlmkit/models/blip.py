@@ -75,10 +75,13 @@ class Blip(HFModel):
         answers: list[str] = [""] * len(question_list)
         # Questions of equal token length share a batch: padding the question encoder changes the
         # answers of some, so the answers would depend on the batch size.
-        lengths = [len(self.tokenizer(q)["input_ids"]) for q in question_list]
+        # Questions longer than the text encoder's positions are cut to fit, as a tokenizer would.
+        limit = int(getattr(self.model.config.text_config, "max_position_embeddings", 512))
+        lengths = [len(self.tokenizer(q, truncation=True, max_length=limit)["input_ids"]) for q in question_list]
         for group in equal_length_groups(lengths, batch_size):
             batch = self._load_all([image_list[i] for i in group])
-            inputs = self.processor(images=batch, text=[question_list[i] for i in group], padding=True, return_tensors="pt")
+            text = [question_list[i] for i in group]
+            inputs = self.processor(images=batch, text=text, padding=True, truncation=True, max_length=limit, return_tensors="pt")
             with torch.inference_mode():
                 out = self.model.generate(**self._to_device(inputs), **options.to_hf())
             for i, answer in zip(group, self._decode(out), strict=True):

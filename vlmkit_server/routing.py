@@ -1,0 +1,83 @@
+"""Tandem routing for ``model: "auto"``: a precise specialist for captions and short factual
+answers, a conversational generalist for dialogue, open-ended requests and long answers.
+
+The rules, in order (the first that applies decides; each gives the reason the response reports):
+
+1. an assistant turn in the conversation (multi-turn dialogue) -> conversational;
+2. ``max_tokens`` above ``long_answer_tokens`` -> conversational (a long answer is wanted);
+3. no text, or a caption request ("describe this image", "caption", "what is in the picture") ->
+   precise, as a caption;
+4. an open-ended request (words such as why, how, explain, story, imagine, write) -> conversational;
+5. a short question (at most ``short_question_words`` words) -> precise, as VQA;
+6. anything else -> conversational.
+
+When the chosen side has no model able to do the work, the other side answers, and the reason says
+so. Routes are configurable (:class:`Routes`).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+__all__ = ["Routes", "Route", "choose_route"]
+
+_CAPTION = re.compile(
+    r"^\s*(please\s+)?((write\s+)?(a\s+)?caption|describe (this|the) (image|picture|photo)( briefly)?|"
+    r"what('s| is) (in|on) (this|the) (image|picture|photo)|what do you see)\b[^a-z]*$",
+    re.IGNORECASE,
+)
+
+
+@dataclass(frozen=True)
+class Routes:
+    precise: str | None = None  # model name for captions and short answers
+    conversational: str | None = None  # model name for dialogue and open-ended requests
+    long_answer_tokens: int = 64
+    short_question_words: int = 12
+    open_ended_words: tuple[str, ...] = field(
+        default=("why", "how", "explain", "story", "imagine", "write", "poem", "opinion", "compare", "suggest", "detail")
+    )
+
+
+@dataclass(frozen=True)
+class Route:
+    model: str
+    task: Literal["caption", "ask", "chat"]
+    reason: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"model": self.model, "task": self.task, "reason": self.reason}
+
+
+def choose_route(routes: Routes, *, texts: list[str], turns: int, max_tokens: int | None, can: dict[str, frozenset[str]]) -> Route:
+    """``texts``: the last user message's text parts; ``turns``: assistant messages so far;
+    ``can``: model name -> the tasks it can do."""
+    text = " ".join(t.strip() for t in texts if t.strip())
+    words = re.findall(r"[a-z']+", text.lower())
+    if turns > 0:
+        wanted, reason = "conversational", "multi-turn dialogue"
+    elif max_tokens is not None and max_tokens > routes.long_answer_tokens:
+        wanted, reason = "conversational", f"a long answer (max_tokens {max_tokens} > {routes.long_answer_tokens})"
+    elif not text or _CAPTION.match(text):
+        wanted, reason = "precise-caption", "a caption request"
+    elif set(words) & set(routes.open_ended_words):
+        found = next(w for w in words if w in routes.open_ended_words)
+        wanted, reason = "conversational", f"an open-ended request ({found!r})"
+    elif len(words) <= routes.short_question_words:
+        wanted, reason = "precise-ask", f"a short question ({len(words)} words)"
+    else:
+        wanted, reason = "conversational", f"a long request ({len(words)} words)"
+    order = {"conversational": ["chat", "ask", "caption"], "precise-caption": ["caption", "chat"], "precise-ask": ["ask", "chat"]}[wanted]
+    preferred = routes.conversational if wanted == "conversational" else routes.precise
+    fallback = routes.precise if wanted == "conversational" else routes.conversational
+    for name, note in ((preferred, ""), (fallback, "; the preferred model cannot do it")):
+        if name is None or name not in can:
+            continue
+        for task in order:
+            if task in can[name]:
+                if task == "caption" and wanted == "conversational" and text:
+                    continue  # a caption does not answer a question
+                return Route(name, task, reason + note)  # type: ignore[arg-type]
+    raise LookupError(f"no configured model can answer {reason}")
