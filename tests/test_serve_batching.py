@@ -259,7 +259,8 @@ def route(
         # 4. open-ended words
         (["Why is the sky blue?"], 0, None, Route("llava", "chat", "an open-ended request ('why')")),
         (["Please write a poem about this."], 0, None, Route("llava", "chat", "an open-ended request ('write')")),
-        (["How many cats are there?"], 0, None, Route("llava", "chat", "an open-ended request ('how')")),
+        (["How does this work?"], 0, None, Route("llava", "chat", "an open-ended request ('how')")),
+        (["How many cats are there?"], 0, None, Route("vqa", "ask", "a short question (5 words)")),  # a fact
         (["EXPLAIN", "this"], 0, 64, Route("llava", "chat", "an open-ended request ('explain')")),
         # 5. a short question
         (["What colour is the cat?"], 0, None, Route("vqa", "ask", "a short question (5 words)")),

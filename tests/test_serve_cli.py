@@ -116,3 +116,13 @@ def test_long_inputs_are_cut_or_refused_not_500(launched: dict, tiny: dict, phot
     reply = client.post("/v1/chat/completions", json={"model": "chat", "max_tokens": 500, "messages": [message]})
     assert reply.status_code == 400 and "takes at most 128" in reply.json()["error"]["message"]
     assert client.post("/v1/chat/completions", json={"model": "chat", "max_tokens": 8, "messages": [message]}).status_code == 200
+
+
+def test_how_many_is_a_short_factual_question() -> None:
+    from vlmkit_server.routing import Routes, choose_route
+
+    can = {"vqa": frozenset({"ask"}), "chat": frozenset({"chat", "ask", "caption"})}
+    routes = Routes(precise="vqa", conversational="chat")
+    assert choose_route(routes, texts=["how many cats are there?"], turns=0, max_tokens=None, can=can).model == "vqa"
+    route = choose_route(routes, texts=["how does this work?"], turns=0, max_tokens=None, can=can)
+    assert route.model == "chat" and route.reason == "an open-ended request ('how')"

@@ -7,7 +7,8 @@ The rules, in order (the first that applies decides; each gives the reason the r
 2. ``max_tokens`` above ``long_answer_tokens`` -> conversational (a long answer is wanted);
 3. no text, or a caption request ("describe this image", "caption", "what is in the picture") ->
    precise, as a caption;
-4. an open-ended request (words such as why, how, explain, story, imagine, write) -> conversational;
+4. an open-ended request (words such as why, how, explain, story, imagine, write; "how many",
+   "how old" and the like ask for a fact and do not count) -> conversational;
 5. a short question (at most ``short_question_words`` words) -> precise, as VQA;
 6. anything else -> conversational.
 
@@ -51,6 +52,16 @@ class Route:
         return {"model": self.model, "task": self.task, "reason": self.reason}
 
 
+_MEASURE = frozenset({"many", "much", "old", "big", "tall", "far", "long", "large", "small", "high", "wide"})
+
+
+def _open_ended(words: list[str], i: int, routes: Routes) -> bool:
+    """Whether ``words[i]`` marks an open-ended request; "how many" and the like ask for a fact."""
+    if words[i] not in routes.open_ended_words:
+        return False
+    return not (words[i] == "how" and i + 1 < len(words) and words[i + 1] in _MEASURE)
+
+
 def choose_route(routes: Routes, *, texts: list[str], turns: int, max_tokens: int | None, can: dict[str, frozenset[str]]) -> Route:
     """``texts``: the last user message's text parts; ``turns``: assistant messages so far;
     ``can``: model name -> the tasks it can do."""
@@ -62,8 +73,8 @@ def choose_route(routes: Routes, *, texts: list[str], turns: int, max_tokens: in
         wanted, reason = "conversational", f"a long answer (max_tokens {max_tokens} > {routes.long_answer_tokens})"
     elif not text or _CAPTION.match(text):
         wanted, reason = "precise-caption", "a caption request"
-    elif set(words) & set(routes.open_ended_words):
-        found = next(w for w in words if w in routes.open_ended_words)
+    elif any(_open_ended(words, i, routes) for i in range(len(words))):
+        found = next(w for i, w in enumerate(words) if _open_ended(words, i, routes))
         wanted, reason = "conversational", f"an open-ended request ({found!r})"
     elif len(words) <= routes.short_question_words:
         wanted, reason = "precise-ask", f"a short question ({len(words)} words)"
