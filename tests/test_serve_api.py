@@ -35,6 +35,7 @@ import openai
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
+from test_serve_search import live_server as search_live_server
 
 import vlmkit
 from vlmkit.images import load_image
@@ -48,28 +49,9 @@ ROUTES = Routes(precise="blip-vqa", conversational="llava")
 # -- helpers ---------------------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def live_server(app: object) -> Iterator[str]:
-    """Run ``app`` under uvicorn (lifespan on) on a free loopback port in a background thread."""
-    import uvicorn
-
-    # proto=IPPROTO_TCP, or asyncio leaves Nagle's algorithm on for the accepted connections
-    # (it checks the protocol number), and every response waits ~40 ms for a delayed ACK.
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        thread.join(10)
-        sock.close()
+def live_server(app: object) -> contextlib.AbstractContextManager[str]:
+    """The search tests' server, with the app's lifespan on (it closes the batchers)."""
+    return search_live_server(app, lifespan="on")
 
 
 def session(base_url: str, **options: Any) -> httpx.Client:

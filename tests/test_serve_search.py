@@ -224,13 +224,15 @@ def test_identical_copies_changed_and_deleted_files(tmp_path: Path) -> None:
 
 
 @contextlib.contextmanager
-def live_server(app: object) -> Iterator[str]:
+def live_server(app: object, *, lifespan: str = "off") -> Iterator[str]:
     """Run ``app`` under uvicorn on a free loopback port in a background thread."""
     import uvicorn
 
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    # proto=IPPROTO_TCP, or asyncio leaves Nagle's algorithm on for the accepted connections
+    # (it checks the protocol number), and every response waits ~40 ms for a delayed ACK.
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan=lifespan))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 10
