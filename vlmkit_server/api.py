@@ -58,7 +58,7 @@ MAX_IMAGES = 8
 MAX_LABELS = 1000
 MAX_EMBED_INPUTS = 256
 _ENDPOINTS = frozenset({"/v1/models", "/v1/chat/completions", "/v1/embeddings", "/v1/caption", "/v1/vqa", "/v1/classify",
-                        "/v1/match", "/health", "/metrics"})
+                        "/v1/match", "/v1/interrogate", "/health", "/metrics"})
 
 
 @dataclass(frozen=True)
