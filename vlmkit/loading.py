@@ -71,6 +71,18 @@ _WRAPPERS: dict[str, tuple[str, str]] = {
     "Blip2ForImageTextRetrieval": ("vlmkit.models.blip2", "Blip2"),
     "InstructBlipForConditionalGeneration": ("vlmkit.models.instructblip", "InstructBlip"),
     "LlavaForConditionalGeneration": ("vlmkit.models.llava", "Llava"),
+    "VisionTextDualEncoderModel": ("vlmkit.models.clip", "DualEncoder"),
+}
+
+# vlmkit's own checkpoint formats (``model_type`` in config.json) -> the module whose ``load_native``
+# reads them: the recipes of ``vlmkit train`` whose models have no transformers class.
+_NATIVE: dict[str, str] = {
+    "vlmkit-blip2": "vlmkit.models.blip2_native",
+    "vlmkit-instructblip": "vlmkit.models.blip2_native",
+    "vlmkit-dual-encoder": "vlmkit.models.dual_encoder",
+    "vlmkit-clipcap": "vlmkit.models.clipcap",
+    "vlmkit-coca": "vlmkit.models.coca",
+    "vlmkit-simvlm": "vlmkit.models.simvlm",
 }
 
 _DTYPES = {
@@ -204,10 +216,10 @@ def load(
     import transformers
 
     where = checkpoint_dir(name)
-    if _model_type(where) == "vlmkit-blip2":
-        from .models.blip2_native import load_native
-
-        return load_native(where, name=name, device=torch_device, dtype=torch_dtype)
+    native = _NATIVE.get(_model_type(where) or "")
+    if native is not None:
+        load_native = importlib.import_module(native).load_native
+        return load_native(where, name=name, device=torch_device, dtype=torch_dtype)  # type: ignore[no-any-return]
     try:
         config = transformers.AutoConfig.from_pretrained(where)
     except (OSError, ValueError, KeyError) as exc:

@@ -9,6 +9,7 @@ from .blip2 import (
     sample_hard_negatives,
     stage1_loss,
 )
+from .contrastive import LOGIT_SCALE_MAX, clamp_logit_scale, clip_loss, siglip_loss
 from .stage1 import TEMPERATURE_RANGE, blip2_stage1_losses
 
 __all__ = [
@@ -21,4 +22,8 @@ __all__ = [
     "stage1_loss",
     "blip2_stage1_losses",
     "TEMPERATURE_RANGE",
+    "clip_loss",
+    "siglip_loss",
+    "clamp_logit_scale",
+    "LOGIT_SCALE_MAX",
 ]

@@ -62,6 +62,42 @@ KINDS: dict[str, ModelKind] = {
             "vlmkit's own BLIP-2, trained with `vlmkit train blip2-stage1/-stage2`",
         ),
         ModelKind(
+            "clip",
+            "VisionTextDualEncoderModel",
+            _RETRIEVAL,
+            "dual encoder from any vision and text towers (transformers' VisionTextDualEncoder), e.g. `vlmkit train clip`",
+        ),
+        ModelKind(
+            "clip",
+            "VlmkitDualEncoder",
+            _RETRIEVAL,
+            "vlmkit's dual encoder on a frozen non-transformers image tower (LiT), trained with `vlmkit train clip`",
+        ),
+        ModelKind(
+            "instructblip",
+            "VlmkitInstructBlip",
+            frozenset({"caption", "ask", "generate"}),
+            "vlmkit's InstructBLIP: instruction-aware Q-Former, trained with `vlmkit train instructblip`",
+        ),
+        ModelKind(
+            "clipcap",
+            "VlmkitClipCap",
+            frozenset({"caption", "ask", "generate"}),
+            "ClipCap: image embedding mapped to a frozen LM's prefix (Mokady et al., 2021)",
+        ),
+        ModelKind(
+            "coca",
+            "VlmkitCoCa",
+            frozenset({"embed", "similarity", "classify", "match", "caption"}),
+            "CoCa: contrastive captioner (Yu et al., 2022)",
+        ),
+        ModelKind(
+            "simvlm",
+            "VlmkitSimVLM",
+            frozenset({"caption", "ask", "generate"}),
+            "SimVLM: prefix-LM over image and text (Wang et al., 2022)",
+        ),
+        ModelKind(
             "conse",
             "ConSE",
             frozenset({"embed", "similarity", "classify", "match", "caption"}),
@@ -78,6 +114,7 @@ DEFAULT_ARCHITECTURE: dict[str, str] = {
     "blip-2": "Blip2ForConditionalGeneration",
     "instructblip": "InstructBlipForConditionalGeneration",
     "llava": "LlavaForConditionalGeneration",
+    "vision-text-dual-encoder": "VisionTextDualEncoderModel",
 }
 
 

@@ -1,0 +1,140 @@
+"""What every recipe bench shares: the same training and held-out data as ``bench/blip2_offline.py``,
+the same scoring through the model's public task interface (``vlmkit.load(dir)``), and one shape of
+result, so ``bench/recipes_table.py`` can put every recipe in one table beside BLIP-2.
+
+Data (seed 0): shapes-world training scenes and 1,000 held-out scenes whose colour-shape pairs never
+occur in training; easy-VQA's train split and its whole test split.
+
+Figures, each computed the same way for every model that can do the task:
+
+- ``i2t_r1`` / ``t2i_r1``: retrieval R@1 on the held-out gallery with each scene's first caption,
+  "grouped" (scenes holding the same objects are interchangeable, as in ``blip2_offline.py``), and
+  ``strict_*`` (only the own image counts);
+- ``vqa``: exact match (VQAv2 normalisation) on 2,000 held-out shapes questions (the same sample as
+  ``blip2_offline.py``) and on every easy-VQA test question;
+- ``cider``: pycocoevalcap's CIDEr-D of greedy captions on lower-cased, punctuation-free text.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+SHAPES_QUESTIONS = 2000
+
+
+@dataclass(frozen=True)
+class Data:
+    name: str  # "shapes" or "easy-vqa"
+    train: list[Any]
+    test: list[Any]
+    groups: list[Any] | None  # retrieval groups of the test scenes (shapes only)
+
+
+def shapes(train: int = 4000, test: int = 1000) -> Data:
+    from vlmkit.data import make_split
+    from vlmkit.data.shapes import make_scenes
+
+    groups = [tuple(sorted((o.size, o.colour, o.shape) for o in s.objects)) for s in make_scenes(test, 0, "test")]
+    return Data("shapes", make_split(train, 0, "train"), make_split(test, 0, "test"), groups)
+
+
+def easy_vqa(train: int = 4000, test: int | None = None) -> Data:
+    from vlmkit.data import load_easy_vqa
+
+    examples = [e for e in load_easy_vqa("train") if e.captions][:train]
+    held_out = load_easy_vqa("test")
+    return Data("easy-vqa", examples, held_out[:test] if test else held_out, None)
+
+
+def frozen_lm(out: Path, data: Data, steps: int) -> Path:
+    """The small GPT-2-style LM trained on ``data``'s training texts (``vlmkit train lm``), as the
+    BLIP-2 bench makes it; reused when ``out`` already holds one."""
+    from vlmkit_train.lm import corpus_texts, lm_config, train_lm
+
+    if (out / "lm" / "config.json").is_file():
+        return out / "lm"
+    config = lm_config("shapes", [f"data={data.name}", f"max_steps={steps}", "mixed_precision=bf16"])
+    train_lm(config, corpus_texts(data.train, context=True), out)
+    return out / "lm"
+
+
+def _clean(text: str) -> str:
+    return " ".join(re.sub(r"[^\w\s]", " ", text.lower()).split())
+
+
+def retrieval(model: Any, data: Data) -> dict[str, float]:
+    from vlmkit.eval import retrieval_scores
+
+    similarity = np.asarray(model.similarity([e.image for e in data.test], [e.captions[0] for e in data.test]))
+    own = list(range(len(data.test)))
+    strict = retrieval_scores(similarity, own, ks=(1, 5))
+    figures = {"strict_i2t_r1": strict.image_to_text[1], "strict_t2i_r1": strict.text_to_image[1]}
+    if data.groups is not None:
+        grouped = retrieval_scores(similarity, own, ks=(1, 5), image_groups=data.groups)
+        figures.update(i2t_r1=grouped.image_to_text[1], t2i_r1=grouped.text_to_image[1])
+    return figures
+
+
+def vqa(model: Any, data: Data, limit: int | None = None, batch_size: int = 64) -> float:
+    """Exact match on ``limit`` questions drawn as ``blip2_offline.py`` draws them (all when None)."""
+    from vlmkit.eval import exact_match_accuracy
+
+    pairs = [(i, q, a) for i, e in enumerate(data.test) for q, a in e.qa]
+    order = np.random.default_rng(0).permutation(len(pairs))
+    chosen = [pairs[i] for i in (order[:limit] if limit else order)]
+    answers = model.ask([data.test[i].image for i, _, _ in chosen], [q for _, q, _ in chosen], batch_size=batch_size)
+    return exact_match_accuracy(answers, [a for _, _, a in chosen])
+
+
+def cider(model: Any, data: Data, batch_size: int = 64) -> tuple[float, list[tuple[str, str]]]:
+    """CIDEr-D over the test examples that have captions, and three (reference, generated) pairs."""
+    from pycocoevalcap.cider.cider import Cider
+
+    examples = [e for e in data.test if e.captions]
+    captions = model.caption([e.image for e in examples], batch_size=batch_size)
+    gts = {str(i): [_clean(c) for c in e.captions] for i, e in enumerate(examples)}
+    res = {str(i): [_clean(c) or "empty"] for i, c in enumerate(captions)}
+    return float(Cider().compute_score(gts, res)[0]), [(examples[i].captions[0], captions[i]) for i in range(3)]
+
+
+def score(model: Any, data: Data, tasks: tuple[str, ...], *, batch_size: int = 64) -> dict[str, Any]:
+    """The figures of ``tasks`` ("retrieval", "vqa", "caption") for a loaded model on ``data``."""
+    figures: dict[str, Any] = {}
+    if "retrieval" in tasks:
+        figures.update(retrieval(model, data))
+    if "vqa" in tasks:
+        figures["vqa"] = vqa(model, data, SHAPES_QUESTIONS if data.name == "shapes" else None, batch_size)
+    if "caption" in tasks:
+        figures["cider"], figures["caption_examples"] = cider(model, data, batch_size)
+    return figures
+
+
+class Timer:
+    """Minutes per named phase, into ``figures["minutes"]``."""
+
+    def __init__(self, figures: dict[str, Any]) -> None:
+        self.figures = figures
+        self.began = time.perf_counter()
+
+    def __call__(self, name: str, work: Callable[[], Any]) -> Any:
+        start = time.perf_counter()
+        result = work()
+        self.figures.setdefault("minutes", {})[name] = round((time.perf_counter() - start) / 60, 2)
+        return result
+
+    def total(self) -> None:
+        self.figures["total_minutes"] = round((time.perf_counter() - self.began) / 60, 2)
+
+
+def save(figures: dict[str, Any], out: Path) -> None:
+    """``out/figures.json``, which ``bench/recipes_table.py`` reads."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "figures.json").write_text(json.dumps(figures, indent=1))

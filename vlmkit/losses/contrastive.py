@@ -1,0 +1,95 @@
+"""Contrastive image-text losses: CLIP's symmetric InfoNCE (Radford et al., 2021) and SigLIP's
+pairwise sigmoid loss (Zhai et al., 2023).
+
+Both take L2-normalised embeddings and run unchanged in one process and under a process group:
+
+- ``gather="full"`` compares every local row with the global batch gathered *with* gradients
+  (:func:`vlmkit.distributed.gather_with_grad`), and averages over the global batch. Under DDP's
+  gradient averaging the update equals single-process training on the concatenated batch.
+- ``gather="local"`` (open_clip's ``local_loss``) scores only this rank's rows against the global
+  batch, gathered without gradients for the other ranks' rows: the loss value on each rank is the
+  mean over its own rows, and the cost of the backward pass stays per-rank. Averaged over ranks it
+  equals the full loss; gradients reach the other ranks' embeddings only through their own loss.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .. import distributed
+
+__all__ = ["LOGIT_SCALE_MAX", "clamp_logit_scale", "clip_loss", "siglip_loss", "gather_features"]
+
+#: CLIP clips its learned temperature so that logits are scaled by at most 100.
+LOGIT_SCALE_MAX = 100.0
+
+Gather = Literal["full", "local"]
+
+
+@torch.no_grad()
+def clamp_logit_scale(log_scale: Tensor, maximum: float = LOGIT_SCALE_MAX) -> None:
+    """Clamp a learned *log* logit scale in place to ``[0, ln(maximum)]``, as CLIP does every step."""
+    log_scale.clamp_(0.0, math.log(maximum))
+
+
+def gather_features(local: Tensor, gather: Gather) -> Tensor:
+    """The global batch ``(W * B, D)`` in rank order. ``full`` keeps gradients for every row; ``local``
+    keeps them only for this rank's own slice (the other rows are constants)."""
+    if distributed.world_size() == 1:
+        return local
+    if gather == "full":
+        return distributed.gather_with_grad(local)
+    everything = distributed.gather_no_grad(local)  # (W * B, D), detached
+    start = distributed.rank() * local.shape[0]
+    return torch.cat([everything[:start], local, everything[start + local.shape[0] :]])
+
+
+def clip_loss(image_feats: Tensor, text_feats: Tensor, logit_scale: Tensor, *, gather: Gather = "full") -> Tensor:
+    """Symmetric InfoNCE over image-text pairs: row ``i`` of ``image_feats`` (B, D) matches row ``i``
+    of ``text_feats`` (B, D) and every other row of the global batch is a negative.
+
+    ``logit_scale`` is the multiplier itself (``log_scale.exp()``), not its log.
+    """
+    if image_feats.shape != text_feats.shape:
+        raise ValueError(f"clip_loss: image {tuple(image_feats.shape)} and text {tuple(text_feats.shape)} features differ in shape")
+    rows, rank = image_feats.shape[0], distributed.rank()
+    all_images = gather_features(image_feats, gather)  # (W*B, D)
+    all_texts = gather_features(text_feats, gather)
+    if gather == "local" or distributed.world_size() == 1:
+        # This rank's rows against the global batch: targets are this rank's diagonal.
+        logits_i2t = logit_scale * image_feats @ all_texts.T  # (B, W*B)
+        logits_t2i = logit_scale * text_feats @ all_images.T  # (B, W*B)
+        targets = torch.arange(rows, device=image_feats.device) + rank * rows
+        return 0.5 * (F.cross_entropy(logits_i2t, targets) + F.cross_entropy(logits_t2i, targets))
+    # full: the whole (W*B, W*B) problem on every rank, so the loss is the global-batch mean.
+    logits = logit_scale * all_images @ all_texts.T  # (W*B, W*B)
+    targets = torch.arange(logits.shape[0], device=logits.device)
+    return 0.5 * (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets))
+
+
+def siglip_loss(image_feats: Tensor, text_feats: Tensor, logit_scale: Tensor, logit_bias: Tensor, *, gather: Gather = "full") -> Tensor:
+    """SigLIP: every (image, text) pair of the global batch is a binary problem, positive on the
+    diagonal; ``-sum log sigmoid(z * (scale * <x, y> + bias))`` divided by the number of images.
+
+    With ``full`` the loss is over the whole global batch (the paper's all-gather variant, divided by
+    the global batch size); with ``local`` only this rank's images are scored against every text.
+    """
+    if image_feats.shape != text_feats.shape:
+        raise ValueError(f"siglip_loss: image {tuple(image_feats.shape)} and text {tuple(text_feats.shape)} features differ in shape")
+    rows, rank = image_feats.shape[0], distributed.rank()
+    all_texts = gather_features(text_feats, gather)  # (W*B, D)
+    if gather == "local" or distributed.world_size() == 1:
+        images = image_feats  # (B, D)
+        first = rank * rows
+    else:
+        images = gather_features(image_feats, gather)  # (W*B, D)
+        first = 0
+    logits = logit_scale * images @ all_texts.T + logit_bias  # (B or W*B, W*B)
+    signs = -torch.ones_like(logits)
+    signs[torch.arange(images.shape[0]), torch.arange(images.shape[0]) + first] = 1.0
+    return -F.logsigmoid(signs * logits).sum() / images.shape[0]
