@@ -10,6 +10,7 @@ from .blip2 import (
     stage1_loss,
 )
 from .contrastive import LOGIT_SCALE_MAX, clamp_logit_scale, clip_loss, siglip_loss
+from .prefix_lm import prefix_lm_loss, prefix_lm_mask
 from .stage1 import TEMPERATURE_RANGE, blip2_stage1_losses
 
 __all__ = [
@@ -26,4 +27,6 @@ __all__ = [
     "siglip_loss",
     "clamp_logit_scale",
     "LOGIT_SCALE_MAX",
+    "prefix_lm_loss",
+    "prefix_lm_mask",
 ]
