@@ -82,3 +82,16 @@ def test_feature_cache_is_shared_only_by_the_same_images(tmp_path, images, monke
     other = FeatureCache.build(encoder, reversed_images, tmp_path / "cache", images_key="set-b", batch_size=5)
     assert calls[1:] == [1, 5]
     torch.testing.assert_close(other.batch(range(5)), first[torch.arange(4, -1, -1)])
+
+
+def test_hf_encoder_identity_follows_the_weights_not_the_folder_name(tmp_path):
+    """Every training run exports to a folder named ``model``: a feature cache keyed by the folder
+    name alone would hand one run's cached features to another checkpoint."""
+    from tiny_checkpoints import build_clip
+
+    first = build_clip(tmp_path / "a" / "model", 0)
+    second = build_clip(tmp_path / "b" / "model", 1)
+    identity = load_image_encoder(first).identity
+    assert identity == load_image_encoder(first).identity
+    assert identity != load_image_encoder(second).identity
+    assert identity.startswith("hf:model:clip:layer-2:")

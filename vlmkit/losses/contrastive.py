@@ -91,5 +91,6 @@ def siglip_loss(image_feats: Tensor, text_feats: Tensor, logit_scale: Tensor, lo
         first = 0
     logits = logit_scale * images @ all_texts.T + logit_bias  # (B or W*B, W*B)
     signs = -torch.ones_like(logits)
-    signs[torch.arange(images.shape[0]), torch.arange(images.shape[0]) + first] = 1.0
+    diagonal = torch.arange(images.shape[0], device=logits.device)
+    signs[diagonal, diagonal + first] = 1.0
     return -F.logsigmoid(signs * logits).sum() / images.shape[0]

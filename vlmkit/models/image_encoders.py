@@ -10,6 +10,8 @@ and channels it produces, so the Q-Former can size its cross-attention.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import os
 from pathlib import Path
 from typing import Any
@@ -70,8 +72,18 @@ class HFVisionEncoder(FrozenImageEncoder):
         self.processor = transformers.AutoImageProcessor.from_pretrained(path)
         self.layer = layer
         self.hidden_size = int(vision_config.hidden_size)
-        self.identity = f"hf:{Path(path).name}:{config.model_type}:layer{layer}"
+        self._identity_prefix = f"hf:{Path(path).name}:{config.model_type}:layer{layer}"
         self.freeze()
+
+    @functools.cached_property
+    def identity(self) -> str:  # type: ignore[override]
+        """Name, layer and a digest of the tower's weights: two checkpoints saved under the same
+        folder name (every training run's ``model/``) must not share a feature cache."""
+        digest = hashlib.blake2b(digest_size=8)
+        for name, tensor in sorted(self.model.state_dict().items()):
+            digest.update(name.encode())
+            digest.update(tensor.detach().contiguous().cpu().view(torch.uint8).numpy().tobytes())
+        return f"{self._identity_prefix}:{digest.hexdigest()}"
 
     def preprocess(self, images: list[Image.Image]) -> torch.Tensor:
         return self.processor(images=images, return_tensors="pt")["pixel_values"]
