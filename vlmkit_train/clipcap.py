@@ -29,7 +29,7 @@ from vlmkit.errors import InputError
 from vlmkit.models.clipcap import EFFICIENTNET_EMBEDDER, ClipCap, ClipCapConfig, ImageEmbedder, load_embedder
 
 from .config import apply_overrides, dumps
-from .loop import StepLoop, batch_rows, check_resume, plot_losses, run_steps
+from .loop import StepLoop, batch_rows, check_resume, make_accelerator, plot_losses, run_steps
 from .stage1 import _examples
 from .state import load_training_state
 
@@ -167,7 +167,6 @@ def train_clipcap(
     stop_after: int | None = None,
 ) -> ClipCapResult:
     """Train the mapper (and, with ``train_lm``, the LM); ``out_dir/model`` is the result."""
-    from accelerate import Accelerator
     from transformers import get_cosine_schedule_with_warmup
 
     if not config.language_model:
@@ -175,7 +174,7 @@ def train_clipcap(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     check_resume(out, dumps(config), resume)
-    accelerator = Accelerator(gradient_accumulation_steps=config.grad_accum, mixed_precision=config.mixed_precision)
+    accelerator = make_accelerator(grad_accum=config.grad_accum, mixed_precision=config.mixed_precision)
     torch.manual_seed(config.seed)
     if accelerator.is_main_process:
         (out / "config.json").write_text(dumps(config))

@@ -42,7 +42,7 @@ from vlmkit.errors import InputError
 from vlmkit.losses import clamp_logit_scale, clip_loss, siglip_loss
 
 from .config import apply_overrides, dumps
-from .loop import StepLoop, batch_rows, check_resume, plot_losses, run_steps
+from .loop import StepLoop, batch_rows, check_resume, make_accelerator, plot_losses, run_steps
 from .state import load_training_state
 
 __all__ = ["ContrastiveConfig", "PRESETS", "ContrastiveResult", "contrastive_config", "train_contrastive"]
@@ -343,7 +343,6 @@ def train_contrastive(
 ) -> ContrastiveResult:
     """Train a dual encoder contrastively. ``resume`` continues from ``out_dir/state``;
     ``stop_after`` ends the run early after that many steps (with a resumable state saved)."""
-    from accelerate import Accelerator
     from transformers import get_cosine_schedule_with_warmup
 
     from .stage1 import _examples
@@ -352,7 +351,7 @@ def train_contrastive(
     out.mkdir(parents=True, exist_ok=True)
     state_dir, config_path = out / "state", out / "config.json"
     check_resume(out, dumps(config), resume)
-    accelerator = Accelerator(gradient_accumulation_steps=config.grad_accum, mixed_precision=config.mixed_precision)
+    accelerator = make_accelerator(grad_accum=config.grad_accum, mixed_precision=config.mixed_precision)
     torch.manual_seed(config.seed)
     if accelerator.is_main_process:
         config_path.write_text(dumps(config))

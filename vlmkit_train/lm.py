@@ -33,7 +33,7 @@ from vlmkit.errors import InputError
 from vlmkit.models.blip2_native import CAPTION_PROMPT, VQA_PROMPT
 
 from .config import apply_overrides, dumps
-from .loop import StepLoop, batch_rows, check_resume, plot_losses, run_steps
+from .loop import StepLoop, batch_rows, check_resume, make_accelerator, plot_losses, run_steps
 from .state import load_training_state
 
 __all__ = [
@@ -266,7 +266,6 @@ def train_lm(
     """Train a tokenizer and a GPT-2-architecture LM from scratch on ``texts``. ``resume`` continues
     from ``out_dir/state`` (same config and texts); ``stop_after`` ends the run early after that many
     steps (with a resumable state saved and no ``lm/``)."""
-    from accelerate import Accelerator
     from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel, get_cosine_schedule_with_warmup
 
     out = Path(out_dir)
@@ -277,7 +276,7 @@ def train_lm(
     check_resume(out, dumps(config), resume, required=("state", "tokenizer"))
     if resume and data_path.is_file() and json.loads(data_path.read_text()) != fingerprint:
         raise InputError(f"{out}: the run was started on different texts; resume with the same ones")
-    accelerator = Accelerator(mixed_precision=config.mixed_precision)
+    accelerator = make_accelerator(mixed_precision=config.mixed_precision)
     if accelerator.is_main_process:
         config_path.write_text(dumps(config))
         data_path.write_text(json.dumps(fingerprint, indent=1))

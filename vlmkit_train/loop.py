@@ -16,7 +16,34 @@ from vlmkit.errors import InputError
 
 from .state import save_training_state
 
-__all__ = ["batch_rows", "append_metrics", "plot_losses", "check_resume", "StepLoop", "run_steps"]
+__all__ = ["make_accelerator", "batch_rows", "append_metrics", "plot_losses", "check_resume", "StepLoop", "run_steps"]
+
+
+def _end_process_group() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def make_accelerator(*, grad_accum: int = 1, mixed_precision: str = "no") -> Any:
+    """The accelerate ``Accelerator`` every recipe trains with.
+
+    Launched by ``torchrun`` (or ``accelerate launch`` on GPUs) it runs data-parallel over all
+    processes. On machines without CUDA accelerate only joins the process group when told it runs
+    on CPU, so with ``WORLD_SIZE > 1`` and no CUDA it is (gloo): otherwise every process would train
+    alone on its slice and think it was the only one. The group is torn down at exit.
+    """
+    import atexit
+    import os
+
+    from accelerate import Accelerator
+
+    cpu = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
+    accelerator = Accelerator(gradient_accumulation_steps=grad_accum, mixed_precision=mixed_precision, cpu=cpu)
+    if accelerator.num_processes > 1:
+        atexit.register(_end_process_group)
+    return accelerator
 
 
 def batch_rows(seed: int, index: int, *, dataset_size: int, batch_size: int, world: int, rank: int) -> np.ndarray:
@@ -122,7 +149,7 @@ def run_steps(
                 totals[key] = totals.get(key, 0.0) + value.item() / loop.grad_accum
         bar.update(1)
         bar.set_postfix(loss=f"{totals[loop.loss_key]:.3f}")
-        record: dict[str, Any] = {"step": step + 1, "lr": scheduler.get_last_lr()[0], **totals}
+        record: dict[str, Any] = {"step": step + 1, "lr": scheduler.get_last_lr()[0], "processes": accelerator.num_processes, **totals}
         if step + 1 == loop.max_steps and final_record is not None:
             record.update(final_record())
         if accelerator.is_main_process and ((step + 1) % loop.log_every == 0 or step + 1 == end):

@@ -30,7 +30,7 @@ from vlmkit.models.image_encoders import load_image_encoder
 from vlmkit.models.simvlm import VQA_PROMPT, SimVLM, SimVLMConfig
 
 from .config import apply_overrides, dumps
-from .loop import StepLoop, batch_rows, check_resume, plot_losses, run_steps
+from .loop import StepLoop, batch_rows, check_resume, make_accelerator, plot_losses, run_steps
 from .stage1 import _examples, _tokenizer, feature_cache
 from .state import load_training_state
 
@@ -168,13 +168,12 @@ def train_simvlm(
 ) -> SimVLMResult:
     """Train a SimVLM from scratch on cached image features; ``out_dir/model`` is the result.
     ``resume`` continues from ``out_dir/state``; ``stop_after`` ends early with a resumable state."""
-    from accelerate import Accelerator
     from transformers import get_cosine_schedule_with_warmup
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     check_resume(out, dumps(config), resume)
-    accelerator = Accelerator(gradient_accumulation_steps=config.grad_accum, mixed_precision=config.mixed_precision)
+    accelerator = make_accelerator(grad_accum=config.grad_accum, mixed_precision=config.mixed_precision)
     torch.manual_seed(config.seed)
     if accelerator.is_main_process:
         (out / "config.json").write_text(dumps(config))

@@ -28,7 +28,7 @@ from vlmkit.models.image_encoders import load_image_encoder
 from vlmkit.models.qformer import QFormer, QFormerConfig
 
 from .config import apply_overrides, dumps
-from .loop import StepLoop, batch_rows, check_resume, plot_losses, run_steps
+from .loop import StepLoop, batch_rows, check_resume, make_accelerator, plot_losses, run_steps
 from .state import load_training_state
 from .vocab import qformer_tokenizer
 
@@ -187,14 +187,13 @@ def train_stage1(
 ) -> Stage1Result:
     """Train a Q-Former with the stage-1 objective. ``resume`` continues from ``out_dir/state``;
     ``stop_after`` ends the run early after that many steps (with a resumable state saved)."""
-    from accelerate import Accelerator
     from transformers import get_cosine_schedule_with_warmup
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     state_dir, config_path = out / "state", out / "config.json"
     check_resume(out, dumps(config), resume)
-    accelerator = Accelerator(gradient_accumulation_steps=config.grad_accum, mixed_precision=config.mixed_precision)
+    accelerator = make_accelerator(grad_accum=config.grad_accum, mixed_precision=config.mixed_precision)
     torch.manual_seed(config.seed)
     if accelerator.is_main_process:
         config_path.write_text(dumps(config))

@@ -22,7 +22,7 @@ from vlmkit.models.image_encoders import load_image_encoder
 from vlmkit.models.qformer import QFormer
 
 from .config import apply_overrides, dumps
-from .loop import StepLoop, batch_rows, check_resume, plot_losses, run_steps
+from .loop import StepLoop, batch_rows, check_resume, make_accelerator, plot_losses, run_steps
 from .stage1 import _examples, _qformer, _tokenizer, check_vocabulary, feature_cache
 from .state import load_training_state
 from .vocab import minilm_tokenizer
@@ -130,7 +130,6 @@ def train_stage2(
     stop_after: int | None = None,
 ) -> Stage2Result:
     """Train the Q-Former and projection through the frozen LM; ``out_dir/model`` is the result."""
-    from accelerate import Accelerator
     from transformers import get_cosine_schedule_with_warmup
 
     if not config.language_model:
@@ -139,7 +138,7 @@ def train_stage2(
     out.mkdir(parents=True, exist_ok=True)
     state_dir, config_path = out / "state", out / "config.json"
     check_resume(out, dumps(config), resume)
-    accelerator = Accelerator(gradient_accumulation_steps=config.grad_accum, mixed_precision=config.mixed_precision)
+    accelerator = make_accelerator(grad_accum=config.grad_accum, mixed_precision=config.mixed_precision)
     torch.manual_seed(config.seed)
     if accelerator.is_main_process:
         config_path.write_text(dumps(config))

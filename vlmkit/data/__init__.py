@@ -1,6 +1,18 @@
 """Datasets as ``Example`` records: the generated shapes world, the easy-VQA package, and readers for
-the standard caption, VQA and classification formats (:mod:`vlmkit.data.formats`)."""
+the standard caption, VQA and classification formats (:mod:`vlmkit.data.formats`), and LLaVA's
+conversation JSON (:mod:`vlmkit.data.conversations`)."""
 
+from .conversations import (
+    BRIEF_INSTRUCTIONS,
+    IMAGE_PLACEHOLDER,
+    Conversation,
+    Turn,
+    parse_conversations,
+    read_conversations,
+    stage1_records,
+    stage2_records,
+    write_conversations,
+)
 from .easy_vqa import easy_vqa_answers, load_easy_vqa
 from .formats import (
     VqaAnnotation,
@@ -56,4 +68,13 @@ __all__ = [
     "expand_braces",
     "read_dataset",
     "dataset_schemes",
+    "IMAGE_PLACEHOLDER",
+    "BRIEF_INSTRUCTIONS",
+    "Turn",
+    "Conversation",
+    "parse_conversations",
+    "read_conversations",
+    "write_conversations",
+    "stage1_records",
+    "stage2_records",
 ]

@@ -9,6 +9,7 @@ from .blip2 import (
     sample_hard_negatives,
     stage1_loss,
 )
+from .coca import CoCaLosses, coca_loss
 from .contrastive import LOGIT_SCALE_MAX, clamp_logit_scale, clip_loss, siglip_loss
 from .prefix_lm import prefix_lm_loss, prefix_lm_mask
 from .stage1 import TEMPERATURE_RANGE, blip2_stage1_losses
@@ -29,4 +30,6 @@ __all__ = [
     "LOGIT_SCALE_MAX",
     "prefix_lm_loss",
     "prefix_lm_mask",
+    "CoCaLosses",
+    "coca_loss",
 ]
