@@ -28,8 +28,8 @@ from safetensors.torch import save_file
 from vlmkit.errors import InputError
 from vlmkit.models.clipcap import EFFICIENTNET_EMBEDDER, ClipCap, ClipCapConfig, ImageEmbedder, load_embedder
 
-from .config import apply_overrides, dumps
-from .loop import StepLoop, batch_rows, check_resume, make_accelerator, plot_losses, run_steps
+from .config import check_at_least, preset_config
+from .loop import StepLoop, batch_rows, plot_losses, run_steps, start_run
 from .stage1 import _examples
 from .state import load_training_state
 
@@ -72,9 +72,7 @@ class ClipCapTrainConfig:
     log_every: int = 10
 
     def __post_init__(self) -> None:
-        for name in ("train_size", "batch_size", "grad_accum", "max_steps", "log_every"):
-            if getattr(self, name) < 1:
-                raise InputError(f"{name} must be at least 1, got {getattr(self, name)}")
+        check_at_least(self, ("train_size", "batch_size", "grad_accum", "max_steps", "log_every"))
         if not 0.0 <= self.qa_fraction <= 1.0:
             raise InputError(f"qa_fraction must be in [0, 1], got {self.qa_fraction}")
         if self.lr <= 0:
@@ -100,9 +98,7 @@ PRESETS: dict[str, ClipCapTrainConfig] = {
 
 
 def clipcap_config(preset: str = "shapes", overrides: list[str] | None = None) -> ClipCapTrainConfig:
-    if preset not in PRESETS:
-        raise InputError(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
-    return apply_overrides(PRESETS[preset], overrides or [])
+    return preset_config(PRESETS, preset, overrides)
 
 
 @dataclass(frozen=True)
@@ -171,13 +167,7 @@ def train_clipcap(
 
     if not config.language_model:
         raise InputError("language_model is required: a directory (see `vlmkit train lm`) or a hub id")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    check_resume(out, dumps(config), resume)
-    accelerator = make_accelerator(grad_accum=config.grad_accum, mixed_precision=config.mixed_precision)
-    torch.manual_seed(config.seed)
-    if accelerator.is_main_process:
-        (out / "config.json").write_text(dumps(config))
+    out, accelerator = start_run(config, out_dir, resume)
 
     examples = _examples(config)
     embedder_name = _embedder_name(config.embedder)

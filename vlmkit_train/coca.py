@@ -28,8 +28,8 @@ from vlmkit.losses.contrastive import clamp_logit_scale
 from vlmkit.models.coca import CoCa, CoCaConfig, caption_labels, tokenize, tokenizer_config
 from vlmkit.models.image_encoders import load_image_encoder
 
-from .config import apply_overrides, dumps
-from .loop import StepLoop, batch_rows, check_resume, make_accelerator, plot_losses, run_steps
+from .config import check_at_least, preset_config
+from .loop import StepLoop, batch_rows, plot_losses, run_steps, start_run
 from .stage1 import _examples, feature_cache
 from .state import load_training_state
 from .vocab import qformer_tokenizer
@@ -72,10 +72,8 @@ class CoCaTrainConfig:
     log_every: int = 10
 
     def __post_init__(self) -> None:
-        for name in ("train_size", "batch_size", "grad_accum", "max_steps", "hidden_size", "num_heads", "caption_queries",
-                     "embed_dim", "log_every"):
-            if getattr(self, name) < 1:
-                raise InputError(f"{name} must be at least 1, got {getattr(self, name)}")
+        check_at_least(self, ("train_size", "batch_size", "grad_accum", "max_steps", "hidden_size", "num_heads", "caption_queries",
+                     "embed_dim", "log_every"))
         for name in ("image_layers", "unimodal_layers", "multimodal_layers", "warmup_steps", "save_every"):
             if getattr(self, name) < 0:
                 raise InputError(f"{name} must not be negative, got {getattr(self, name)}")
@@ -101,9 +99,7 @@ PRESETS: dict[str, CoCaTrainConfig] = {
 
 
 def coca_config(preset: str = "shapes", overrides: list[str] | None = None) -> CoCaTrainConfig:
-    if preset not in PRESETS:
-        raise InputError(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
-    return apply_overrides(PRESETS[preset], overrides or [])
+    return preset_config(PRESETS, preset, overrides)
 
 
 @dataclass(frozen=True)
@@ -147,13 +143,7 @@ def train_coca(
 
     from .lm import corpus_texts
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    check_resume(out, dumps(config), resume)
-    accelerator = make_accelerator(grad_accum=config.grad_accum, mixed_precision=config.mixed_precision)
-    torch.manual_seed(config.seed)
-    if accelerator.is_main_process:
-        (out / "config.json").write_text(dumps(config))
+    out, accelerator = start_run(config, out_dir, resume)
 
     examples = _examples(config)
     if not examples:

@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 
 from vlmkit.errors import InputError
 
-__all__ = ["apply_overrides", "config_to_dict", "config_from_dict"]
+__all__ = ["apply_overrides", "preset_config", "check_at_least", "config_to_dict", "config_from_dict"]
 
 C = TypeVar("C")
 
@@ -63,6 +63,20 @@ def apply_overrides(config: C, overrides: list[str]) -> C:
             raise InputError(f"unknown config key {key!r}; known: {', '.join(sorted(fields))}")
         changes[key] = _parse(key, raw.strip(), hints[key])
     return dataclasses.replace(config, **changes)  # type: ignore[type-var]
+
+
+def preset_config(presets: dict[str, C], preset: str, overrides: list[str] | None = None) -> C:
+    """The named preset with ``key=value`` overrides applied; an unknown name is a one-line error."""
+    if preset not in presets:
+        raise InputError(f"unknown preset {preset!r}; choose from {', '.join(presets)}")
+    return apply_overrides(presets[preset], overrides or [])
+
+
+def check_at_least(config: Any, names: tuple[str, ...], minimum: int = 1) -> None:
+    """Refuse a config whose named fields (counts, sizes, steps) are below ``minimum``."""
+    for name in names:
+        if getattr(config, name) < minimum:
+            raise InputError(f"{name} must be at least {minimum}, got {getattr(config, name)}")
 
 
 def config_to_dict(config: Any) -> dict[str, Any]:

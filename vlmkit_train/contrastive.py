@@ -41,8 +41,8 @@ from torch import nn
 from vlmkit.errors import InputError
 from vlmkit.losses import clamp_logit_scale, clip_loss, siglip_loss
 
-from .config import apply_overrides, dumps
-from .loop import StepLoop, batch_rows, check_resume, make_accelerator, plot_losses, run_steps
+from .config import check_at_least, preset_config
+from .loop import StepLoop, batch_rows, plot_losses, run_steps, start_run
 from .state import load_training_state
 
 __all__ = ["ContrastiveConfig", "PRESETS", "ContrastiveResult", "contrastive_config", "train_contrastive"]
@@ -96,10 +96,8 @@ class ContrastiveConfig:
     log_every: int = 10
 
     def __post_init__(self) -> None:
-        for name in ("train_size", "image_size", "embed_dim", "patch_size", "vit_hidden", "vit_layers", "vit_heads",
-                     "text_hidden", "text_layers", "text_heads", "max_text_length", "batch_size", "grad_accum", "max_steps", "log_every"):
-            if getattr(self, name) < 1:
-                raise InputError(f"{name} must be at least 1, got {getattr(self, name)}")
+        check_at_least(self, ("train_size", "image_size", "embed_dim", "patch_size", "vit_hidden", "vit_layers", "vit_heads",
+                     "text_hidden", "text_layers", "text_heads", "max_text_length", "batch_size", "grad_accum", "max_steps", "log_every"))
         if self.lr <= 0:
             raise InputError(f"lr must be positive, got {self.lr}")
         if self.warmup_steps < 0 or self.save_every < 0 or self.weight_decay < 0:
@@ -143,9 +141,7 @@ PRESETS: dict[str, ContrastiveConfig] = {
 
 
 def contrastive_config(preset: str = "shapes", overrides: list[str] | None = None) -> ContrastiveConfig:
-    if preset not in PRESETS:
-        raise InputError(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
-    return apply_overrides(PRESETS[preset], overrides or [])
+    return preset_config(PRESETS, preset, overrides)
 
 
 @dataclass(frozen=True)
@@ -347,14 +343,8 @@ def train_contrastive(
 
     from .stage1 import _examples
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    state_dir, config_path = out / "state", out / "config.json"
-    check_resume(out, dumps(config), resume)
-    accelerator = make_accelerator(grad_accum=config.grad_accum, mixed_precision=config.mixed_precision)
-    torch.manual_seed(config.seed)
-    if accelerator.is_main_process:
-        config_path.write_text(dumps(config))
+    out, accelerator = start_run(config, out_dir, resume)
+    state_dir = out / "state"
 
     examples = _examples(config)
     if len(examples) < config.batch_size * accelerator.num_processes:

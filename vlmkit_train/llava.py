@@ -49,7 +49,7 @@ from vlmkit.errors import InputError
 from vlmkit.feature_cache import FeatureCache
 from vlmkit.models.image_encoders import FrozenImageEncoder
 
-from .config import apply_overrides, config_from_dict, dumps
+from .config import check_at_least, config_from_dict, dumps, preset_config
 from .loop import StepLoop, batch_rows, check_resume, make_accelerator, plot_losses, run_steps
 from .state import load_training_state
 
@@ -196,9 +196,7 @@ class LlavaStage2Config:
 
 
 def _check_common(config: Any) -> None:
-    for name in ("train_size", "batch_size", "grad_accum", "max_steps", "max_length", "log_every", "image_size"):
-        if getattr(config, name) < 1:
-            raise InputError(f"{name} must be at least 1, got {getattr(config, name)}")
+    check_at_least(config, ("train_size", "batch_size", "grad_accum", "max_steps", "max_length", "log_every", "image_size"))
     if config.lr <= 0:
         raise InputError(f"lr must be positive, got {config.lr}")
     if config.image_folder and not config.conversations:
@@ -222,15 +220,11 @@ PRESETS2: dict[str, LlavaStage2Config] = {
 
 
 def stage1_config(preset: str = "shapes", overrides: list[str] | None = None) -> LlavaStage1Config:
-    if preset not in PRESETS1:
-        raise InputError(f"unknown preset {preset!r}; choose from {', '.join(PRESETS1)}")
-    return apply_overrides(PRESETS1[preset], overrides or [])
+    return preset_config(PRESETS1, preset, overrides)
 
 
 def stage2_config(preset: str = "shapes", overrides: list[str] | None = None) -> LlavaStage2Config:
-    if preset not in PRESETS2:
-        raise InputError(f"unknown preset {preset!r}; choose from {', '.join(PRESETS2)}")
-    return apply_overrides(PRESETS2[preset], overrides or [])
+    return preset_config(PRESETS2, preset, overrides)
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,7 @@ from vlmkit.data.records import Example
 from vlmkit.errors import InputError
 from vlmkit.models.blip2_native import CAPTION_PROMPT, VQA_PROMPT
 
-from .config import apply_overrides, dumps
+from .config import check_at_least, dumps, preset_config
 from .loop import StepLoop, batch_rows, check_resume, make_accelerator, plot_losses, run_steps
 from .state import load_training_state
 
@@ -88,9 +88,7 @@ class LMConfig:
     log_every: int = 10
 
     def __post_init__(self) -> None:
-        for name in ("train_size", "n_layer", "n_embd", "n_head", "n_positions", "batch_size", "max_steps", "log_every"):
-            if getattr(self, name) < 1:
-                raise InputError(f"{name} must be at least 1, got {getattr(self, name)}")
+        check_at_least(self, ("train_size", "n_layer", "n_embd", "n_head", "n_positions", "batch_size", "max_steps", "log_every"))
         if self.n_embd % self.n_head:
             raise InputError(f"n_embd ({self.n_embd}) must be a multiple of n_head ({self.n_head})")
         if self.vocab_size < 257:
@@ -116,9 +114,7 @@ PRESETS: dict[str, LMConfig] = {
 
 
 def lm_config(preset: str = "shapes", overrides: list[str] | None = None) -> LMConfig:
-    if preset not in PRESETS:
-        raise InputError(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
-    return apply_overrides(PRESETS[preset], overrides or [])
+    return preset_config(PRESETS, preset, overrides)
 
 
 @dataclass(frozen=True)

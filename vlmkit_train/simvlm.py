@@ -29,8 +29,8 @@ from vlmkit.losses.prefix_lm import IGNORE_INDEX, prefix_lm_loss
 from vlmkit.models.image_encoders import load_image_encoder
 from vlmkit.models.simvlm import VQA_PROMPT, SimVLM, SimVLMConfig
 
-from .config import apply_overrides, dumps
-from .loop import StepLoop, batch_rows, check_resume, make_accelerator, plot_losses, run_steps
+from .config import check_at_least, preset_config
+from .loop import StepLoop, batch_rows, plot_losses, run_steps, start_run
 from .stage1 import _examples, _tokenizer, feature_cache
 from .state import load_training_state
 
@@ -70,10 +70,8 @@ class SimVLMTrainConfig:
     log_every: int = 10
 
     def __post_init__(self) -> None:
-        for name in ("train_size", "batch_size", "grad_accum", "max_steps", "hidden_size", "num_layers", "num_heads",
-                     "intermediate_size", "image_size"):
-            if getattr(self, name) < 1:
-                raise InputError(f"{name} must be at least 1, got {getattr(self, name)}")
+        check_at_least(self, ("train_size", "batch_size", "grad_accum", "max_steps", "hidden_size", "num_layers", "num_heads",
+                     "intermediate_size", "image_size"))
         if self.hidden_size % self.num_heads:
             raise InputError(f"hidden_size {self.hidden_size} is not a multiple of num_heads {self.num_heads}")
         if self.max_text_length < 8:
@@ -101,9 +99,7 @@ PRESETS: dict[str, SimVLMTrainConfig] = {
 
 
 def simvlm_config(preset: str = "shapes", overrides: list[str] | None = None) -> SimVLMTrainConfig:
-    if preset not in PRESETS:
-        raise InputError(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
-    return apply_overrides(PRESETS[preset], overrides or [])
+    return preset_config(PRESETS, preset, overrides)
 
 
 @dataclass(frozen=True)
@@ -170,13 +166,7 @@ def train_simvlm(
     ``resume`` continues from ``out_dir/state``; ``stop_after`` ends early with a resumable state."""
     from transformers import get_cosine_schedule_with_warmup
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    check_resume(out, dumps(config), resume)
-    accelerator = make_accelerator(grad_accum=config.grad_accum, mixed_precision=config.mixed_precision)
-    torch.manual_seed(config.seed)
-    if accelerator.is_main_process:
-        (out / "config.json").write_text(dumps(config))
+    out, accelerator = start_run(config, out_dir, resume)
 
     examples = _examples(config)
     encoder = load_image_encoder(config.encoder, layer=config.encoder_layer)

@@ -27,8 +27,8 @@ from vlmkit.losses import blip2_stage1_losses
 from vlmkit.models.image_encoders import load_image_encoder
 from vlmkit.models.qformer import QFormer, QFormerConfig
 
-from .config import apply_overrides, dumps
-from .loop import StepLoop, batch_rows, check_resume, make_accelerator, plot_losses, run_steps
+from .config import check_at_least, preset_config
+from .loop import StepLoop, batch_rows, plot_losses, run_steps, start_run
 from .state import load_training_state
 from .vocab import qformer_tokenizer
 
@@ -69,9 +69,7 @@ class Stage1Config:
     log_every: int = 10
 
     def __post_init__(self) -> None:
-        for name in ("train_size", "batch_size", "grad_accum", "max_steps", "num_query_tokens", "max_text_length"):
-            if getattr(self, name) < 1:
-                raise InputError(f"{name} must be at least 1, got {getattr(self, name)}")
+        check_at_least(self, ("train_size", "batch_size", "grad_accum", "max_steps", "num_query_tokens", "max_text_length"))
         if self.lr <= 0:
             raise InputError(f"lr must be positive, got {self.lr}")
         check_vocabulary(self)
@@ -95,9 +93,7 @@ PRESETS: dict[str, Stage1Config] = {
 
 
 def stage1_config(preset: str = "shapes", overrides: list[str] | None = None) -> Stage1Config:
-    if preset not in PRESETS:
-        raise InputError(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
-    return apply_overrides(PRESETS[preset], overrides or [])
+    return preset_config(PRESETS, preset, overrides)
 
 
 @dataclass(frozen=True)
@@ -189,14 +185,8 @@ def train_stage1(
     ``stop_after`` ends the run early after that many steps (with a resumable state saved)."""
     from transformers import get_cosine_schedule_with_warmup
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    state_dir, config_path = out / "state", out / "config.json"
-    check_resume(out, dumps(config), resume)
-    accelerator = make_accelerator(grad_accum=config.grad_accum, mixed_precision=config.mixed_precision)
-    torch.manual_seed(config.seed)
-    if accelerator.is_main_process:
-        config_path.write_text(dumps(config))
+    out, accelerator = start_run(config, out_dir, resume)
+    state_dir = out / "state"
 
     examples = _examples(config)
     encoder = load_image_encoder(config.encoder, layer=config.encoder_layer).to(accelerator.device)

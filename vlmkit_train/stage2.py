@@ -21,8 +21,8 @@ from vlmkit.models.blip2_native import CAPTION_PROMPT, RETRIEVAL_QFORMER, VQA_PR
 from vlmkit.models.image_encoders import load_image_encoder
 from vlmkit.models.qformer import QFormer
 
-from .config import apply_overrides, dumps
-from .loop import StepLoop, batch_rows, check_resume, make_accelerator, plot_losses, run_steps
+from .config import check_at_least, preset_config
+from .loop import StepLoop, batch_rows, plot_losses, run_steps, start_run
 from .stage1 import _examples, _qformer, _tokenizer, check_vocabulary, feature_cache
 from .state import load_training_state
 from .vocab import minilm_tokenizer
@@ -64,9 +64,7 @@ class Stage2Config:
     log_every: int = 10
 
     def __post_init__(self) -> None:
-        for name in ("train_size", "batch_size", "grad_accum", "max_steps"):
-            if getattr(self, name) < 1:
-                raise InputError(f"{name} must be at least 1, got {getattr(self, name)}")
+        check_at_least(self, ("train_size", "batch_size", "grad_accum", "max_steps"))
         if not 0.0 <= self.qa_fraction <= 1.0:
             raise InputError(f"qa_fraction must be in [0, 1], got {self.qa_fraction}")
         check_vocabulary(self)
@@ -82,9 +80,7 @@ PRESETS: dict[str, Stage2Config] = {
 
 
 def stage2_config(preset: str = "shapes", overrides: list[str] | None = None) -> Stage2Config:
-    if preset not in PRESETS:
-        raise InputError(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
-    return apply_overrides(PRESETS[preset], overrides or [])
+    return preset_config(PRESETS, preset, overrides)
 
 
 @dataclass(frozen=True)
@@ -134,14 +130,8 @@ def train_stage2(
 
     if not config.language_model:
         raise InputError("language_model is required: a directory (see `vlmkit train lm`) or a hub id")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    state_dir, config_path = out / "state", out / "config.json"
-    check_resume(out, dumps(config), resume)
-    accelerator = make_accelerator(grad_accum=config.grad_accum, mixed_precision=config.mixed_precision)
-    torch.manual_seed(config.seed)
-    if accelerator.is_main_process:
-        config_path.write_text(dumps(config))
+    out, accelerator = start_run(config, out_dir, resume)
+    state_dir = out / "state"
 
     examples = _examples(config)
     encoder = load_image_encoder(config.encoder, layer=config.encoder_layer)

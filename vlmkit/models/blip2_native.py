@@ -12,6 +12,13 @@ prompts), ``qformer/`` (weights and its tokenizer), ``projection.safetensors``, 
 local, ``lm/`` in transformers format, and, after a stage-2 run from a stage-1 run,
 ``retrieval_qformer/``: the stage-1 Q-Former, which embed / similarity / match use.
 ``vlmkit.load(dir)`` wraps it for caption / ask / embed / match.
+
+InstructBLIP (Dai et al., 2023; ``vlmkit train instructblip``) is the same model with an
+instruction-aware Q-Former (``Blip2Config.instruction_aware``): the prompt text, the instruction,
+is tokenised with the Q-Former's tokenizer and read by the Q-Former beside the queries
+(:meth:`QFormer.encode_instructed`), so the visual prompts depend on what is asked; the LM gets the
+same instruction as its text prompt. Such a checkpoint says ``model_type: vlmkit-instructblip`` and
+keeps the Q-Former's tokenizer in ``qformer/``; ``vlmkit.load`` wraps it for caption / ask / generate.
 """
 
 from __future__ import annotations
@@ -33,9 +40,13 @@ from .image_encoders import FrozenImageEncoder, load_image_encoder
 from .kinds import KINDS
 from .qformer import QFormer
 
-__all__ = ["Blip2Config", "NativeBlip2", "NativeBlip2Tasks", "load_native", "MODEL_TYPE", "CAPTION_PROMPT", "VQA_PROMPT", "RETRIEVAL_QFORMER"]
+__all__ = [
+    "Blip2Config", "NativeBlip2", "NativeBlip2Tasks", "NativeInstructBlipTasks", "load_native", "MODEL_TYPE",
+    "INSTRUCT_MODEL_TYPE", "CAPTION_PROMPT", "VQA_PROMPT", "RETRIEVAL_QFORMER",
+]
 
 MODEL_TYPE = "vlmkit-blip2"
+INSTRUCT_MODEL_TYPE = "vlmkit-instructblip"
 CAPTION_PROMPT = "a photo of"
 VQA_PROMPT = "Question: {} Answer:"  # the paper's OPT prompt; FlanT5 uses "Question: {} Short answer:"
 IGNORE_INDEX = -100
@@ -49,6 +60,18 @@ class Blip2Config:
     language_model: str = "lm"
     caption_prompt: str = CAPTION_PROMPT
     vqa_prompt: str = VQA_PROMPT
+    #: InstructBLIP: the Q-Former reads the prompt (the instruction) beside its queries.
+    instruction_aware: bool = False
+    #: Instructions are cut to this many Q-Former tokens (instruction-aware models only).
+    max_instruction_length: int = 48
+
+    def __post_init__(self) -> None:
+        if self.max_instruction_length < 1:
+            raise InputError(f"max_instruction_length must be at least 1, got {self.max_instruction_length}")
+
+
+#: Fields that only an instruction-aware checkpoint writes, so a BLIP-2 config.json stays as it was.
+_INSTRUCTION_FIELDS = ("instruction_aware", "max_instruction_length")
 
 
 #: Optional checkpoint subdirectory: the stage-1 Q-Former that ``embed`` / ``similarity`` / ``match`` use.
@@ -56,17 +79,25 @@ RETRIEVAL_QFORMER = "retrieval_qformer"
 
 
 class NativeBlip2(nn.Module):
-    """Frozen encoder + Q-Former + projection + frozen LM. ``forward`` is the stage-2 loss."""
+    """Frozen encoder + Q-Former + projection + frozen LM. ``forward`` is the stage-2 loss.
+
+    An instruction-aware model (InstructBLIP) needs ``qformer_tokenizer`` to read its instructions."""
 
     def __init__(
-        self, config: Blip2Config, encoder: FrozenImageEncoder, qformer: QFormer, lm: Any, lm_tokenizer: Any
+        self, config: Blip2Config, encoder: FrozenImageEncoder, qformer: QFormer, lm: Any, lm_tokenizer: Any,
+        *, qformer_tokenizer: Any = None,
     ) -> None:
         super().__init__()
+        if config.instruction_aware and qformer_tokenizer is None:
+            raise InputError("an instruction-aware model needs the Q-Former's tokenizer to read its instructions")
+        if qformer_tokenizer is not None and len(qformer_tokenizer) > qformer.config.vocab_size:
+            raise InputError(f"the Q-Former's tokenizer has {len(qformer_tokenizer)} tokens, its embeddings {qformer.config.vocab_size}")
         self.config = config
         self.encoder = encoder
         self.qformer = qformer
         self.lm = lm
         self.lm_tokenizer = lm_tokenizer
+        self.qformer_tokenizer = qformer_tokenizer
         self.projection = nn.Linear(qformer.config.hidden_size, lm.config.hidden_size)  # D -> D_lm
         self._init_projection()
         for parameter in self.lm.parameters():
@@ -94,9 +125,20 @@ class NativeBlip2(nn.Module):
 
     # -- pieces ---------------------------------------------------------------------------------
 
-    def visual_prompts(self, image_embeds: torch.Tensor) -> torch.Tensor:
-        """Frozen image features (B, P, E) -> soft visual prompts (B, Q, D_lm)."""
-        queries = self.qformer.encode_image(image_embeds).last_hidden_state  # (B, Q, D)
+    def visual_prompts(self, image_embeds: torch.Tensor, instructions: list[str] | None = None) -> torch.Tensor:
+        """Frozen image features (B, P, E) -> soft visual prompts (B, Q, D_lm). An instruction-aware
+        model reads one instruction per image with its queries; a plain BLIP-2 ignores them."""
+        if not self.config.instruction_aware:
+            queries = self.qformer.encode_image(image_embeds).last_hidden_state  # (B, Q, D)
+            return self.projection(queries).to(self.lm.dtype)
+        if instructions is None or len(instructions) != image_embeds.shape[0]:
+            raise InputError("an instruction-aware model needs one instruction per image")
+        tokens = self.qformer_tokenizer(
+            instructions, padding=True, truncation=True, max_length=self.config.max_instruction_length, return_tensors="pt"
+        )
+        ids = tokens["input_ids"].to(image_embeds.device)  # (B, T)
+        mask = tokens["attention_mask"].to(image_embeds.device)  # (B, T)
+        queries = self.qformer.encode_instructed(image_embeds, ids, mask).last_hidden_state  # (B, Q, D)
         return self.projection(queries).to(self.lm.dtype)
 
     def _ids(self, text: str, *, bos: bool) -> list[int]:
@@ -115,7 +157,7 @@ class NativeBlip2(nn.Module):
         """LM loss of ``targets`` given the image and ``prompts`` (prefix-LM loss for encoder-decoders)."""
         if len(prompts) != image_embeds.shape[0] or len(targets) != len(prompts):
             raise InputError("stage 2: one prompt and one target per image")
-        visual = self.visual_prompts(image_embeds)  # (B, Q, D_lm)
+        visual = self.visual_prompts(image_embeds, prompts)  # (B, Q, D_lm)
         device, eos = visual.device, self.lm_tokenizer.eos_token_id
         pad = self.lm_tokenizer.pad_token_id if self.lm_tokenizer.pad_token_id is not None else eos
         prompt_ids = [self._ids(p, bos=True) for p in prompts]
@@ -143,7 +185,7 @@ class NativeBlip2(nn.Module):
     def generate(self, image_embeds: torch.Tensor, prompts: list[str], **generate_kwargs: Any) -> list[str]:
         """Continue each prompt after its image. Batches hold prompts of one token length, so no
         padding enters (results do not depend on the batch)."""
-        visual = self.visual_prompts(image_embeds)  # (B, Q, D_lm)
+        visual = self.visual_prompts(image_embeds, prompts)  # (B, Q, D_lm)
         ids = [self._ids(p, bos=True) for p in prompts]
         out: list[str] = [""] * len(prompts)
         groups: dict[int, list[int]] = {}
@@ -173,8 +215,17 @@ class NativeBlip2(nn.Module):
             self.lm_tokenizer.save_pretrained(path / "lm")
             config = Blip2Config(**{**asdict(config), "language_model": "lm"})
         self.qformer.save_pretrained(path / "qformer")
+        if self.qformer_tokenizer is not None:
+            self.qformer_tokenizer.save_pretrained(path / "qformer")
         save_file({k: v.detach().contiguous().cpu() for k, v in self.projection.state_dict().items()}, str(path / "projection.safetensors"))
-        meta = {"model_type": MODEL_TYPE, "architectures": ["VlmkitBlip2"], "vlmkit_version": __version__, **asdict(config)}
+        fields = asdict(config)
+        if config.instruction_aware:
+            kind = {"model_type": INSTRUCT_MODEL_TYPE, "architectures": ["VlmkitInstructBlip"]}
+        else:
+            kind = {"model_type": MODEL_TYPE, "architectures": ["VlmkitBlip2"]}
+            for name in _INSTRUCTION_FIELDS:
+                fields.pop(name)
+        meta = {**kind, "vlmkit_version": __version__, **fields}
         (path / "config.json").write_text(json.dumps(meta, indent=2) + "\n")
 
     @classmethod
@@ -185,8 +236,10 @@ class NativeBlip2(nn.Module):
         *,
         lm_path: str | os.PathLike,
         dtype: torch.dtype = torch.float32,
+        qformer_tokenizer: Any = None,
     ) -> NativeBlip2:
-        """Assemble a model for stage-2 training from a (stage-1) Q-Former and a frozen LM."""
+        """Assemble a model for stage-2 training (or instruction tuning, with the Q-Former's
+        tokenizer) from a (stage-1) Q-Former and a frozen LM."""
         import transformers
 
         lm_config = transformers.AutoConfig.from_pretrained(lm_path)
@@ -199,7 +252,7 @@ class NativeBlip2(nn.Module):
                 f"the Q-Former cross-attends to {qformer.config.encoder_hidden_size}-wide features but "
                 f"{config.image_encoder} gives {encoder.hidden_size}"
             )
-        return cls(config, encoder, qformer, lm, tokenizer)
+        return cls(config, encoder, qformer, lm, tokenizer, qformer_tokenizer=qformer_tokenizer)
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike, *, dtype: torch.dtype = torch.float32) -> NativeBlip2:
@@ -208,12 +261,22 @@ class NativeBlip2(nn.Module):
             meta = json.loads((path / "config.json").read_text())
         except (OSError, ValueError) as exc:
             raise ModelNotFoundError(f"{path}: cannot read config.json ({exc})") from None
-        if meta.get("model_type") != MODEL_TYPE:
-            raise ModelNotFoundError(f"{path}: not a {MODEL_TYPE} checkpoint")
+        model_type = meta.get("model_type")
+        if model_type not in (MODEL_TYPE, INSTRUCT_MODEL_TYPE):
+            raise ModelNotFoundError(f"{path}: not a {MODEL_TYPE} or {INSTRUCT_MODEL_TYPE} checkpoint")
         fields = {k: v for k, v in meta.items() if k in Blip2Config.__dataclass_fields__}
         config = Blip2Config(**fields)
+        if config.instruction_aware != (model_type == INSTRUCT_MODEL_TYPE):
+            raise ModelNotFoundError(f"{path}: model_type {model_type} disagrees with instruction_aware={config.instruction_aware}")
         lm_path = path / "lm" if config.language_model == "lm" else config.language_model
-        model = cls.from_parts(config, QFormer.from_pretrained(path / "qformer"), lm_path=lm_path, dtype=dtype)
+        qformer_tokenizer = None
+        if config.instruction_aware:
+            import transformers
+
+            qformer_tokenizer = transformers.AutoTokenizer.from_pretrained(path / "qformer")
+        model = cls.from_parts(
+            config, QFormer.from_pretrained(path / "qformer"), lm_path=lm_path, dtype=dtype, qformer_tokenizer=qformer_tokenizer
+        )
         model.projection.load_state_dict(load_file(str(path / "projection.safetensors")))
         return model.eval()
 
@@ -238,11 +301,14 @@ class NativeBlip2Tasks(VisionLanguageModel):
     """A :class:`NativeBlip2` checkpoint behind the vlmkit task interface: generation through the
     frozen LM, retrieval through the Q-Former's stage-1 heads (ITC max over queries, ITM)."""
 
+    #: The kind (in :data:`KINDS`) this wrapper reports.
+    architecture = "VlmkitBlip2"
+
     def __init__(
         self, name: str, net: NativeBlip2, qformer_tokenizer: Any, device: torch.device, dtype: torch.dtype,
         retrieval_qformer: QFormer | None = None,
     ) -> None:
-        super().__init__(name, KINDS["VlmkitBlip2"], device, dtype)
+        super().__init__(name, KINDS[self.architecture], device, dtype)
         self.net = net.to(device).eval()
         self.qformer_tokenizer = qformer_tokenizer
         #: ITC / ITM come from the stage-1 Q-Former when the checkpoint keeps it: stage 2 trains the
@@ -330,11 +396,42 @@ class NativeBlip2Tasks(VisionLanguageModel):
         return MatchResult(scores=np.concatenate(scores).astype(np.float32), kind="itm")
 
 
+class NativeInstructBlipTasks(NativeBlip2Tasks):
+    """An instruction-aware checkpoint (InstructBLIP): caption, ask and generate, where the prompt
+    (the default ``caption_prompt`` / ``vqa_prompt`` or the caller's) is also the Q-Former's
+    instruction. No retrieval: its Q-Former was tuned to feed the LM, not for ITC / ITM."""
+
+    architecture = "VlmkitInstructBlip"
+
+    def embed_image_queries(self, images: Any, *, batch_size: int = 32) -> np.ndarray:
+        raise self._unsupported("embed")
+
+    def embed_images(self, images: Any, *, batch_size: int = 32) -> np.ndarray:
+        raise self._unsupported("embed")
+
+    def embed_texts(self, texts: Any, *, batch_size: int = 64) -> np.ndarray:
+        raise self._unsupported("embed")
+
+    def similarity(self, images: Any, texts: Any) -> np.ndarray:
+        raise self._unsupported("similarity")
+
+    def _class_similarity(self, images: Any, text_emb: np.ndarray) -> np.ndarray:
+        raise self._unsupported("classify")
+
+    def logit_scale(self) -> float:
+        raise self._unsupported("similarity")
+
+    def match(self, images: Any, texts: Any, *, batch_size: int = 16) -> MatchResult:
+        raise self._unsupported("match")
+
+
 def load_native(path: str | os.PathLike, *, name: str, device: torch.device, dtype: torch.dtype) -> NativeBlip2Tasks:
-    """Load a ``vlmkit-blip2`` checkpoint directory for the task interface."""
+    """Load a ``vlmkit-blip2`` or ``vlmkit-instructblip`` checkpoint directory for the task interface."""
     import transformers
 
     net = NativeBlip2.from_pretrained(path, dtype=dtype)
+    if net.config.instruction_aware:
+        return NativeInstructBlipTasks(name, net, net.qformer_tokenizer, device, dtype)
     tokenizer = transformers.AutoTokenizer.from_pretrained(Path(path) / "qformer")
     stage1 = Path(path) / RETRIEVAL_QFORMER
     retrieval = QFormer.from_pretrained(stage1) if (stage1 / "model.safetensors").is_file() else None

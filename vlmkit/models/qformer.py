@@ -12,6 +12,11 @@ learned query embeddings, followed by the text tokens:
 * queries and text run through separate feed-forward blocks (LAVIS's ``intermediate_query`` /
   ``output_query`` beside BERT's ``intermediate`` / ``output``), both initialised from BERT.
 
+InstructBLIP (Dai et al., 2023, "InstructBLIP: Towards General-purpose Vision-Language Models with
+Instruction Tuning") makes the query outputs depend on the instruction: the instruction's tokens join
+the queries in the ITM-style pass (all positions see each other; the queries alone cross-attend to
+the image) and only the query positions leave the Q-Former (:meth:`QFormer.encode_instructed`).
+
 A learned LayerNorm over the image features (BLIP-2's ``ln_vision``) is optional
 (``image_layer_norm``): transformers' vision towers apply one already.
 
@@ -388,6 +393,20 @@ class QFormer(nn.Module):
     def encode_image(self, image_embeds: Tensor, image_mask: Tensor | None = None) -> QFormerOutput:
         """Queries alone over the image (B, P, E): ``last_hidden_state`` is (B, Q, D). ITC's image side."""
         return self(image_embeds, image_mask=image_mask)
+
+    def encode_instructed(
+        self,
+        image_embeds: Tensor,
+        input_ids: Tensor,
+        attention_mask: Tensor | None = None,
+        image_mask: Tensor | None = None,
+    ) -> QFormerOutput:
+        """InstructBLIP's instruction-aware visual features: the queries and the instruction's tokens
+        (``input_ids`` (B, T), as the tokenizer gives them) in one bidirectional pass, the queries
+        cross-attending to the image (B, P, E), as in ITM. Only the query positions are returned,
+        ``last_hidden_state`` (B, Q, D): what they extract from the image now depends on the instruction."""
+        out = self.forward_multimodal(image_embeds, input_ids, attention_mask, image_mask)
+        return QFormerOutput(last_hidden_state=out.query_states, num_queries=out.num_queries)
 
     def encode_text(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> QFormerOutput:
         """Text alone (unimodal), ``last_hidden_state`` (B, T, D); ``[:, 0]`` ([CLS]) is ITC's text side."""
