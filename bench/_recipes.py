@@ -69,6 +69,23 @@ def frozen_lm(out: Path, data: Data, steps: int) -> Path:
     return out / "lm"
 
 
+def token_features(data: Data, split: str, root: Path) -> Any:
+    """The frozen EfficientNet-Lite0 tokens of ``data``'s ``split`` ("train" or "test"), cached once
+    in ``root/features_<data>_<split><n>/`` so every recipe bench beside it reuses them. The training
+    split's key is the one the recipes' own ``feature_cache`` uses, so ``features_dir`` can point there."""
+    from vlmkit.feature_cache import FeatureCache
+    from vlmkit.models.image_encoders import load_image_encoder
+
+    examples = data.train if split == "train" else data.test
+    key = f"{data.name}:seed=0:n={len(examples)}:size=64" if split == "train" else f"{data.name}:test:n={len(examples)}"
+    return FeatureCache.build(load_image_encoder("efficientnet-lite0"), [e.image for e in examples],
+                              token_features_dir(data, split, root), images_key=key)
+
+
+def token_features_dir(data: Data, split: str, root: Path) -> Path:
+    return root / f"features_{data.name}_{split}{len(data.train if split == 'train' else data.test)}"
+
+
 def _clean(text: str) -> str:
     return " ".join(re.sub(r"[^\w\s]", " ", text.lower()).split())
 

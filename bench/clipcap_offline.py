@@ -34,7 +34,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _recipes import Data, Timer, easy_vqa, frozen_lm, save, score, shapes  # noqa: E402
+from _recipes import Data, Timer, easy_vqa, frozen_lm, save, score, shapes, token_features  # noqa: E402
 
 from vlmkit.models.clipcap import ImageEmbedder, PooledEfficientNet  # noqa: E402
 
@@ -79,18 +79,6 @@ def _key(image: Any) -> Any:
     return str(image) if isinstance(image, (str, Path)) else id(image)
 
 
-def _features(data: Data, split: str, out: Path) -> Any:
-    """The frozen EfficientNet-Lite0 tokens of ``data``'s ``split``, cached once beside ``out`` under
-    the names and image keys the other recipe benches use (so each is built once for all of them)."""
-    from vlmkit.feature_cache import FeatureCache
-    from vlmkit.models.image_encoders import load_image_encoder
-
-    examples = data.train if split == "train" else data.test
-    key = f"{data.name}:seed=0:n={len(examples)}:size=64" if split == "train" else f"{data.name}:test:n={len(examples)}"
-    directory = out.parent / f"features_{data.name}_{split}{len(examples)}"
-    return FeatureCache.build(load_image_encoder("efficientnet-lite0"), [e.image for e in examples], directory, images_key=key)
-
-
 def _embeddings(data: Data, out: Path) -> Path:
     """The training runs' embedding cache of ``data``, filled from the shared token features."""
     from vlmkit_train.clipcap import clipcap_config, embedding_cache, images_key
@@ -98,7 +86,7 @@ def _embeddings(data: Data, out: Path) -> Path:
     directory = out / f"embeddings_{data.name}"
     images = [e.image for e in data.train]
     config = clipcap_config("shapes", [f"data={data.name}", f"train_size={len(images)}"])
-    embedding_cache(_Pooled(images, _features(data, "train", out)), images, directory, images_key(config, len(images)))
+    embedding_cache(_Pooled(images, token_features(data, "train", out.parent)), images, directory, images_key(config, len(images)))
     return directory
 
 
@@ -121,7 +109,7 @@ def _train_and_score(name: str, data: Data, out: Path, lm_dir: Path, steps: int,
     result = timer(name, lambda: train_clipcap(clipcap_config("shapes", overrides), out / name))
     model = vlmkit.load(out / name / "model")
     assert model.kind.architecture == "VlmkitClipCap" and model.embedder.identity == _Pooled.identity
-    test = timer(f"{name}_test_features", lambda: _features(data, "test", out))
+    test = timer(f"{name}_test_features", lambda: token_features(data, "test", out.parent))
     model.embedder = _Pooled([e.image for e in data.test], test, fallback=model.embedder)
     rows = [json.loads(line) for line in (out / name / "metrics.jsonl").read_text().splitlines()]
     return {

@@ -27,7 +27,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _recipes import Data, Timer, easy_vqa, save, score, shapes  # noqa: E402
+from _recipes import Data, Timer, easy_vqa, save, score, shapes, token_features, token_features_dir  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -45,16 +45,6 @@ SCALES = {
 
 #: On top of the ``shapes`` preset: bfloat16 autocast (about twice as fast on a CPU with AVX-512 BF16).
 RECIPE = ["mixed_precision=bf16", "log_every=50"]
-
-
-def _test_cache(data: Data, out: Path) -> Any:
-    """The frozen encoder's features of the test images, built once and shared by name."""
-    from vlmkit.feature_cache import FeatureCache
-    from vlmkit.models.image_encoders import load_image_encoder
-
-    directory = out.parent / f"features_{data.name}_test{len(data.test)}"
-    return FeatureCache.build(load_image_encoder("efficientnet-lite0"), [e.image for e in data.test], directory,
-                              images_key=f"{data.name}:test:n={len(data.test)}")
 
 
 def _with_cached_features(model: Any, images: list[Any], cache: Any) -> Any:
@@ -77,7 +67,7 @@ def _with_cached_features(model: Any, images: list[Any], cache: Any) -> Any:
 def _train(data: Data, steps: int, out: Path) -> Path:
     from vlmkit_train.simvlm import simvlm_config, train_simvlm
 
-    features = out.parent / f"features_{data.name}_train{len(data.train)}"
+    features = token_features_dir(data, "train", out.parent)
     config = simvlm_config("shapes", [*RECIPE, f"data={data.name}", f"train_size={len(data.train)}",
                                       f"features_dir={features}", f"max_steps={steps}"])
     run = out / data.name
@@ -92,7 +82,7 @@ def run(scale_name: str, out: Path) -> dict[str, Any]:
     figures: dict[str, Any] = {"recipe": "simvlm", "scale": scale_name}
     timer = Timer(figures)
     for data, steps in ((shapes(scale.train, scale.test or 1000), scale.shapes_steps), (easy_vqa(scale.train, scale.test), scale.easy_steps)):
-        cache = timer(f"{data.name}_test_features", lambda data=data: _test_cache(data, out))
+        cache = timer(f"{data.name}_test_features", lambda data=data: token_features(data, "test", out.parent))
         run_dir = timer(f"{data.name}_train", lambda data=data, steps=steps: _train(data, steps, out))
         model = _with_cached_features(vlmkit.load(run_dir / "model"), [e.image for e in data.test], cache)
         figures[data.name] = timer(f"{data.name}_eval", lambda data=data, model=model: score(model, data, ("vqa", "caption")))

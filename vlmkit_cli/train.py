@@ -1,7 +1,8 @@
 """``vlmkit train RECIPE``: the training recipes of :mod:`vlmkit_train`, with checked overrides.
 
 Multi-GPU and multi-node runs go through HF accelerate: ``accelerate launch -m vlmkit_cli.main
-train blip2-stage1 ...`` with an ``accelerate config`` file choosing DDP, FSDP or DeepSpeed.
+train blip2-stage1 ...`` with an ``accelerate config`` file choosing DDP, FSDP or DeepSpeed; several
+CPU processes through ``torchrun --standalone --nproc_per_node N -m vlmkit_cli.main train ...``.
 """
 
 from __future__ import annotations

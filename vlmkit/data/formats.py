@@ -72,7 +72,7 @@ from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from tarfile import ReadError
-from typing import Any, Self
+from typing import Any, Literal, Self
 
 from PIL import Image, UnidentifiedImageError
 
@@ -907,7 +907,8 @@ def _shapes_spec(rest: str) -> Iterator[Example]:
         raise InputError(f"shapes seed must be a non-negative integer, not {fields[2]!r}")
     n, seed = int(fields[0]), int(fields[2]) if len(fields) > 2 else 0
     # The same examples as make_split(n, seed, split), rendered one at a time.
-    return (to_example(make_scene(i, seed, split)) for i in range(n))
+    chosen: Literal["train", "test"] = "test" if split == "test" else "train"
+    return (to_example(make_scene(i, seed, chosen)) for i in range(n))
 
 
 def _easy_vqa_spec(rest: str) -> Iterator[Example]:
