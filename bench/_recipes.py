@@ -17,10 +17,12 @@ Figures, each computed the same way for every model that can do the task:
 
 from __future__ import annotations
 
+import argparse
 import json
 import re
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -160,3 +162,23 @@ def save(figures: dict[str, Any], out: Path) -> None:
     """``out/figures.json``, which ``bench/recipes_table.py`` reads."""
     out.mkdir(parents=True, exist_ok=True)
     (out / "figures.json").write_text(json.dumps(figures, indent=1))
+
+
+def bench_main(recipe: str, doc: str, scales: Iterable[str], run: Callable[..., dict[str, Any]],
+               options: dict[str, str] | None = None) -> None:
+    """The command line every recipe bench shares: ``--scale`` (default full), ``--out`` (default: a
+    temporary directory) and the script's own ``options`` (flag -> help), given to ``run`` as
+    keywords; prints the figures as JSON."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--scale", choices=sorted(scales), default="full")
+    parser.add_argument("--out", default=None, help="keep runs here (default: a temporary directory)")
+    for flag, text in (options or {}).items():
+        parser.add_argument(flag, default=None, help=text)
+    args = vars(parser.parse_args())
+    scale, out = args.pop("scale"), args.pop("out")
+    if out:
+        figures = run(scale, Path(out), **args)
+    else:
+        with tempfile.TemporaryDirectory(prefix=f"vlmkit-{recipe}-") as tmp:
+            figures = run(scale, Path(tmp) / recipe, **args)
+    print(json.dumps(figures, indent=1))

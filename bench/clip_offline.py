@@ -21,10 +21,7 @@ Run: ``python bench/clip_offline.py [--scale smoke|full] [--out DIR]``.
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
-import tempfile
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -105,16 +102,7 @@ def run(scale_name: str, out: Path) -> dict[str, Any]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--scale", choices=sorted(SCALES), default="full")
-    parser.add_argument("--out", default=None, help="keep runs here (default: a temporary directory)")
-    args = parser.parse_args()
-    if args.out:
-        figures = run(args.scale, Path(args.out))
-    else:
-        with tempfile.TemporaryDirectory(prefix="vlmkit-clip-") as tmp:
-            figures = run(args.scale, Path(tmp))
-    print(json.dumps(figures, indent=1))
+    _recipes.bench_main("clip", __doc__, SCALES, run)
 
 
 if __name__ == "__main__":

@@ -22,10 +22,8 @@ Run: ``python bench/clipcap_offline.py [--scale smoke|full] [--out DIR]``.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,7 +32,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _recipes import Data, Timer, easy_vqa, frozen_lm, save, score, shapes, token_features  # noqa: E402
+from _recipes import Data, Timer, bench_main, easy_vqa, frozen_lm, save, score, shapes, token_features  # noqa: E402
 
 from vlmkit.models.clipcap import ImageEmbedder, PooledEfficientNet  # noqa: E402
 
@@ -141,16 +139,7 @@ def run(scale_name: str, out: Path) -> dict[str, Any]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--scale", choices=sorted(SCALES), default="full")
-    parser.add_argument("--out", default=None, help="keep runs here (default: a temporary directory)")
-    args = parser.parse_args()
-    if args.out:
-        figures = run(args.scale, Path(args.out))
-    else:
-        with tempfile.TemporaryDirectory(prefix="vlmkit-clipcap-") as tmp:
-            figures = run(args.scale, Path(tmp) / "clipcap")
-    print(json.dumps(figures, indent=1))
+    bench_main("clipcap", __doc__, SCALES, run)
 
 
 if __name__ == "__main__":

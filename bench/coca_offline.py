@@ -18,7 +18,6 @@ Run: ``OMP_NUM_THREADS=1 python bench/coca_offline.py [--scale smoke|full] [--ou
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from dataclasses import dataclass
@@ -88,11 +87,7 @@ def run(scale_name: str, out: Path) -> dict[str, Any]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--scale", choices=list(SCALES), default="full")
-    parser.add_argument("--out", type=Path, default=Path("/tmp/recipes/coca"))
-    args = parser.parse_args()
-    print(json.dumps(run(args.scale, args.out), indent=1))
+    recipes.bench_main("coca", __doc__, SCALES, run)
 
 
 if __name__ == "__main__":

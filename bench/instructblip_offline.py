@@ -29,10 +29,7 @@ Run: ``python bench/instructblip_offline.py [--scale smoke|full] [--out DIR] [--
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,7 +39,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _recipes import Data, Timer, _clean, easy_vqa, frozen_lm, save, score, shapes  # noqa: E402
+from _recipes import Data, Timer, _clean, bench_main, easy_vqa, frozen_lm, save, score, shapes  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -220,18 +217,7 @@ def run(scale_name: str, out: Path, stage1: str | None = None, easy_stage1: str 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--scale", choices=sorted(SCALES), default="full")
-    parser.add_argument("--out", default=None, help="keep runs here (default: a temporary directory)")
-    parser.add_argument("--stage1", default=None, help="a BLIP-2 stage-1 run on the same shapes data to start from")
-    parser.add_argument("--easy-stage1", default=None, help="the same for easy-VQA")
-    args = parser.parse_args()
-    if args.out:
-        figures = run(args.scale, Path(args.out), args.stage1, args.easy_stage1)
-    else:
-        with tempfile.TemporaryDirectory(prefix="vlmkit-instructblip-") as tmp:
-            figures = run(args.scale, Path(tmp) / "instructblip", args.stage1, args.easy_stage1)
-    print(json.dumps(figures, indent=1))
+    bench_main("instructblip", __doc__, SCALES, run, {"--stage1": "a BLIP-2 stage-1 run on the same shapes data to start from", "--easy-stage1": "the same for easy-VQA"})
 
 
 if __name__ == "__main__":

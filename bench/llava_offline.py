@@ -24,17 +24,14 @@ Run: ``python bench/llava_offline.py [--scale smoke|full] [--out DIR] [--vision 
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _recipes import Data, Timer, easy_vqa, frozen_lm, save, score, shapes  # noqa: E402
+from _recipes import Data, Timer, bench_main, easy_vqa, frozen_lm, save, score, shapes  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -130,18 +127,7 @@ def run(scale_name: str, out: Path, vision: str | None = None, easy_vision: str 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--scale", choices=sorted(SCALES), default="full")
-    parser.add_argument("--out", default=None, help="keep runs here (default: a temporary directory)")
-    parser.add_argument("--vision", default=None, help="a CLIP model directory trained on the shapes scenes (its vision tower is used)")
-    parser.add_argument("--easy-vision", default=None, help="the same for easy-VQA")
-    args = parser.parse_args()
-    if args.out:
-        figures = run(args.scale, Path(args.out), args.vision, args.easy_vision)
-    else:
-        with tempfile.TemporaryDirectory(prefix="vlmkit-llava-") as tmp:
-            figures = run(args.scale, Path(tmp) / "llava", args.vision, args.easy_vision)
-    print(json.dumps(figures, indent=1))
+    bench_main("llava", __doc__, SCALES, run, {"--vision": "a CLIP model directory trained on the shapes scenes (its vision tower is used)", "--easy-vision": "the same for easy-VQA"})
 
 
 if __name__ == "__main__":

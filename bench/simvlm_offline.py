@@ -18,7 +18,6 @@ Run: ``python bench/simvlm_offline.py [--scale smoke|full] [--out DIR]``.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from dataclasses import dataclass
@@ -27,7 +26,17 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _recipes import Data, Timer, easy_vqa, save, score, shapes, token_features, token_features_dir  # noqa: E402
+from _recipes import (  # noqa: E402
+    Data,
+    Timer,
+    bench_main,
+    easy_vqa,
+    save,
+    score,
+    shapes,
+    token_features,
+    token_features_dir,
+)
 
 
 @dataclass(frozen=True)
@@ -94,11 +103,7 @@ def run(scale_name: str, out: Path) -> dict[str, Any]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--scale", choices=list(SCALES), default="smoke")
-    parser.add_argument("--out", type=Path, default=Path("/tmp/recipes/simvlm"))
-    args = parser.parse_args()
-    print(json.dumps(run(args.scale, args.out), indent=1))
+    bench_main("simvlm", __doc__, SCALES, run)
 
 
 if __name__ == "__main__":

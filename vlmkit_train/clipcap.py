@@ -29,7 +29,7 @@ from vlmkit.errors import InputError
 from vlmkit.models.clipcap import EFFICIENTNET_EMBEDDER, ClipCap, ClipCapConfig, ImageEmbedder, load_embedder
 
 from .config import check_at_least, preset_config
-from .loop import StepLoop, batch_rows, plot_losses, run_steps, start_run
+from .loop import StepLoop, batch_rows, open_metrics, plot_losses, run_steps, start_run
 from .stage1 import _examples
 from .state import load_training_state
 
@@ -197,10 +197,7 @@ def train_clipcap(
     if resume:
         start = load_training_state(out / "state", model=state_model(), optimizer=optimizer, scheduler=scheduler)
     world, rank = accelerator.num_processes, accelerator.process_index
-    metrics_path = out / "metrics.jsonl"
-    if not resume and accelerator.is_main_process:
-        metrics_path.write_text("")
-    end = min(config.max_steps, stop_after if stop_after is not None else config.max_steps)
+    metrics_path, end = open_metrics(out, accelerator, resume=resume, max_steps=config.max_steps, stop_after=stop_after)
 
     def micro_step(index: int) -> dict[str, torch.Tensor]:
         rows = batch_rows(config.seed, index, dataset_size=len(examples), batch_size=config.batch_size, world=world, rank=rank)

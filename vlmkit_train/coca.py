@@ -29,7 +29,7 @@ from vlmkit.models.coca import CoCa, CoCaConfig, caption_labels, tokenize, token
 from vlmkit.models.image_encoders import load_image_encoder
 
 from .config import check_at_least, preset_config
-from .loop import StepLoop, batch_rows, plot_losses, run_steps, start_run
+from .loop import StepLoop, batch_rows, open_metrics, plot_losses, run_steps, start_run
 from .stage1 import _examples, feature_cache
 from .state import load_training_state
 from .vocab import qformer_tokenizer
@@ -186,10 +186,7 @@ def train_coca(
     if resume:
         start = load_training_state(out / "state", model=accelerator.unwrap_model(objective), optimizer=optimizer, scheduler=scheduler)
     world, rank = accelerator.num_processes, accelerator.process_index
-    metrics_path = out / "metrics.jsonl"
-    if not resume and accelerator.is_main_process:
-        metrics_path.write_text("")
-    end = min(config.max_steps, stop_after if stop_after is not None else config.max_steps)
+    metrics_path, end = open_metrics(out, accelerator, resume=resume, max_steps=config.max_steps, stop_after=stop_after)
 
     def micro_step(index: int) -> dict[str, torch.Tensor]:
         rows = batch_rows(config.seed, index, dataset_size=len(examples), batch_size=config.batch_size, world=world, rank=rank)

@@ -42,7 +42,7 @@ from vlmkit.errors import InputError
 from vlmkit.losses import clamp_logit_scale, clip_loss, siglip_loss
 
 from .config import check_at_least, preset_config
-from .loop import StepLoop, batch_rows, plot_losses, run_steps, start_run
+from .loop import StepLoop, batch_rows, open_metrics, plot_losses, run_steps, start_run
 from .state import load_training_state
 
 __all__ = ["ContrastiveConfig", "PRESETS", "ContrastiveResult", "contrastive_config", "train_contrastive"]
@@ -375,10 +375,7 @@ def train_contrastive(
     if resume:
         start = load_training_state(state_dir, model=accelerator.unwrap_model(objective), optimizer=optimizer, scheduler=scheduler)
     world, rank = accelerator.num_processes, accelerator.process_index
-    metrics_path = out / "metrics.jsonl"
-    if not resume and accelerator.is_main_process:
-        metrics_path.write_text("")
-    end = min(config.max_steps, stop_after if stop_after is not None else config.max_steps)
+    metrics_path, end = open_metrics(out, accelerator, resume=resume, max_steps=config.max_steps, stop_after=stop_after)
     log_scale = accelerator.unwrap_model(objective).model.logit_scale
 
     def micro_step(index: int) -> dict[str, torch.Tensor]:

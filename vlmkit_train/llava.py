@@ -50,7 +50,7 @@ from vlmkit.feature_cache import FeatureCache
 from vlmkit.models.image_encoders import FrozenImageEncoder
 
 from .config import check_at_least, config_from_dict, dumps, preset_config
-from .loop import StepLoop, batch_rows, check_resume, make_accelerator, plot_losses, run_steps
+from .loop import StepLoop, batch_rows, check_resume, make_accelerator, open_metrics, plot_losses, run_steps
 from .state import load_training_state
 
 __all__ = [
@@ -747,10 +747,7 @@ def _train(config: Any, stage: int, out_dir: str | Path, *, resume: bool, progre
     if resume:
         start = load_training_state(out / "state", model=view(), optimizer=optimizer, scheduler=scheduler)
     world, rank = accelerator.num_processes, accelerator.process_index
-    metrics_path = out / "metrics.jsonl"
-    if not resume and accelerator.is_main_process:
-        metrics_path.write_text("")
-    end = min(config.max_steps, stop_after if stop_after is not None else config.max_steps)
+    metrics_path, end = open_metrics(out, accelerator, resume=resume, max_steps=config.max_steps, stop_after=stop_after)
     pad_id = processor.tokenizer.pad_token_id
 
     def micro_step(index: int) -> dict[str, torch.Tensor]:

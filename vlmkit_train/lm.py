@@ -33,7 +33,7 @@ from vlmkit.errors import InputError
 from vlmkit.models.blip2_native import CAPTION_PROMPT, VQA_PROMPT
 
 from .config import check_at_least, dumps, preset_config
-from .loop import StepLoop, batch_rows, check_resume, make_accelerator, plot_losses, run_steps
+from .loop import StepLoop, batch_rows, check_resume, make_accelerator, open_metrics, plot_losses, run_steps
 from .state import load_training_state
 
 __all__ = [
@@ -305,10 +305,7 @@ def train_lm(
     if resume:
         start = load_training_state(state_dir, model=_StateView(accelerator.unwrap_model(model)), optimizer=optimizer, scheduler=scheduler)
     world, rank = accelerator.num_processes, accelerator.process_index
-    metrics_path = out / "metrics.jsonl"
-    if not resume and accelerator.is_main_process:
-        metrics_path.write_text("")
-    end = min(config.max_steps, stop_after if stop_after is not None else config.max_steps)
+    metrics_path, end = open_metrics(out, accelerator, resume=resume, max_steps=config.max_steps, stop_after=stop_after)
     heldout: float | None = None
 
     def micro_step(index: int) -> dict[str, torch.Tensor]:

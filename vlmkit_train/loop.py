@@ -17,7 +17,7 @@ from vlmkit.errors import InputError
 from .config import dumps
 from .state import save_training_state
 
-__all__ = ["start_run", "make_accelerator", "batch_rows", "append_metrics", "plot_losses", "check_resume", "StepLoop", "run_steps"]
+__all__ = ["start_run", "open_metrics", "make_accelerator", "batch_rows", "append_metrics", "plot_losses", "check_resume", "StepLoop", "run_steps"]
 
 
 def _end_process_group() -> None:
@@ -59,6 +59,15 @@ def start_run(config: Any, out_dir: str | Path, resume: bool) -> tuple[Path, Any
     if accelerator.is_main_process:
         (out / "config.json").write_text(dumps(config))
     return out, accelerator
+
+
+def open_metrics(out: Path, accelerator: Any, *, resume: bool, max_steps: int, stop_after: int | None) -> tuple[Path, int]:
+    """``out/metrics.jsonl`` (emptied by the main process unless resuming) and the step this call
+    of a recipe ends at: ``max_steps``, or earlier with ``stop_after``."""
+    metrics_path = out / "metrics.jsonl"
+    if not resume and accelerator.is_main_process:
+        metrics_path.write_text("")
+    return metrics_path, min(max_steps, stop_after if stop_after is not None else max_steps)
 
 
 def batch_rows(seed: int, index: int, *, dataset_size: int, batch_size: int, world: int, rank: int) -> np.ndarray:
