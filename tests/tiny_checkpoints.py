@@ -82,6 +82,8 @@ from transformers import (
     TokenizersBackend,
 )
 
+from vlmkit.models.llava import LLAVA_CHAT_TEMPLATE
+
 __all__ = [
     "BUILDERS",
     "LLAVA_CHAT_TEMPLATE",
@@ -741,26 +743,6 @@ def build_instructblip(out_dir: Path, seed: int = 0) -> Path:
         image_token_index=_token_id(tokenizer, "<image>"),
     )
     return _save(out_dir, seed, InstructBlipForConditionalGeneration, config, processor)
-
-
-# llava-1.5 conversation format ("vicuna_v1"): "USER: <image>\n{q} ASSISTANT: {a}</s>USER: {q2} ASSISTANT:".
-# Images of a turn come first, each followed by a newline; an optional system message is a plain prefix.
-LLAVA_CHAT_TEMPLATE = (
-    "{%- for message in messages -%}"
-    "{%- if message['content'] is string -%}"
-    "{%- set parts = [{'type': 'text', 'text': message['content']}] -%}"
-    "{%- else -%}{%- set parts = message['content'] -%}{%- endif -%}"
-    "{%- if message['role'] == 'system' -%}"
-    "{%- for part in parts if part['type'] == 'text' -%}{{ part['text'] + ' ' }}{%- endfor -%}"
-    "{%- else -%}"
-    "{{ message['role'] | upper + ': ' }}"
-    "{%- for part in parts if part['type'] == 'image' -%}{{ '<image>\n' }}{%- endfor -%}"
-    "{%- for part in parts if part['type'] == 'text' -%}{{ part['text'] }}{%- endfor -%}"
-    "{%- if message['role'] == 'assistant' -%}{{ eos_token }}{%- else -%}{{ ' ' }}{%- endif -%}"
-    "{%- endif -%}"
-    "{%- endfor -%}"
-    "{%- if add_generation_prompt -%}{{ 'ASSISTANT:' }}{%- endif -%}"
-)
 
 
 def build_llava(out_dir: Path, seed: int = 0) -> Path:

@@ -48,6 +48,7 @@ from vlmkit.data.conversations import (
 from vlmkit.errors import InputError
 from vlmkit.feature_cache import FeatureCache
 from vlmkit.models.image_encoders import FrozenImageEncoder
+from vlmkit.models.llava import LLAVA_CHAT_TEMPLATE
 
 from .config import check_at_least, config_from_dict, dumps, preset_config
 from .loop import StepLoop, batch_rows, check_resume, make_accelerator, open_metrics, plot_losses, run_steps
@@ -74,24 +75,6 @@ __all__ = [
     "LlavaObjective",
     "run_model",
 ]
-
-# LLaVA-1.5's "vicuna_v1" conversation layout: "USER: <image>\n{q} ASSISTANT: {a}</s>USER: {q2} ASSISTANT:".
-# A turn's images come first, one "<image>\n" each; a system message is a plain prefix.
-LLAVA_CHAT_TEMPLATE = (
-    "{%- for message in messages -%}"
-    "{%- if message['content'] is string -%}{%- set parts = [{'type': 'text', 'text': message['content']}] -%}"
-    "{%- else -%}{%- set parts = message['content'] -%}{%- endif -%}"
-    "{%- if message['role'] == 'system' -%}"
-    "{%- for part in parts if part['type'] == 'text' -%}{{ part['text'] + ' ' }}{%- endfor -%}"
-    "{%- else -%}"
-    "{{ message['role'] | upper + ': ' }}"
-    "{%- for part in parts if part['type'] == 'image' -%}{{ '<image>\n' }}{%- endfor -%}"
-    "{%- for part in parts if part['type'] == 'text' -%}{{ part['text'] }}{%- endfor -%}"
-    "{%- if message['role'] == 'assistant' -%}{{ eos_token }}{%- else -%}{{ ' ' }}{%- endif -%}"
-    "{%- endif -%}"
-    "{%- endfor -%}"
-    "{%- if add_generation_prompt -%}{{ 'ASSISTANT:' }}{%- endif -%}"
-)
 
 IGNORE = -100
 #: What the validation pass looks for, in its report's order.

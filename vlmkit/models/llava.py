@@ -14,11 +14,29 @@ from ..chat import parse_messages
 from ._hf import PromptedGenerator, strip_prompt
 from .base import GenerationOptions
 
-__all__ = ["Llava", "CAPTION_INSTRUCTION", "VQA_SUFFIX"]
+__all__ = ["Llava", "CAPTION_INSTRUCTION", "VQA_SUFFIX", "LLAVA_CHAT_TEMPLATE"]
 
 # The prompts LLaVA-1.5 was evaluated with: COCO captions, and short-answer VQA (VQAv2, GQA).
 CAPTION_INSTRUCTION = "Provide a one-sentence caption for the provided image."
 VQA_SUFFIX = "\nAnswer the question using a single word or phrase."
+
+# LLaVA-1.5's "vicuna_v1" conversation layout: "USER: <image>\n{q} ASSISTANT: {a}</s>USER: {q2} ASSISTANT:".
+# A turn's images come first, one "<image>\n" each; a system message is a plain prefix.
+LLAVA_CHAT_TEMPLATE = (
+    "{%- for message in messages -%}"
+    "{%- if message['content'] is string -%}{%- set parts = [{'type': 'text', 'text': message['content']}] -%}"
+    "{%- else -%}{%- set parts = message['content'] -%}{%- endif -%}"
+    "{%- if message['role'] == 'system' -%}"
+    "{%- for part in parts if part['type'] == 'text' -%}{{ part['text'] + ' ' }}{%- endfor -%}"
+    "{%- else -%}"
+    "{{ message['role'] | upper + ': ' }}"
+    "{%- for part in parts if part['type'] == 'image' -%}{{ '<image>\n' }}{%- endfor -%}"
+    "{%- for part in parts if part['type'] == 'text' -%}{{ part['text'] }}{%- endfor -%}"
+    "{%- if message['role'] == 'assistant' -%}{{ eos_token }}{%- else -%}{{ ' ' }}{%- endif -%}"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{ 'ASSISTANT:' }}{%- endif -%}"
+)
 
 
 class Llava(PromptedGenerator):
