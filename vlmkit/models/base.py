@@ -25,6 +25,7 @@ __all__ = [
     "MatchResult",
     "GenerationOptions",
     "VisionLanguageModel",
+    "PromptedTasks",
     "DEFAULT_TEMPLATES",
     "as_list",
     "pair_up",
@@ -319,3 +320,32 @@ class VisionLanguageModel:
     ) -> str | Iterator[str]:
         """Reply to OpenAI-style messages (text and image parts); a token iterator when streaming."""
         raise self._unsupported("chat")
+
+
+class PromptedTasks(VisionLanguageModel):
+    """caption / ask / generate for vlmkit's own generative checkpoints (BLIP-2, InstructBLIP,
+    ClipCap, SimVLM): a family turns (image, prompt) pairs into text in ``_generate``, and its
+    checkpoint's config (``self.net.config``) holds ``caption_prompt`` and ``vqa_prompt`` ("{}" is
+    the question). Answers are decoded with ``vqa_length_penalty`` when beam search is asked for."""
+
+    net: Any
+    vqa_length_penalty = -1.0
+
+    def _generate(self, images: list[Any], prompts: list[str], options: GenerationOptions, batch_size: int) -> list[str]:
+        raise NotImplementedError
+
+    def caption(self, images: Any, prompt: str | None = None, *, max_new_tokens: int = 30, num_beams: int = 1,
+                do_sample: bool = False, top_p: float = 1.0, temperature: float = 1.0, batch_size: int = 8) -> list[str]:
+        image_list = as_list(images, "images")
+        options = GenerationOptions(max_new_tokens, num_beams, do_sample, top_p, temperature)
+        return self._generate(image_list, [prompt or self.net.config.caption_prompt] * len(image_list), options, batch_size)
+
+    def ask(self, images: Any, questions: Any, *, max_new_tokens: int = 10, num_beams: int = 1, batch_size: int = 8) -> list[str]:
+        image_list, question_list = pair_up(as_list(images, "images"), check_texts(as_list(questions, "questions"), "questions"), "ask")
+        options = GenerationOptions(max_new_tokens, num_beams, length_penalty=self.vqa_length_penalty)
+        return self._generate(image_list, [self.net.config.vqa_prompt.format(q) for q in question_list], options, batch_size)
+
+    def generate(self, images: Any, prompts: Any, *, max_new_tokens: int = 30, num_beams: int = 1, do_sample: bool = False,
+                 top_p: float = 1.0, temperature: float = 1.0, batch_size: int = 8) -> list[str]:
+        image_list, prompt_list = pair_up(as_list(images, "images"), check_texts(as_list(prompts, "prompts"), "prompts"), "generate")
+        return self._generate(image_list, prompt_list, GenerationOptions(max_new_tokens, num_beams, do_sample, top_p, temperature), batch_size)

@@ -35,7 +35,14 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ..errors import InputError, ModelNotFoundError
-from .base import GenerationOptions, MatchResult, VisionLanguageModel, as_list, check_texts, pair_up
+from .base import (
+    GenerationOptions,
+    MatchResult,
+    PromptedTasks,
+    as_list,
+    check_texts,
+    pair_up,
+)
 from .image_encoders import FrozenImageEncoder, load_image_encoder
 from .kinds import KINDS
 from .qformer import QFormer
@@ -297,7 +304,7 @@ def _pad(rows: list[list[int]], pad: int, device: torch.device) -> _Padded:
     return _Padded(ids, mask)
 
 
-class NativeBlip2Tasks(VisionLanguageModel):
+class NativeBlip2Tasks(PromptedTasks):
     """A :class:`NativeBlip2` checkpoint behind the vlmkit task interface: generation through the
     frozen LM, retrieval through the Q-Former's stage-1 heads (ITC max over queries, ITM)."""
 
@@ -335,21 +342,6 @@ class NativeBlip2Tasks(VisionLanguageModel):
                 texts += self.net.generate(features, prompts[start : start + batch_size], **options.to_hf())
         return texts
 
-    def caption(self, images: Any, prompt: str | None = None, *, max_new_tokens: int = 30, num_beams: int = 1,
-                do_sample: bool = False, top_p: float = 1.0, temperature: float = 1.0, batch_size: int = 8) -> list[str]:
-        image_list = as_list(images, "images")
-        options = GenerationOptions(max_new_tokens, num_beams, do_sample, top_p, temperature)
-        return self._generate(image_list, [prompt or self.net.config.caption_prompt] * len(image_list), options, batch_size)
-
-    def ask(self, images: Any, questions: Any, *, max_new_tokens: int = 10, num_beams: int = 1, batch_size: int = 8) -> list[str]:
-        image_list, question_list = pair_up(as_list(images, "images"), check_texts(as_list(questions, "questions"), "questions"), "ask")
-        options = GenerationOptions(max_new_tokens, num_beams, length_penalty=-1.0)
-        return self._generate(image_list, [self.net.config.vqa_prompt.format(q) for q in question_list], options, batch_size)
-
-    def generate(self, images: Any, prompts: Any, *, max_new_tokens: int = 30, num_beams: int = 1, do_sample: bool = False,
-                 top_p: float = 1.0, temperature: float = 1.0, batch_size: int = 8) -> list[str]:
-        image_list, prompt_list = pair_up(as_list(images, "images"), check_texts(as_list(prompts, "prompts"), "prompts"), "generate")
-        return self._generate(image_list, prompt_list, GenerationOptions(max_new_tokens, num_beams, do_sample, top_p, temperature), batch_size)
 
     # -- retrieval through the stage-1 heads ------------------------------------------------------
 

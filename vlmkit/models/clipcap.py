@@ -44,7 +44,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ..errors import InputError, ModelNotFoundError
-from .base import GenerationOptions, VisionLanguageModel, as_list, check_texts, pair_up
+from .base import GenerationOptions, PromptedTasks
 from .blip2_native import CAPTION_PROMPT, IGNORE_INDEX, VQA_PROMPT
 from .kinds import KINDS
 
@@ -384,7 +384,7 @@ def load_embedder(name: str, *, device: torch.device | str = "cpu") -> ImageEmbe
 # -- the task interface ---------------------------------------------------------------------------
 
 
-class ClipCapTasks(VisionLanguageModel):
+class ClipCapTasks(PromptedTasks):
     """A :class:`ClipCap` checkpoint behind the vlmkit task interface: caption, ask, generate."""
 
     def __init__(self, name: str, net: ClipCap, embedder: ImageEmbedder, device: torch.device, dtype: torch.dtype) -> None:
@@ -419,21 +419,6 @@ class ClipCapTasks(VisionLanguageModel):
                 texts += self.net.generate(chunk, prompts[start : start + batch_size], **options.to_hf())
         return texts
 
-    def caption(self, images: Any, prompt: str | None = None, *, max_new_tokens: int = 30, num_beams: int = 1,
-                do_sample: bool = False, top_p: float = 1.0, temperature: float = 1.0, batch_size: int = 8) -> list[str]:
-        image_list = as_list(images, "images")
-        options = GenerationOptions(max_new_tokens, num_beams, do_sample, top_p, temperature)
-        return self._generate(image_list, [prompt or self.net.config.caption_prompt] * len(image_list), options, batch_size)
-
-    def ask(self, images: Any, questions: Any, *, max_new_tokens: int = 10, num_beams: int = 1, batch_size: int = 8) -> list[str]:
-        image_list, question_list = pair_up(as_list(images, "images"), check_texts(as_list(questions, "questions"), "questions"), "ask")
-        options = GenerationOptions(max_new_tokens, num_beams, length_penalty=-1.0)
-        return self._generate(image_list, [self.net.config.vqa_prompt.format(q) for q in question_list], options, batch_size)
-
-    def generate(self, images: Any, prompts: Any, *, max_new_tokens: int = 30, num_beams: int = 1, do_sample: bool = False,
-                 top_p: float = 1.0, temperature: float = 1.0, batch_size: int = 8) -> list[str]:
-        image_list, prompt_list = pair_up(as_list(images, "images"), check_texts(as_list(prompts, "prompts"), "prompts"), "generate")
-        return self._generate(image_list, prompt_list, GenerationOptions(max_new_tokens, num_beams, do_sample, top_p, temperature), batch_size)
 
 
 def load_native(path: str | os.PathLike, *, name: str, device: torch.device, dtype: torch.dtype) -> ClipCapTasks:

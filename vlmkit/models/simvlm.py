@@ -38,7 +38,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ..errors import InputError, ModelNotFoundError
-from .base import GenerationOptions, VisionLanguageModel, as_list, check_texts, pair_up
+from .base import GenerationOptions, PromptedTasks
 from .image_encoders import FrozenImageEncoder, load_image_encoder
 from .kinds import KINDS
 
@@ -338,7 +338,7 @@ def _image_key(image: Any) -> Any:
     return ("object", id(image))
 
 
-class SimVLMTasks(VisionLanguageModel):
+class SimVLMTasks(PromptedTasks):
     """A :class:`SimVLM` checkpoint behind the vlmkit task interface (caption, ask, generate).
     Decoding is greedy; answers and captions are the continuation of the text prefix."""
 
@@ -396,21 +396,6 @@ class SimVLMTasks(VisionLanguageModel):
                         texts[i] = self.tokenizer.decode(tokens, skip_special_tokens=True).strip()
         return texts
 
-    def caption(self, images: Any, prompt: str | None = None, *, max_new_tokens: int = 30, num_beams: int = 1,
-                do_sample: bool = False, top_p: float = 1.0, temperature: float = 1.0, batch_size: int = 8) -> list[str]:
-        image_list = as_list(images, "images")
-        options = GenerationOptions(max_new_tokens, num_beams, do_sample, top_p, temperature)
-        return self._generate(image_list, [prompt or self.net.config.caption_prompt] * len(image_list), options, batch_size)
-
-    def ask(self, images: Any, questions: Any, *, max_new_tokens: int = 10, num_beams: int = 1, batch_size: int = 8) -> list[str]:
-        image_list, question_list = pair_up(as_list(images, "images"), check_texts(as_list(questions, "questions"), "questions"), "ask")
-        options = GenerationOptions(max_new_tokens, num_beams)
-        return self._generate(image_list, [self.net.config.vqa_prompt.format(q) for q in question_list], options, batch_size)
-
-    def generate(self, images: Any, prompts: Any, *, max_new_tokens: int = 30, num_beams: int = 1, do_sample: bool = False,
-                 top_p: float = 1.0, temperature: float = 1.0, batch_size: int = 8) -> list[str]:
-        image_list, prompt_list = pair_up(as_list(images, "images"), check_texts(as_list(prompts, "prompts"), "prompts"), "generate")
-        return self._generate(image_list, prompt_list, GenerationOptions(max_new_tokens, num_beams, do_sample, top_p, temperature), batch_size)
 
 
 def load_native(path: str | os.PathLike, *, name: str, device: torch.device, dtype: torch.dtype) -> SimVLMTasks:
