@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 import transformers
-from tiny_checkpoints import make_opt_tokenizer
+from tiny_checkpoints import build_frozen_lm
 
 import vlmkit
 from vlmkit.data import load_easy_vqa, make_split
@@ -38,16 +38,7 @@ WIDTH = 1280  # EfficientNet-Lite0's feature width, the encoder a NativeBlip2 lo
 @pytest.fixture(scope="module")
 def frozen_lm(tmp_path_factory):
     """A tiny OPT language model with a real byte-level BPE tokenizer, saved like a hub LM."""
-    path = tmp_path_factory.mktemp("lm")
-    tokenizer = make_opt_tokenizer()
-    config = transformers.OPTConfig(
-        vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, ffn_dim=64, num_attention_heads=4,
-        max_position_embeddings=128, word_embed_proj_dim=32, bos_token_id=2, eos_token_id=2, pad_token_id=1,
-    )
-    torch.manual_seed(0)
-    transformers.OPTForCausalLM(config).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
+    return build_frozen_lm(tmp_path_factory.mktemp("lm"))
 
 
 @pytest.fixture(scope="module")

@@ -7,9 +7,8 @@ import json
 import numpy as np
 import pytest
 import torch
-import transformers
 from safetensors.torch import load_file
-from tiny_checkpoints import make_opt_tokenizer
+from tiny_checkpoints import build_frozen_lm
 
 import vlmkit
 from vlmkit.models.blip2_native import NativeBlip2
@@ -21,16 +20,7 @@ from vlmkit_train.stage2 import stage2_config, train_stage2
 @pytest.fixture(scope="module")
 def frozen_lm(tmp_path_factory):
     """A tiny OPT language model with a real byte-level BPE tokenizer, saved like a hub LM."""
-    path = tmp_path_factory.mktemp("lm")
-    tokenizer = make_opt_tokenizer()
-    config = transformers.OPTConfig(
-        vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, ffn_dim=64, num_attention_heads=4,
-        max_position_embeddings=128, word_embed_proj_dim=32, bos_token_id=2, eos_token_id=2, pad_token_id=1,
-    )
-    torch.manual_seed(0)
-    transformers.OPTForCausalLM(config).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
+    return build_frozen_lm(tmp_path_factory.mktemp("lm"))
 
 
 @pytest.fixture(scope="module")

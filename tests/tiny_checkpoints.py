@@ -67,6 +67,7 @@ from transformers import (
     LlavaForConditionalGeneration,
     LlavaProcessor,
     OPTConfig,
+    OPTForCausalLM,
     PreTrainedConfig,
     PreTrainedModel,
     PreTrainedTokenizerBase,
@@ -743,6 +744,20 @@ def build_instructblip(out_dir: Path, seed: int = 0) -> Path:
         image_token_index=_token_id(tokenizer, "<image>"),
     )
     return _save(out_dir, seed, InstructBlipForConditionalGeneration, config, processor)
+
+
+def build_frozen_lm(out_dir: Path, seed: int = 0) -> Path:
+    """A tiny ``OPTForCausalLM`` with a real byte-level BPE tokenizer, saved like a hub LM: the frozen
+    LM of the BLIP-2 / InstructBLIP stage-2 tests."""
+    tokenizer = make_opt_tokenizer()
+    config = OPTConfig(
+        vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, ffn_dim=64, num_attention_heads=4,
+        max_position_embeddings=128, word_embed_proj_dim=32, bos_token_id=2, eos_token_id=2, pad_token_id=1,
+    )
+    torch.manual_seed(seed)
+    OPTForCausalLM(config).save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    return out_dir
 
 
 def build_llava(out_dir: Path, seed: int = 0) -> Path:
