@@ -3,6 +3,7 @@ and a re-run after an interruption skips what was committed."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,11 @@ def cluster():
     import index_fakes
     from ray.cluster_utils import Cluster
 
+    # Ray's usage-stats collector queries a Prometheus server on localhost:9090 after every dataset
+    # and logs each refused connection as a DEBUG traceback: noise that reads like a failure in the
+    # captured logs. Usage stats off (the env var is read by the driver and the nodes it starts).
+    saved = os.environ.get("RAY_USAGE_STATS_ENABLED")
+    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
     ray.cloudpickle.register_pickle_by_value(index_fakes)  # the workers cannot import tests/
     local = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
     workers = [local.add_node(num_cpus=2), local.add_node(num_cpus=2)]
@@ -26,6 +32,10 @@ def cluster():
     yield workers
     ray.shutdown()
     local.shutdown()
+    if saved is None:
+        os.environ.pop("RAY_USAGE_STATS_ENABLED", None)
+    else:
+        os.environ["RAY_USAGE_STATS_ENABLED"] = saved
 
 
 def _collection(root: Path) -> Path:

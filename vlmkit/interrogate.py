@@ -10,9 +10,10 @@ descriptive "flavours". Two modes:
   flavours, each ranked by the cosine of the image's embedding with the term's own.
 - ``best``: greedy search over whole prompts. Starting from the caption, append the candidate that
   most raises the cosine of the *whole prompt's* embedding with the image's; stop when none raises
-  it or after ``max_terms``. Candidates are the ``candidates`` best terms of each list by their own
-  cosine, with at most one medium, one style and one lighting term. Each step embeds every
-  remaining candidate prompt (one batched text call), so it costs a few hundred text embeddings.
+  it by at least ``MIN_GAIN`` (1e-4) or after ``max_terms``. Candidates are the ``candidates`` best
+  terms of each list by their own cosine, with at most one medium, one style and one lighting term.
+  Each step embeds every remaining candidate prompt (one batched text call), so it costs a few
+  hundred text embeddings.
   How many terms it adds depends on the ranker. With the built-in it usually adds none: its image
   embeddings are mixtures of ImageNet class-name embeddings, the tag caption is already their
   nearest text, and any appended term lowers the similarity (the fast prompt scores lower still).
@@ -50,6 +51,7 @@ from .models.kinds import supported_by
 
 __all__ = [
     "CATEGORIES",
+    "MIN_GAIN",
     "MODES",
     "InterrogateResult",
     "Interrogator",
@@ -63,6 +65,10 @@ CATEGORIES = ("mediums", "styles", "lighting", "flavours")
 MODES = ("fast", "best")
 _ONE_EACH = frozenset({"mediums", "styles", "lighting"})  # a prompt takes at most one term of these
 _CACHE_VERSION = "1"  # bump when the way terms are embedded changes
+#: Best mode adds a term only if it raises the prompt's cosine by at least this much. Cosines lie in
+#: [-1, 1], where float32 rounding moves a re-batched text embedding's cosine by about 1e-6; a smaller
+#: "gain" is noise or a tie (a term past the text encoder's context length changes nothing at all).
+MIN_GAIN = 1e-4
 _TEXT_BATCH = 256  # texts per text-encoder call: the term lists, and best mode's candidate prompts
 
 _MEMORY: dict[str, np.ndarray] = {}  # cache key -> (N_terms, D) float32
@@ -328,7 +334,7 @@ class Interrogator:
             texts = [_join(prompt, term) for _, term in pool]
             scores = self.ranker.embed_texts(texts, batch_size=_TEXT_BATCH) @ vector  # (N_pool,)
             index = int(np.argmax(scores))
-            if scores[index] <= best:
+            if scores[index] < best + MIN_GAIN:  # a tie or float noise is no reason to add a term
                 break
             category, term = pool[index]
             prompt, best = texts[index], float(scores[index])
