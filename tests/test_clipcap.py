@@ -142,6 +142,23 @@ def test_generation_does_not_depend_on_the_batch(frozen_lm):
     assert together == alone
 
 
+def test_generation_uses_the_training_layout(frozen_lm):
+    """``[bos] prefix prompt`` in training and in generation: the LM sees the same sequence."""
+    net = _net(frozen_lm)
+    seen: list[torch.Tensor] = []
+    net.lm.register_forward_pre_hook(lambda _m, _a, kw: seen.append(kw["inputs_embeds"]) if kw.get("inputs_embeds") is not None else None, with_kwargs=True)
+    embeddings, prompt = torch.randn(1, EMBED), "Question: what colour is the circle? Answer:"
+    with torch.no_grad():
+        net(embeddings, [prompt], ["red"])
+        net.generate(embeddings, [prompt], max_new_tokens=2)
+    trained, generated = seen[0], seen[1]
+    assert torch.equal(trained[:, : generated.shape[1]], generated)  # same embeddings, same order
+    bos = net.lm.get_input_embeddings()(torch.tensor([[net.lm_tokenizer.bos_token_id]]))
+    with torch.no_grad():
+        prefix = net.prefix(embeddings)  # (1, K, D_lm)
+    assert torch.equal(generated[:, :1], bos) and torch.equal(generated[:, 1 : 1 + prefix.shape[1]], prefix)
+
+
 def test_cli_tiny_run_trains_and_loads(cli_run, frozen_lm, photos):
     run = cli_run / "run"
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from numerics import REORDERED
 from test_serve_search import CHROMIUM, CHROMIUM_ARGS
 
 import vlmkit
@@ -100,7 +101,9 @@ def test_every_cell_is_filled_or_not_supported(run: dict) -> None:
                     if outcome.task == "classify":
                         assert len(outcome.labels) == 5 and {r.label for r in outcome.labels} <= set(LABELS)
                         scores = [r.score for r in outcome.labels]
-                        assert scores == sorted(scores, reverse=True) and 0 < sum(scores) <= 1 + 1e-6
+                        # float32 probabilities, each an ulp or two off (numpy's exp and the
+                        # normalising sum vary by machine): their sum may pass 1 by a few ulps.
+                        assert scores == sorted(scores, reverse=True) and 0 < sum(scores) <= 1 + REORDERED
                     else:
                         expected = 1 if outcome.task == "caption" else len(QUESTIONS)
                         assert len(outcome.texts) == expected and all(isinstance(t, str) for t in outcome.texts)

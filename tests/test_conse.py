@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from numerics import DEEP, REORDERED, assert_close
 
 import vlmkit
 from vlmkit.errors import UnsupportedTaskError
@@ -50,11 +51,12 @@ def test_embeddings_and_batching(model, gallery):
     _, paths = gallery
     batched = model.embed_images(paths, batch_size=5)
     single = model.embed_images(paths, batch_size=1)
-    np.testing.assert_allclose(batched, single, atol=1e-5)
+    assert_close(batched, single, rtol=DEEP, what="batch 5 against 1")
     assert batched.shape == (5, 384) and batched.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(batched, axis=1), 1.0, atol=1e-5)
     texts = model.embed_texts(["a cat", "a cup of coffee on a wooden table"])
-    np.testing.assert_allclose(model.embed_texts(["a cat"]), texts[:1], atol=1e-5)
+    # Alone, "a cat" is not padded to the other text's length: another shape, the whole pass reorders.
+    assert_close(model.embed_texts(["a cat"]), texts[:1], rtol=DEEP, what="a text alone")
 
 
 def test_match_is_cosine(model, photos):
@@ -67,7 +69,8 @@ def test_convex_combination(model, photos):
     probs = model.class_probabilities([photos["cat"]])[0]
     top = np.argsort(-probs)[: model.top_t]
     mix = (probs[top, None] * model.class_embeddings[top]).sum(axis=0)
-    np.testing.assert_allclose(model.embed_images([photos["cat"]])[0], mix / np.linalg.norm(mix), atol=1e-5)
+    # The same probabilities and class embeddings, mixed and normalised in another order.
+    assert_close(model.embed_images([photos["cat"]])[0], mix / np.linalg.norm(mix), rtol=REORDERED, what="mix")
 
 
 @pytest.mark.parametrize("task", ["ask", "chat", "generate"])

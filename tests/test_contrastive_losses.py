@@ -10,7 +10,7 @@ import pytest
 import torch
 from numerics import assert_close
 
-from vlmkit.losses import LOGIT_SCALE_MAX, clamp_logit_scale, clip_loss, siglip_loss
+from vlmkit.losses import LOGIT_SCALE_MAX, clamp_logit_scale, clip_loss, group_keys, siglip_loss
 
 
 def softplus(x: float) -> float:
@@ -50,6 +50,45 @@ def test_siglip_loss_by_hand():
         assert loss.item() == pytest.approx(expected, rel=1e-6)  # a few float32 ops: a few ulps
 
 
+def test_clip_loss_by_hand_with_one_group():
+    # Both pairs in one group: every row's target is (1/2, 1/2), and a two-way row with margin m
+    # then costs -(log p + log(1 - p)) / 2 = (softplus(-m) + softplus(m)) / 2. Same logits as above.
+    def even(m: float) -> float:
+        return (softplus(-m) + softplus(m)) / 2
+
+    expected = (even(0.8) + even(1.6) + even(2.0) + even(0.4)) / 4
+    for gather in ("full", "local"):
+        loss = clip_loss(IMAGES, TEXTS, torch.tensor(2.0), gather=gather, groups=torch.tensor([7, 7]))
+        assert loss.item() == pytest.approx(expected, rel=1e-6)  # a few float32 ops: a few ulps
+    # Separate groups give the plain loss.
+    plain = clip_loss(IMAGES, TEXTS, torch.tensor(2.0))
+    assert clip_loss(IMAGES, TEXTS, torch.tensor(2.0), groups=torch.tensor([1, 2])).item() == pytest.approx(plain.item(), rel=1e-6)
+
+
+def test_siglip_loss_by_hand_with_one_group():
+    # Both pairs in one group: all four pairs are positives, each costing log(1 + e^-z) with
+    # z = [[1, 0.2], [-1, 0.6]]; summed and divided by the 2 images.
+    expected = (softplus(-1.0) + softplus(-0.2) + softplus(1.0) + softplus(-0.6)) / 2
+    for gather in ("full", "local"):
+        loss = siglip_loss(IMAGES, TEXTS, torch.tensor(2.0), torch.tensor(-1.0), gather=gather, groups=torch.tensor([[3], [3]]))
+        assert loss.item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_group_keys_match_on_any_key_and_never_on_a_missing_one():
+    from vlmkit.losses import same_group
+
+    keys = group_keys(["a red circle", "a red circle", "a blue star", "a star"], ["red circle", "", "", ""])  # (4, 2)
+    assert keys.shape == (4, 2) and keys.dtype == torch.long and (keys[1:, 1] == -1).all()
+    same = same_group(keys, keys)
+    assert same.tolist() == [
+        [True, True, False, False],  # 0 and 1 share a caption
+        [True, True, False, False],
+        [False, False, True, False],
+        [False, False, False, True],  # 2 and 3 have no key in common; their missing keys never match
+    ]
+    assert torch.equal(group_keys(["x"]), group_keys(["x"]))  # stable: ranks compare keys
+
+
 def test_losses_reject_mismatched_shapes():
     with pytest.raises(ValueError, match="differ in shape"):
         clip_loss(IMAGES, TEXTS[:1], torch.tensor(1.0))
@@ -84,7 +123,13 @@ def global_batch() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return images, texts, weight
 
 
-def losses_and_grads(images: torch.Tensor, texts: torch.Tensor, weight: torch.Tensor, loss: str, gather: str) -> dict[str, torch.Tensor]:
+# Group keys of the global batch: rows 0 and 4 share a group across the two ranks, 1 and 2 within one.
+GROUPS = torch.tensor([0, 1, 1, 2, 0, 3])
+
+
+def losses_and_grads(
+    images: torch.Tensor, texts: torch.Tensor, weight: torch.Tensor, loss: str, gather: str, groups: torch.Tensor | None = None
+) -> dict[str, torch.Tensor]:
     """One (shared-projection) dual-encoder step: the loss and the gradients of inputs, projection,
     scale and bias."""
     images, texts = images.clone().requires_grad_(True), texts.clone().requires_grad_(True)
@@ -94,9 +139,9 @@ def losses_and_grads(images: torch.Tensor, texts: torch.Tensor, weight: torch.Te
     image_feats = torch.nn.functional.normalize(images @ weight, dim=-1)  # (B, D)
     text_feats = torch.nn.functional.normalize(texts @ weight, dim=-1)  # (B, D)
     if loss == "clip":
-        value = clip_loss(image_feats, text_feats, log_scale.exp(), gather=gather)  # type: ignore[arg-type]
+        value = clip_loss(image_feats, text_feats, log_scale.exp(), gather=gather, groups=groups)  # type: ignore[arg-type]
     else:
-        value = siglip_loss(image_feats, text_feats, log_scale.exp(), bias, gather=gather)  # type: ignore[arg-type]
+        value = siglip_loss(image_feats, text_feats, log_scale.exp(), bias, gather=gather, groups=groups)  # type: ignore[arg-type]
     value.backward()
     return {
         "loss": value.detach(), "images": images.grad, "texts": texts.grad, "weight": weight.grad,
@@ -114,9 +159,10 @@ def worker(rank: int, init_file: str, out_dir: str) -> None:
         images, texts, weight = global_batch()
         mine = slice(rank * ROWS, (rank + 1) * ROWS)
         results = {}
-        for loss in ("clip", "siglip"):
+        for loss in ("clip", "siglip", "clip-grouped", "siglip-grouped"):
             for gather in ("full", "local"):
-                grads = losses_and_grads(images[mine], texts[mine], weight, loss, gather)
+                groups = GROUPS[mine] if loss.endswith("grouped") else None
+                grads = losses_and_grads(images[mine], texts[mine], weight, loss.removesuffix("-grouped"), gather, groups)
                 for name, value in grads.items():
                     results[f"{loss}.{gather}.{name}"] = value.detach().clone().contiguous()
                 # What DDP does to the shared parameters' gradients: the mean over ranks.
@@ -139,10 +185,15 @@ def two_ranks(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, torch.
     return [load_file(str(root / f"rank{r}.safetensors")) for r in range(WORLD)]
 
 
-@pytest.mark.parametrize("loss", ["clip", "siglip"])
-def test_full_gather_equals_one_process_on_the_whole_batch(two_ranks, loss):
+def _single(loss: str, gather: str) -> dict[str, torch.Tensor]:
     images, texts, weight = global_batch()
-    single = losses_and_grads(images, texts, weight, loss, "full")
+    groups = GROUPS if loss.endswith("grouped") else None
+    return losses_and_grads(images, texts, weight, loss.removesuffix("-grouped"), gather, groups)
+
+
+@pytest.mark.parametrize("loss", ["clip", "siglip", "clip-grouped", "siglip-grouped"])
+def test_full_gather_equals_one_process_on_the_whole_batch(two_ranks, loss):
+    single = _single(loss, "full")
     for rank, got in enumerate(two_ranks):
         mine = slice(rank * ROWS, (rank + 1) * ROWS)
         # Two processes sum the same terms in another order: a few ulps of each result's magnitude,
@@ -155,12 +206,13 @@ def test_full_gather_equals_one_process_on_the_whole_batch(two_ranks, loss):
         for name in ("weight", "log_scale", "bias"):
             assert_close(got[f"{loss}.full.{name}.ddp"], single[name], what=name)
     assert single["images"].abs().sum() > 0 and single["weight"].abs().sum() > 0
+    if loss.endswith("grouped"):  # the groups change the problem: not the ungrouped loss
+        assert abs(single["loss"].item() - _single(loss.removesuffix("-grouped"), "full")["loss"].item()) > 1e-3
 
 
-@pytest.mark.parametrize("loss", ["clip", "siglip"])
+@pytest.mark.parametrize("loss", ["clip", "siglip", "clip-grouped", "siglip-grouped"])
 def test_local_losses_average_to_the_full_loss(two_ranks, loss):
-    images, texts, weight = global_batch()
-    single = losses_and_grads(images, texts, weight, loss, "full")
+    single = _single(loss, "full")
     local = [got[f"{loss}.local.loss"] for got in two_ranks]
     assert_close(sum(local) / WORLD, single["loss"], what="mean of the local losses")
     assert not torch.allclose(local[0], local[1])  # each rank scores only its own rows

@@ -265,6 +265,45 @@ def test_captions_describe_the_scene(scenes):
             assert xs == sorted(xs) and len(names) == len(scene.objects)
 
 
+def test_description_is_complete(scenes):
+    """Every object, every present count and every clear relation is stated, and nothing else: an
+    independent reading of the description rebuilds the scene's facts."""
+    from vlmkit.data.shapes import describe
+
+    for scene in scenes["test"][:100]:
+        text = describe(scene)
+        sentences = text.removesuffix(".").split(". ")
+        assert sentences[0].startswith(NUMBER_WORDS[len(scene.objects)] + " shape")
+        listed = re.findall(r"an? (small|large) (\w+) (\w+) (?:in the|at the|on the)", sentences[0])
+        assert sorted(listed) == sorted((o.size, o.colour, o.shape) for o in scene.objects)
+        counts = {}
+        for phrase in re.split(r", | and ", ", ".join(sentences[1:4])):
+            number, word = phrase.split()[:2]
+            counts[word.removesuffix("s")] = NUMBER_WORDS.index(number)
+        for word in (*SHAPES, *COLOURS, *SIZES):
+            assert counts.get(word, 0) == scene.count(word), (scene.id, word, sentences[1:4])
+        stated = {tuple(re.fullmatch(rf"the (\w+ \w+) is ({_RELATION}) the (\w+ \w+)", s).groups()) for s in sentences[4:]}  # type: ignore[union-attr]
+        expected = {
+            (a.name, relation, b.name)
+            for a in scene.objects
+            for b in scene.objects
+            for relation in ("to the left of", "above")
+            if a is not b and _holds(relation, a, b)
+        }
+        assert stated == expected and len(sentences[4:]) == len(expected)
+
+
+def test_group_names_the_content():
+    examples = make_split(400, 0, "train")
+    by_group: dict[str, list[Example]] = {}
+    for e in examples:
+        by_group.setdefault(e.group, []).append(e)
+    shared = [g for g in by_group.values() if len(g) > 1]
+    assert shared  # same objects in the same regions happen in 400 scenes
+    for group in shared:  # ... and then their listing captions agree
+        assert len({e.captions[0] for e in group}) == 1
+
+
 def test_answer_vocabulary():
     answers = shapes_answers()
     assert len(answers) == len(set(answers)) == 2 + len(COLOURS) + len(SHAPES) + len(SIZES) + 5
@@ -290,6 +329,14 @@ def test_easy_vqa_counts_and_answers(easy_vqa):
         assert len({e.id for e in examples}) == len(examples)
         assert all(answer in answers for e in examples for answer in e.answers)
         assert all(e.qa and e.image.is_file() for e in examples)  # type: ignore[union-attr]
+
+
+def test_easy_vqa_groups_and_descriptions(easy_vqa):
+    for example in easy_vqa["train"]:
+        if example.group:  # colour and shape known: the group, the caption and the description agree
+            assert example.captions == (f"a {example.group}",) and example.description == f"a {example.group}"
+        else:
+            assert example.description == (example.captions[0] if example.captions else "")
 
 
 def test_easy_vqa_images_and_captions(easy_vqa):

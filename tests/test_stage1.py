@@ -60,3 +60,31 @@ def test_a_few_steps_lower_the_loss():
         optimiser.step()
         totals.append(losses.total.item())
     assert totals[-1] < 0.6 * totals[0], totals
+
+
+def test_group_keys_keep_same_group_pairs_out_of_itm():
+    """With every pair in one group there is no negative: ITM sees the B positives alone (its loss is
+    then the positives' cross-entropy); with two groups each row draws from the other group only."""
+    import torch.nn.functional as F
+
+    config, images, ids, mask = tiny_batch()
+    torch.manual_seed(0)
+    model = QFormer(config).eval()
+    seen: list[torch.Tensor] = []
+    original = model.itm_logits
+
+    def record(images_: torch.Tensor, ids_: torch.Tensor, mask_: torch.Tensor) -> torch.Tensor:
+        seen.append(ids_)
+        return original(images_, ids_, mask_)
+
+    model.itm_logits = record  # type: ignore[method-assign]
+    one = blip2_stage1_losses(model, images, ids, mask, generator=torch.Generator().manual_seed(1), groups=torch.zeros(4, dtype=torch.long))
+    assert seen[-1].shape[0] == 4 and torch.equal(seen[-1], ids)  # positives only
+    positives = original(images, ids, mask)  # (4, 2)
+    expected = F.cross_entropy(positives, torch.ones(4, dtype=torch.long))
+    torch.testing.assert_close(one.itm, expected, rtol=1e-5, atol=0)  # the same forward: float32 reorder at most
+    two = blip2_stage1_losses(model, images, ids, mask, generator=torch.Generator().manual_seed(2), groups=torch.tensor([0, 0, 1, 1]))
+    negatives = seen[-1][4:8]  # (image, negative text) rows: each text from the other group
+    for row, text in enumerate(negatives):
+        assert any(torch.equal(text, ids[j]) for j in ((2, 3) if row < 2 else (0, 1)))
+    assert torch.isfinite(two.total)

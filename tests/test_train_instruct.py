@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 import transformers
+from numerics import DEEP, assert_close
 from tiny_checkpoints import build_frozen_lm
 
 import vlmkit
@@ -89,7 +90,8 @@ def test_instructed_features_depend_on_the_instruction():
         multimodal = qformer.forward_multimodal(image, ids).query_states
     assert out.shape == (2, 4, 32)
     assert (out - changed).abs().max() > 1e-3 and (out - plain).abs().max() > 1e-3
-    torch.testing.assert_close(padded, out, atol=1e-5, rtol=1e-5)
+    # Three masked keys more: other shapes in every self-attention, so the pass may round differently.
+    assert_close(padded, out, rtol=DEEP, what="padded instruction")
     torch.testing.assert_close(out, multimodal, atol=0, rtol=0)
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 import transformers
+from numerics import DEEP, assert_close
 from PIL import Image
 from tiny_checkpoints import _llama_config, _vision_kwargs, make_clip_image_processor, make_llama_tokenizer
 
@@ -355,7 +356,9 @@ def test_stage2_trains_the_lm_and_exports_what_it_trained(tmp_path, stage1_run, 
     text = loaded.apply_chat_template(messages, add_generation_prompt=True)
     inputs = loaded(images=[Image.new("RGB", (40, 30), "red")], text=[text], return_tensors="pt")
     with torch.no_grad():
-        assert torch.allclose(trained(**inputs).logits, exported(**inputs).logits, atol=1e-5)
+        # Adapters unmerged (x W + x A B) against merged (x (W + A B)): every adapted layer rounds
+        # differently, a whole pass's worth; an unmerged export is off by ~0.4.
+        assert_close(trained(**inputs).logits, exported(**inputs).logits, rtol=DEEP, what="logits")
 
     model = vlmkit.load(out / "model")
     images = [e.image for e in make_split(2, 1, "test", 32)]
@@ -376,8 +379,8 @@ def test_offline_gpt2_lm_both_stages_with_grown_positions(tmp_path, vision, gpt2
     trained, processor = run_model(tmp_path / "s2")
     text = processor.apply_chat_template(_chat(["x"]).messages()[:1], add_generation_prompt=True)
     inputs = processor(images=[Image.new("RGB", (32, 32))], text=[text], return_tensors="pt")
-    with torch.no_grad():
-        assert torch.allclose(trained(**inputs).logits, exported.eval()(**inputs).logits, atol=1e-5)
+    with torch.no_grad():  # adapters unmerged against merged, as above
+        assert_close(trained(**inputs).logits, exported.eval()(**inputs).logits, rtol=DEEP, what="logits")
     assert isinstance(vlmkit.load(tmp_path / "s2" / "model").ask([Image.new("RGB", (32, 32))], ["hm?"], max_new_tokens=2)[0], str)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -49,11 +50,34 @@ def test_corpus_is_what_stage_2_asks_for():
 def test_context_corpus_leads_each_text_with_its_scene():
     example = make_split(1, 0, "train")[0]
     texts = corpus_texts([example], context=True)
-    description = " ".join(f"{c}." for c in example.captions)
-    assert len(texts) == len(example.captions) + len(example.qa)
+    description = example.description  # the complete one, ending in a full stop
+    assert description.endswith(".") and len(texts) == len(example.captions) + len(example.qa)
     q, a = example.qa[0]
     assert f"{description} Question: {q} Answer: {a}" in texts
     assert all(t.startswith(description + " ") for t in texts)
+    # Without a description (a captions-only source), the captions stand for the scene.
+    bare = replace(example, description="")
+    captions = " ".join(f"{c}." for c in example.captions)
+    assert all(t.startswith(captions + " ") for t in corpus_texts([bare], context=True))
+
+
+def test_text_ceiling_on_a_tiny_lm(tmp_path):
+    """The ceiling asks every question with the true description in front, answers each one, and
+    refuses descriptions longer than the LM's positions."""
+    from vlmkit.data import load_easy_vqa
+    from vlmkit_train.lm import answer_from_descriptions, description_prompt_ids
+
+    examples = [e for e in load_easy_vqa("test") if e.description][:6]
+    train_lm(lm_config("tiny"), corpus_texts(examples, context=True), tmp_path)
+    triples = answer_from_descriptions(tmp_path / "lm", examples, max_new_tokens=2)
+    assert [(q, a) for q, a, _ in triples] == [(q, a) for e in examples for q, a in e.qa]
+    assert all(isinstance(p, str) for _, _, p in triples)
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "lm")
+    ids = description_prompt_ids(tokenizer, examples[0], examples[0].qa[0][0])
+    assert tokenizer.decode(ids) == f"<|endoftext|>{examples[0].description}. Question: {examples[0].qa[0][0]} Answer:"
+    long = replace(examples[0], description=" ".join(["a red circle"] * 40))
+    with pytest.raises(InputError, match="positions"):
+        answer_from_descriptions(tmp_path / "lm", [long])
 
 
 def test_heldout_split_keeps_every_copy_together(texts):

@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from numerics import DEEP, assert_close
 from safetensors.torch import load_file
 from tiny_checkpoints import build_frozen_lm
 
@@ -59,7 +60,7 @@ def test_stage2_end_to_end(tmp_path, frozen_lm, stage1_run, photos, capsys):
     assert similarity.shape == (3, 2)
     match = model.match(paths[0], ["a red circle", "a blue square"])
     assert match.kind == "itm" and ((match.scores >= 0) & (match.scores <= 1)).all()
-    np.testing.assert_allclose(model.embed_images(paths, batch_size=1), model.embed_images(paths), atol=1e-5)
+    assert_close(model.embed_images(paths, batch_size=1), model.embed_images(paths), rtol=DEEP, what="images one at a time")
 
     # The CLI answers with the trained checkpoint too.
     capsys.readouterr()
@@ -83,6 +84,44 @@ def test_stage2_loss_is_prompt_masked(frozen_lm, stage1_run):
     assert all(p.grad is None for p in net.lm.parameters())
     with pytest.raises(vlmkit.InputError):
         net(features, ["a photo of"], ["x"])
+
+
+@pytest.mark.parametrize("position", ["before_bos", "after_bos"])
+def test_generation_uses_the_training_layout(frozen_lm, stage1_run, position):
+    """The LM sees the same sequence when it is trained on (prompt, target) as when it continues the
+    prompt: the visual prompts sit at the configured place in both, and nowhere else."""
+    from vlmkit.models.blip2_native import Blip2Config
+    from vlmkit.models.qformer import QFormer
+
+    config = Blip2Config(language_model=str(frozen_lm), visual_position=position)
+    net = NativeBlip2.from_parts(config, QFormer.from_pretrained(stage1_run / "qformer"), lm_path=frozen_lm).eval()
+    seen: list[torch.Tensor] = []
+    net.lm.register_forward_pre_hook(lambda _m, _a, kw: seen.append(kw["inputs_embeds"]) if kw.get("inputs_embeds") is not None else None, with_kwargs=True)
+    features, prompt = torch.randn(1, 49, 1280), "Question: what colour is it? Answer:"
+    with torch.no_grad():
+        net(features, [prompt], ["red"])
+        net.generate(features, [prompt], max_new_tokens=2)
+    trained, generated = seen[0], seen[1]  # (1, Q + T, D) and (1, Q + Tp, D)
+    # The same visual prompts and token embeddings, computed the same way: bit-equal.
+    assert torch.equal(trained[:, : generated.shape[1]], generated)
+    visual = net.visual_prompts(features)  # (1, Q, D_lm)
+    bos = net.lm.get_input_embeddings()(torch.tensor([[net.lm_tokenizer.bos_token_id]]))  # (1, 1, D_lm)
+    q = visual.shape[1]
+    if position == "before_bos":
+        assert torch.equal(generated[:, :q], visual) and torch.equal(generated[:, q : q + 1], bos)
+    else:
+        assert torch.equal(generated[:, :1], bos) and torch.equal(generated[:, 1 : 1 + q], visual)
+        # The LM's text-only ceiling reads the true description exactly where these prompts sit:
+        # [bos] description, then the very tokens stage 2 gives after its visual prompts.
+        from vlmkit.data import make_split
+        from vlmkit_train.lm import description_prompt_ids
+
+        example = make_split(1, 0, "test")[0]
+        question = example.qa[0][0]
+        tokenizer = net.lm_tokenizer
+        described = tokenizer(example.description, add_special_tokens=False)["input_ids"]
+        after_prompts = net._ids(config.vqa_prompt.format(question), bos=True)[1:]
+        assert description_prompt_ids(tokenizer, example, question) == [tokenizer.bos_token_id, *described, *after_prompts]
 
 
 def test_visual_prompts_start_at_the_lm_embedding_scale(frozen_lm, stage1_run):

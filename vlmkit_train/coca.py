@@ -29,7 +29,7 @@ from vlmkit.models.coca import CoCa, CoCaConfig, caption_labels, tokenize, token
 from vlmkit.models.image_encoders import load_image_encoder
 
 from .config import check_at_least, preset_config
-from .loop import StepLoop, batch_rows, open_metrics, plot_losses, run_steps, start_run
+from .loop import StepLoop, batch_rows, caption_batch, open_metrics, plot_losses, run_steps, start_run
 from .stage1 import _examples, feature_cache
 from .state import load_training_state
 from .vocab import qformer_tokenizer
@@ -58,6 +58,9 @@ class CoCaTrainConfig:
     #: lambda of ``L_con + lambda * L_cap`` (the paper's 2); 0 trains the contrastive part alone.
     caption_weight: float = 2.0
     gather: Literal["full", "local"] = "full"
+    #: Pairs with an identical caption or the same content (``Example.group``) are not negatives:
+    #: contrastive targets spread over them. False: one-hot (the papers').
+    group_negatives: bool = True
     batch_size: int = 64
     grad_accum: int = 1
     lr: float = 1e-3
@@ -118,12 +121,14 @@ class CoCaObjective(nn.Module):
         self.caption_weight = caption_weight
         self.gather: Literal["full", "local"] = gather
 
-    def forward(self, image_features: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(
+        self, image_features: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor, groups: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
         clamp_logit_scale(self.model.log_logit_scale)  # CLIP clamps after each step; before each is the same
         out = self.model(image_features, input_ids, attention_mask)
         losses = coca_loss(
             out.image_emb, out.text_emb, out.logit_scale, out.caption_logits, caption_labels(input_ids, attention_mask),
-            caption_weight=self.caption_weight, gather=self.gather,
+            caption_weight=self.caption_weight, gather=self.gather, groups=groups,
         )
         return {"contrastive": losses.contrastive, "caption": losses.caption, "total": losses.total,
                 "logit_scale": out.logit_scale.detach()}
@@ -190,10 +195,9 @@ def train_coca(
 
     def micro_step(index: int) -> dict[str, torch.Tensor]:
         rows = batch_rows(config.seed, index, dataset_size=len(examples), batch_size=config.batch_size, world=world, rank=rank)
-        pick = np.random.default_rng([config.seed, index, rank])
-        captions = [examples[i].captions[pick.integers(len(examples[i].captions))] for i in rows]
+        captions, groups = caption_batch(examples, rows, config.seed, index, rank, groups=config.group_negatives)
         ids, mask = tokenize(tokenizer, captions, config.max_text_length, accelerator.device)
-        return objective(features(rows).to(accelerator.device), ids, mask)
+        return objective(features(rows).to(accelerator.device), ids, mask, None if groups is None else groups.to(accelerator.device))
 
     losses = run_steps(
         StepLoop(config.max_steps, config.grad_accum, config.log_every, config.save_every, "coca"),

@@ -42,7 +42,7 @@ from vlmkit.errors import InputError
 from vlmkit.losses import clamp_logit_scale, clip_loss, siglip_loss
 
 from .config import check_at_least, preset_config
-from .loop import StepLoop, batch_rows, open_metrics, plot_losses, run_steps, start_run
+from .loop import StepLoop, batch_rows, caption_batch, open_metrics, plot_losses, run_steps, start_run
 from .state import load_training_state
 
 __all__ = ["ContrastiveConfig", "PRESETS", "ContrastiveResult", "contrastive_config", "train_contrastive"]
@@ -69,6 +69,9 @@ class ContrastiveConfig:
     siglip_bias_init: float = SIGLIP_BIAS_INIT
     #: Negatives across processes: "full" gathers with gradients, "local" is open_clip's local loss.
     gather: Literal["full", "local"] = "full"
+    #: Pairs with an identical caption or the same content (``Example.group``) are not negatives:
+    #: contrastive targets spread over them. False: one-hot (the papers').
+    group_negatives: bool = True
     embed_dim: int = 128
     # The scratch ViT (CLIPVisionModel): image_size / patch_size patches plus a class token.
     patch_size: int = 8
@@ -284,7 +287,9 @@ class ContrastiveObjective(nn.Module):
         out = self.model.get_text_features(input_ids=input_ids, attention_mask=attention_mask)
         return out if isinstance(out, torch.Tensor) else out.pooler_output  # (B, D)
 
-    def forward(self, images: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(
+        self, images: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor, groups: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
         image_feats = self.image_features(images)  # (B, D)
         text_feats = self.text_features(input_ids, attention_mask)  # (B, D)
         # The similarities in float32 even under mixed precision: at a logit scale near 100, bfloat16's
@@ -295,9 +300,9 @@ class ContrastiveObjective(nn.Module):
             scale = self.model.logit_scale.float().exp()
             if self.loss == "siglip":
                 bias = self.bias().float()
-                loss = siglip_loss(image, text, scale, bias, gather=self.gather)
+                loss = siglip_loss(image, text, scale, bias, gather=self.gather, groups=groups)
                 return {"loss": loss, "scale": scale.detach(), "bias": bias.detach()}
-            return {"loss": clip_loss(image, text, scale, gather=self.gather), "scale": scale.detach()}
+            return {"loss": clip_loss(image, text, scale, gather=self.gather, groups=groups), "scale": scale.detach()}
 
 
 # -- data -----------------------------------------------------------------------------------------
@@ -381,13 +386,13 @@ def train_contrastive(
     def micro_step(index: int) -> dict[str, torch.Tensor]:
         clamp_logit_scale(log_scale)  # CLIP clips the scale at 100 after every update: here, before each use
         rows = batch_rows(config.seed, index, dataset_size=len(examples), batch_size=config.batch_size, world=world, rank=rank)
-        pick = np.random.default_rng([config.seed, index, rank])
-        captions = [examples[i].captions[pick.integers(len(examples[i].captions))] for i in rows]
+        captions, groups = caption_batch(examples, rows, config.seed, index, rank, groups=config.group_negatives)
         text = tokenizer(captions, padding=True, truncation=True, max_length=config.max_text_length, return_tensors="pt")
         return objective(  # type: ignore[no-any-return]
             inputs[torch.from_numpy(rows)].to(accelerator.device),
             text["input_ids"].to(accelerator.device),
             text["attention_mask"].to(accelerator.device),
+            None if groups is None else groups.to(accelerator.device),
         )
 
     losses = run_steps(

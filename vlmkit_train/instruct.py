@@ -29,7 +29,7 @@ from vlmkit.models.blip2_native import Blip2Config, NativeBlip2
 from vlmkit.models.image_encoders import load_image_encoder
 
 from .config import check_at_least, preset_config
-from .loop import StepLoop, batch_rows, open_metrics, plot_losses, run_steps, start_run
+from .loop import StepLoop, adamw, batch_rows, open_metrics, plot_losses, run_steps, start_run
 from .stage1 import _examples, _qformer, _tokenizer, check_vocabulary, feature_cache
 from .stage2 import _stage1_qformer, _trainable_view
 from .state import load_training_state
@@ -49,6 +49,9 @@ class InstructConfig:
     language_model: str = ""
     encoder: str = "efficientnet-lite0"
     encoder_layer: int = -2
+    #: Where the LM reads the visual prompts: "after_bos" is where an LM from ``vlmkit train lm``
+    #: learned to read a scene description; "before_bos" is the released BLIP-2 layout.
+    visual_position: Literal["before_bos", "after_bos"] = "after_bos"
     #: The Q-Former reads the instruction (InstructBLIP); false is BLIP-2's Q-Former on the same mixture.
     instruction_aware: bool = True
     #: Instructions are cut to this many Q-Former tokens.
@@ -139,10 +142,11 @@ def train_instruct(
         # The defaults that caption / ask use: the first held-in template of each family.
         caption_prompt=HELD_IN_TEMPLATES.caption[0], vqa_prompt=HELD_IN_TEMPLATES.vqa[0],
         instruction_aware=config.instruction_aware, max_instruction_length=config.max_instruction_length,
+        visual_position=config.visual_position,
     )
     model = NativeBlip2.from_parts(blip2, qformer, lm_path=config.language_model, qformer_tokenizer=tokenizer)
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=config.weight_decay)
+    # As in stage 1: no decay on norms, biases and the learned queries.
+    optimizer = adamw(model, lr=config.lr, weight_decay=config.weight_decay, no_decay=("query_tokens",))
     scheduler = get_cosine_schedule_with_warmup(optimizer, config.warmup_steps, config.max_steps)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
 

@@ -44,6 +44,9 @@ __all__ = [
     "train_lm",
     "train_tokenizer",
     "corpus_texts",
+    "context_lead",
+    "answer_from_descriptions",
+    "description_prompt_ids",
     "training_texts",
     "split_heldout",
     "CAPTION_TEMPLATE",
@@ -102,9 +105,10 @@ class LMConfig:
 
 
 PRESETS: dict[str, LMConfig] = {
-    # Measured on a 2-core CPU: about 2.5 minutes, held-out perplexity about 1.5 (see the report in
-    # the commit that added this recipe). Every word of the corpus ends up a single token.
-    "shapes": LMConfig(),
+    # Every word of the corpus ends up a single token; a complete shapes description with its
+    # question runs to about 205 tokens, hence 256 positions (bench/lm_ceiling.py measures what the
+    # LM then answers from the description alone).
+    "shapes": LMConfig(n_positions=256),
     # A few seconds on a laptop CPU: for tests and for trying the pipeline.
     "tiny": LMConfig(
         train_size=16, vocab_size=300, n_layer=2, n_embd=32, n_head=4, n_positions=64, heldout_fraction=0.1,
@@ -130,20 +134,68 @@ class LMResult:
 # -- data ------------------------------------------------------------------------------------------
 
 
+def context_lead(example: Example) -> str:
+    """The text that stands for the image at the start of a corpus text: the example's complete
+    description when its source has one (``Example.description``), else all its captions; each
+    sentence ends with a full stop, and a space follows."""
+    sentences = [example.description] if example.description else list(example.captions)
+    return " ".join(s.strip() if s.strip().endswith(".") else f"{s.strip()}." for s in sentences) + " " if sentences else ""
+
+
 def corpus_texts(examples: Sequence[Example], *, context: bool = False) -> list[str]:
     """Every caption (after stage 2's caption prompt) and every question-answer pair (in BLIP-2's OPT
     prompt) of ``examples``, in order and with repeats: the texts stage 2 uses, see the templates.
 
-    ``context=True`` starts each text with a description of its scene (all its captions): the LM then
-    learns, from text alone, to answer a question and to caption from a description in its context,
-    the reading skill a large pretrained LM brings to BLIP-2. Stage 2 teaches the Q-Former to give
-    that description as soft visual prompts. Without it, a small LM only learns each answer's prior."""
+    ``context=True`` starts each text with the scene in words (:func:`context_lead`: its complete
+    description, or its captions): the LM then learns, from text alone, to answer a question and to
+    caption from a description in its context, the reading skill a large pretrained LM brings to
+    BLIP-2. Stage 2 teaches the Q-Former to give that description as soft visual prompts, in the
+    same place (``visual_position="after_bos"``). Without it, a small LM only learns each answer's
+    prior."""
     texts: list[str] = []
     for example in examples:
-        lead = " ".join(f"{c.strip()}." for c in example.captions) + " " if context and example.captions else ""
+        lead = context_lead(example) if context else ""
         texts += [lead + CAPTION_TEMPLATE.format(caption=caption.strip()) for caption in example.captions]
         texts += [lead + QA_TEMPLATE.format(question=q, answer=a.strip()) for q, a in example.qa]
     return texts
+
+
+@torch.no_grad()
+def answer_from_descriptions(
+    lm_dir: str | Path, examples: Sequence[Example], *, max_new_tokens: int = 4, batch_size: int = 64
+) -> list[tuple[str, str, str]]:
+    """The frozen LM's text-only ceiling: each question of ``examples`` asked with the true
+    description where stage 2 puts the visual prompts, ``[bos] description. Question: q Answer:``,
+    answered greedily. Returns (question, answer, prediction) triples in order; no stage 2 can read
+    more from the image than the LM reads from this text."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(lm_dir)
+    model = AutoModelForCausalLM.from_pretrained(lm_dir, use_safetensors=True).eval()
+    asked = [(e, q, a) for e in examples for q, a in e.qa]
+    rows = [description_prompt_ids(tokenizer, e, q) for e, q, _ in asked]
+    limit = getattr(model.config, "n_positions", None) or getattr(model.config, "max_position_embeddings", None)
+    longest = max((len(r) for r in rows), default=0)
+    if limit is not None and longest + max_new_tokens > limit:
+        raise InputError(f"{lm_dir}: a description and question take {longest} tokens, plus {max_new_tokens} to answer; the LM has {limit} positions")
+    by_length: dict[int, list[int]] = {}
+    for index, row in enumerate(rows):
+        by_length.setdefault(len(row), []).append(index)
+    predictions = [""] * len(rows)
+    for indices in by_length.values():  # one length a batch: no padding, results independent of the batch
+        for start in range(0, len(indices), batch_size):
+            chunk = indices[start : start + batch_size]
+            ids = torch.tensor([rows[i] for i in chunk])  # (b, T)
+            out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens, do_sample=False)
+            for i, text in zip(chunk, tokenizer.batch_decode(out[:, ids.shape[1] :], skip_special_tokens=True), strict=True):
+                predictions[i] = text.strip()
+    return [(q, a, p) for (_, q, a), p in zip(asked, predictions, strict=True)]
+
+
+def description_prompt_ids(tokenizer: Any, example: Example, question: str) -> list[int]:
+    """``[bos] description. Question: q Answer:`` as token ids: the corpus's layout, and stage 2's
+    with the description where the visual prompts go (``visual_position="after_bos"``)."""
+    return [tokenizer.bos_token_id, *tokenizer(context_lead(example) + VQA_PROMPT.format(question), add_special_tokens=False)["input_ids"]]
 
 
 def training_texts(config: LMConfig) -> list[str]:

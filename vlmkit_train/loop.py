@@ -81,6 +81,32 @@ def batch_rows(seed: int, index: int, *, dataset_size: int, batch_size: int, wor
     return rows[rank * batch_size : (rank + 1) * batch_size]
 
 
+def adamw(model: torch.nn.Module, *, lr: float, weight_decay: float, no_decay: tuple[str, ...] = ()) -> torch.optim.AdamW:
+    """AdamW over the trainable parameters, with weight decay on matrices only: norms' gains, biases,
+    scalars and the parameters whose names contain a ``no_decay`` part (learned queries, say) keep
+    theirs."""
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    exempt = [p.ndim < 2 or any(part in n for part in no_decay) for n, p in trainable]
+    groups = [
+        {"params": [p for (_, p), skip in zip(trainable, exempt, strict=True) if not skip], "weight_decay": weight_decay},
+        {"params": [p for (_, p), skip in zip(trainable, exempt, strict=True) if skip], "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=lr)
+
+
+def caption_batch(
+    examples: Any, rows: np.ndarray, seed: int, index: int, rank: int, *, groups: bool
+) -> tuple[list[str], torch.Tensor | None]:
+    """One caption per row, drawn from the example's captions with a generator seeded by (seed,
+    index, rank) so a resumed run draws the same ones; with ``groups``, also the rows' (B, 2) group
+    keys: the caption's text and the example's content group (:func:`vlmkit.losses.group_keys`)."""
+    from vlmkit.losses import group_keys
+
+    pick = np.random.default_rng([seed, index, rank])
+    captions = [examples[i].captions[pick.integers(len(examples[i].captions))] for i in rows]
+    return captions, group_keys(captions, [examples[i].group for i in rows]) if groups else None
+
+
 def append_metrics(path: Path, record: dict[str, Any]) -> None:
     with path.open("a") as f:
         f.write(json.dumps(record) + "\n")

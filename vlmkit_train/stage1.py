@@ -28,7 +28,7 @@ from vlmkit.models.image_encoders import load_image_encoder
 from vlmkit.models.qformer import QFormer, QFormerConfig
 
 from .config import check_at_least, preset_config
-from .loop import StepLoop, batch_rows, open_metrics, plot_losses, run_steps, start_run
+from .loop import StepLoop, adamw, batch_rows, caption_batch, open_metrics, plot_losses, run_steps, start_run
 from .state import load_training_state
 from .vocab import qformer_tokenizer
 
@@ -60,6 +60,9 @@ class Stage1Config:
     warmup_steps: int = 50
     max_steps: int = 500
     use_itg: bool = True
+    #: Pairs with an identical caption or the same content (``Example.group``) are not negatives:
+    #: contrastive targets spread over them and ITM never draws them. False: one-hot (the papers').
+    group_negatives: bool = True
     cache_features: bool = True
     #: Where the feature cache lives; "" is ``out/features``. Runs on the same data and encoder can
     #: share one directory (the cache records which images it holds and is rebuilt for others).
@@ -111,9 +114,13 @@ class Stage1Objective(nn.Module):
         self.qformer = qformer
         self.use_itg = use_itg
 
-    def forward(self, image_embeds: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor, seed: int) -> dict[str, torch.Tensor]:
+    def forward(
+        self, image_embeds: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor, seed: int, groups: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
         generator = torch.Generator(device=image_embeds.device).manual_seed(seed)
-        losses = blip2_stage1_losses(self.qformer, image_embeds, input_ids, attention_mask, use_itg=self.use_itg, generator=generator)
+        losses = blip2_stage1_losses(
+            self.qformer, image_embeds, input_ids, attention_mask, use_itg=self.use_itg, generator=generator, groups=groups
+        )
         return {"itc": losses.itc, "itm": losses.itm, "itg": losses.itg, "total": losses.total}
 
 
@@ -205,11 +212,7 @@ def train_stage1(
     tokenizer = _tokenizer(config, examples, out, accelerator, resume)
     qformer = _qformer(config, encoder.hidden_size, tokenizer)
     objective = Stage1Objective(qformer, config.use_itg)
-    decay = [p for n, p in objective.named_parameters() if p.ndim >= 2 and "query_tokens" not in n]
-    no_decay = [p for n, p in objective.named_parameters() if p.ndim < 2 or "query_tokens" in n]
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=config.lr
-    )
+    optimizer = adamw(objective, lr=config.lr, weight_decay=config.weight_decay, no_decay=("query_tokens",))
     scheduler = get_cosine_schedule_with_warmup(optimizer, config.warmup_steps, config.max_steps)
     objective, optimizer, scheduler = accelerator.prepare(objective, optimizer, scheduler)
 
@@ -223,8 +226,7 @@ def train_stage1(
 
     def micro_step(index: int) -> dict[str, torch.Tensor]:
         rows = batch_rows(config.seed, index, dataset_size=len(examples), batch_size=config.batch_size, world=world, rank=rank)
-        pick = np.random.default_rng([config.seed, index, rank])
-        captions = [examples[i].captions[pick.integers(len(examples[i].captions))] for i in rows]
+        captions, groups = caption_batch(examples, rows, config.seed, index, rank, groups=config.group_negatives)
         # Under a process group ITM gathers token ids, which needs one length on every rank.
         padding = "max_length" if world > 1 else True
         text = tokenizer(captions, padding=padding, truncation=True, max_length=config.max_text_length, return_tensors="pt")
@@ -233,6 +235,7 @@ def train_stage1(
             text["input_ids"].to(accelerator.device),
             text["attention_mask"].to(accelerator.device),
             seed=config.seed * 1_000_003 + index,
+            groups=None if groups is None else groups.to(accelerator.device),
         )
 
     losses = run_steps(

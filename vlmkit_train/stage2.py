@@ -22,7 +22,7 @@ from vlmkit.models.image_encoders import load_image_encoder
 from vlmkit.models.qformer import QFormer
 
 from .config import check_at_least, preset_config
-from .loop import StepLoop, batch_rows, open_metrics, plot_losses, run_steps, start_run
+from .loop import StepLoop, adamw, batch_rows, open_metrics, plot_losses, run_steps, start_run
 from .stage1 import _examples, _qformer, _tokenizer, check_vocabulary, feature_cache
 from .state import load_training_state
 from .vocab import minilm_tokenizer
@@ -42,6 +42,9 @@ class Stage2Config:
     language_model: str = ""
     encoder: str = "efficientnet-lite0"
     encoder_layer: int = -2
+    #: Where the LM reads the visual prompts: "after_bos" is where an LM from ``vlmkit train lm``
+    #: learned to read a scene description; "before_bos" is the released BLIP-2 layout.
+    visual_position: Literal["before_bos", "after_bos"] = "after_bos"
     # Used only when stage1 is "" (a fresh Q-Former, as in stage 1's options).
     qformer_init: str = "minilm"
     tokenizer: Literal["minilm", "corpus"] = "minilm"
@@ -143,12 +146,15 @@ def train_stage2(
         tokenizer = _tokenizer(config, examples, out, accelerator, resume)
         qformer = _qformer(config, encoder.hidden_size, tokenizer)
     model = NativeBlip2.from_parts(
-        Blip2Config(image_encoder=config.encoder, encoder_layer=config.encoder_layer, language_model=config.language_model),
+        Blip2Config(
+            image_encoder=config.encoder, encoder_layer=config.encoder_layer, language_model=config.language_model,
+            visual_position=config.visual_position,
+        ),
         qformer,
         lm_path=config.language_model,
     )
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=config.weight_decay)
+    # As in stage 1: no decay on norms, biases and the learned queries.
+    optimizer = adamw(model, lr=config.lr, weight_decay=config.weight_decay, no_decay=("query_tokens",))
     scheduler = get_cosine_schedule_with_warmup(optimizer, config.warmup_steps, config.max_steps)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
 

@@ -42,8 +42,9 @@ def easy_vqa_answers() -> list[str]:
     return [str(answer) for answer in _package().get_answers()]
 
 
-def _caption(qa: list[tuple[str, str]], colours: frozenset[str]) -> tuple[str, ...]:
-    """The caption the QA pairs determine; none when they say nothing (or, defensively, contradict)."""
+def _content(qa: list[tuple[str, str]], colours: frozenset[str]) -> tuple[str | None, str | None]:
+    """The (colour, shape) the QA pairs determine; None for a part they leave open (or, defensively,
+    contradict)."""
     shapes: set[str] = set()
     seen: set[str] = set()
     for question, answer in qa:
@@ -53,8 +54,11 @@ def _caption(qa: list[tuple[str, str]], colours: frozenset[str]) -> tuple[str, .
         words.append(answer)
         shapes.update(w for w in words if w in EASY_VQA_SHAPES)
         seen.update(w for w in words if w in colours)
-    shape = shapes.pop() if len(shapes) == 1 else None
-    colour = seen.pop() if len(seen) == 1 else None
+    return (seen.pop() if len(seen) == 1 else None), (shapes.pop() if len(shapes) == 1 else None)
+
+
+def _caption(colour: str | None, shape: str | None) -> tuple[str, ...]:
+    """The caption a known colour and shape give; none when neither is known."""
     if shape and colour:
         return (f"a {colour} {shape}",)
     if colour:
@@ -80,12 +84,17 @@ def load_easy_vqa(split: Literal["train", "test"] = "train") -> list[Example]:
             raise VlmkitError(f"easy-VQA {split}: question {question!r} refers to missing image {image_id}")
         qa[image_id].append((question, answer))
     colours = frozenset(easy_vqa_answers()) - {"yes", "no", *EASY_VQA_SHAPES}
-    return [
-        Example(
-            id=f"easy-vqa-{split}-{image_id}",
-            image=Path(paths[image_id]),
-            captions=_caption(pairs, colours),
-            qa=tuple(pairs),
+    examples = []
+    for image_id, pairs in qa.items():
+        colour, shape = _content(pairs, colours)
+        examples.append(
+            Example(
+                id=f"easy-vqa-{split}-{image_id}",
+                image=Path(paths[image_id]),
+                captions=_caption(colour, shape),
+                qa=tuple(pairs),
+                group=f"{colour} {shape}" if colour and shape else "",  # the whole content of the image
+                description=_caption(colour, shape)[0] if colour or shape else "",
+            )
         )
-        for image_id, pairs in qa.items()
-    ]
+    return examples

@@ -18,13 +18,20 @@ class Example:
     shipped as files, so that nothing is decoded until a loader asks for it). ``captions`` may be
     empty for a VQA-only source and ``qa`` empty for a captioning-only one. ``label`` is the class
     name for classification sets (an image-class folder such as ImageNet's) and empty otherwise.
+    ``group`` names the image's content when a source knows it: two examples with the same non-empty
+    group show the same thing, so each one's captions are true of the other's image, and contrastive
+    losses must not treat them as a wrong match (:func:`vlmkit.losses.group_keys`). ``description``
+    is a complete account of the image in words, when a source knows one: every question in ``qa``
+    can be answered from it (the text-only ceiling of a frozen LM is measured with it).
     """
 
     id: str
     image: Image.Image | Path
     captions: tuple[str, ...] = ()
     qa: tuple[tuple[str, str], ...] = ()  # (question, answer) pairs
-    label: str = ""  # last, so that positional construction of the other fields keeps working
+    label: str = ""  # after the others, so that positional construction of them keeps working
+    group: str = ""
+    description: str = ""
 
     @property
     def questions(self) -> tuple[str, ...]:

@@ -56,6 +56,9 @@ __all__ = [
     "make_scenes",
     "render",
     "to_example",
+    "describe",
+    "question_type",
+    "QUESTION_TYPES",
     "make_split",
     "shapes_answers",
     "ShapesDataset",
@@ -416,11 +419,59 @@ def _relation_questions(scene: Scene, rng: random.Random) -> list[tuple[str, str
     return questions
 
 
+QUESTION_TYPES = ("colour", "shape", "size", "count", "exists", "relation")
+
+
+def question_type(question: str) -> str:
+    """Which kind of shapes-world question this is (one of ``QUESTION_TYPES``), for per-type scores."""
+    if question.startswith("how many"):
+        return "count"
+    if question.startswith("is there"):
+        return "exists"
+    if any(f" {r} the " in question for r in _RELATIONS):
+        return "relation"
+    if question.startswith(("what size", "is the")):
+        return "size"
+    if "colour" in question:
+        return "colour"
+    return "shape"
+
+
+def describe(scene: Scene) -> str:
+    """A complete description of the scene in words, from which every question ``to_example`` asks
+    can be answered: each object (size, colour, shape, region) from left to right, the count of every
+    shape, colour and size that is present, and every clear left-right and above-below relation
+    between two objects (each stated once; the opposite relation is implied)."""
+    objects = sorted(scene.objects, key=lambda o: (o.x, o.y))
+    listed = _join([f"{_a(f'{o.size} {o.name}')} {_location(o, scene.image_size)}" for o in objects])
+    counts = [
+        _join([_plural(scene.count(word), noun) for word, noun in nouns if scene.count(word)])
+        for nouns in (
+            [(s, s) for s in SHAPES],
+            [(c, f"{c} shape") for c in COLOURS],
+            [(z, f"{z} shape") for z in SIZES],
+        )
+    ]
+    relations = [
+        f"the {a.name} is {relation} the {b.name}"
+        for a in objects
+        for b in objects
+        for relation in ("to the left of", "above")
+        if a is not b and _RELATIONS[relation](a, b)
+    ]
+    sentences = [f"{_plural(len(objects), 'shape')}: {listed}", *counts, *relations]
+    return ". ".join(sentences) + "."
+
+
 def to_example(scene: Scene) -> Example:
     """Render the scene and derive its captions and question-answer pairs (deterministic per scene id)."""
     rng = random.Random(f"vlmkit-shapes-text/{scene.id}")
     captions = _captions(scene, rng)
-    return Example(id=scene.id, image=render(scene), captions=captions, qa=_questions(scene, rng))
+    # Scenes with the same objects in the same regions share their captions (up to the relation picked).
+    group = "; ".join(sorted(f"{o.size} {o.name} {_location(o, scene.image_size)}" for o in scene.objects))
+    return Example(
+        id=scene.id, image=render(scene), captions=captions, qa=_questions(scene, rng), group=group, description=describe(scene)
+    )
 
 
 def make_split(n: int, seed: int = 0, split: Split = "train", image_size: int = 64) -> list[Example]:

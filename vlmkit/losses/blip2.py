@@ -12,6 +12,9 @@ Large Language Models", section 3.2. The Q-Former is trained with the sum of thr
 - ITG, image-grounded text generation: next-token prediction of the text, where text tokens attend
   to all queries and earlier text and queries never attend to text (the mask is the model's job).
 
+Examples may carry group keys (:mod:`vlmkit.losses.groups`): ITC then spreads its targets over the
+same-group columns and ITM never draws a same-group pair as a negative, as LAVIS does with image ids.
+
 Everything here takes plain tensors (the Q-Former's outputs), not the model. Cross-process negatives
 go through :mod:`vlmkit.distributed`, so each function runs unchanged with or without a process group.
 
@@ -29,6 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .. import distributed
+from .groups import gather_groups, same_group, soft_targets
 
 __all__ = [
     "ItcOutput",
@@ -50,11 +54,14 @@ class ItcOutput:
     ``sim_i2t[i, j]`` scores local image ``i`` against global text ``j``, ``sim_t2i[i, j]`` local text
     ``i`` against global image ``j``; both are divided by the temperature and detached (they feed
     hard-negative mining). The positive of local row ``i`` is column ``rank * B + i``.
+    ``same_group[i, j]`` says that local pair ``i`` and global pair ``j`` share a group (their own
+    column included); None when the batch had no group keys.
     """
 
     loss: Tensor  # ()
     sim_i2t: Tensor  # (B, B * W)
     sim_t2i: Tensor  # (B, B * W)
+    same_group: Tensor | None = None  # (B, B * W) bool
 
 
 @dataclass(frozen=True)
@@ -73,6 +80,7 @@ def itc_loss(
     temperature: Tensor | float,
     *,
     label_smoothing: float = 0.1,
+    groups: Tensor | None = None,
 ) -> ItcOutput:
     """BLIP-2 image-text contrastive loss with max-over-queries similarity and global negatives.
 
@@ -88,6 +96,10 @@ def itc_loss(
     side with ``concat_all_gather`` (no grad) and computes each rank's rows against all columns with
     targets ``rank * B + arange(B)``: the forward value is the same but the gradient through other
     ranks' columns is dropped, so the result differs from single-process training.
+
+    ``groups`` (B,) or (B, K) int64 keys (:func:`~vlmkit.losses.groups.group_keys`): each row's target
+    is then spread evenly over the columns of its group instead of one-hot on its own column (the
+    same on both sides, since the pair relation is symmetric); they are gathered with the features.
 
     Every rank must pass the same B.
     """
@@ -111,27 +123,41 @@ def itc_loss(
     sim_t2i = sim_t2q.amax(dim=-1) / temperature  # (B, B * W)
 
     offset = distributed.rank() * batch
-    targets = torch.arange(offset, offset + batch, device=query_feats.device)  # (B,)
+    positives = torch.arange(offset, offset + batch, device=query_feats.device)  # (B,)
+    same = None
+    targets: Tensor = positives
+    if groups is not None:
+        keys = groups.to(query_feats.device)
+        same = same_group(keys if keys.ndim == 2 else keys[:, None], gather_groups(keys, batch))  # (B, B * W)
+        same[torch.arange(batch, device=same.device), positives] = True
+        targets = soft_targets(same, positives).to(sim_i2t.dtype)  # (B, B * W)
     loss = (
         F.cross_entropy(sim_i2t, targets, label_smoothing=label_smoothing)
         + F.cross_entropy(sim_t2i, targets, label_smoothing=label_smoothing)
     ) / 2
-    return ItcOutput(loss=loss, sim_i2t=sim_i2t.detach(), sim_t2i=sim_t2i.detach())
+    return ItcOutput(loss=loss, sim_i2t=sim_i2t.detach(), sim_t2i=sim_t2i.detach(), same_group=same)
 
 
-def _sample_excluding_positive(sim: Tensor, offset: int, generator: torch.Generator | None) -> Tensor:
-    """One column per row drawn from softmax(row) with column ``offset + row`` masked out."""
+def _sample_excluding_positive(
+    sim: Tensor, offset: int, exclude: Tensor | None, generator: torch.Generator | None
+) -> Tensor:
+    """One column per row drawn from softmax(row) with column ``offset + row`` and the ``exclude``d
+    columns masked out; -1 for a row with no column left."""
     batch = sim.shape[0]
     rows = torch.arange(batch, device=sim.device)
-    logits = sim.detach().float().clone()  # (B, N); float32 so the softmax of bf16 scores is sound
-    logits[rows, rows + offset] = float("-inf")
-    weights = torch.softmax(logits, dim=1)  # (B, N)
-    if not torch.isfinite(weights).all() or not (weights.sum(dim=1) > 0).all():
-        raise ValueError(
-            "cannot sample hard negatives: a similarity row has no finite negative score "
-            "(check for NaN or infinite similarities)"
-        )
-    return torch.multinomial(weights, 1, generator=generator).squeeze(1)  # (B,)
+    if torch.isnan(sim).any() or (sim == float("inf")).any():
+        raise ValueError("cannot sample hard negatives: no finite negative score (a similarity is NaN or +inf)")
+    banned = sim == float("-inf")  # (B, N); a -inf column has no weight in the softmax
+    if exclude is not None:
+        banned |= exclude.to(sim.device)
+    banned[rows, rows + offset] = True
+    logits = sim.detach().float().masked_fill(banned, float("-inf"))  # (B, N); float32 for bf16 scores
+    has_negative = ~banned.all(dim=1)  # (B,)
+    weights = torch.softmax(logits[has_negative], dim=1)  # (B', N)
+    picked = torch.full((batch,), -1, dtype=torch.long, device=sim.device)
+    if has_negative.any():
+        picked[has_negative] = torch.multinomial(weights, 1, generator=generator).squeeze(1)
+    return picked  # (B,)
 
 
 def sample_hard_negatives(
@@ -140,13 +166,17 @@ def sample_hard_negatives(
     *,
     generator: torch.Generator | None = None,
     rank: int | None = None,
+    exclude: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Draw one hard negative text per image and one hard negative image per text, as in BLIP-2.
 
     Negatives are sampled from the softmax of the ITC similarity rows (:class:`ItcOutput`'s
     ``sim_i2t`` / ``sim_t2i``) with the positive at column ``rank * B + i`` excluded, so similar but
-    wrong pairs are chosen more often. Returns ``(neg_text_index, neg_image_index)``, each (B,),
-    indices into the GATHERED global batch: index the gathered text ids / image embeddings with them.
+    wrong pairs are chosen more often. ``exclude`` (B, B * W) bool marks further columns that are
+    never drawn: pass :class:`ItcOutput`'s ``same_group`` so that a pair of the same group (an
+    identical caption, the same content) is never called a non-match. Returns
+    ``(neg_text_index, neg_image_index)``, each (B,), indices into the GATHERED global batch (index
+    the gathered text ids / image embeddings with them); -1 where a row has no allowed column.
     ``rank`` defaults to this process's rank.
     """
     if sim_i2t.ndim != 2 or sim_i2t.shape != sim_t2i.shape:
@@ -165,25 +195,32 @@ def sample_hard_negatives(
         raise ValueError(
             f"similarities of shape {tuple(sim_i2t.shape)} have no positive block for rank offset {offset}"
         )
+    if exclude is not None and exclude.shape != sim_i2t.shape:
+        raise ValueError(f"exclude must have the similarities' shape {tuple(sim_i2t.shape)}, got {tuple(exclude.shape)}")
     with torch.no_grad():
-        neg_text = _sample_excluding_positive(sim_i2t, offset, generator)  # (B,)
-        neg_image = _sample_excluding_positive(sim_t2i, offset, generator)  # (B,)
+        neg_text = _sample_excluding_positive(sim_i2t, offset, exclude, generator)  # (B,)
+        neg_image = _sample_excluding_positive(sim_t2i, offset, exclude, generator)  # (B,)
     return neg_text, neg_image
 
 
-def itm_loss(logits: Tensor) -> Tensor:
-    """Binary image-text matching cross-entropy over ``[positives; negatives; negatives]``.
+def itm_loss(logits: Tensor, num_positives: int | None = None) -> Tensor:
+    """Binary image-text matching cross-entropy over ``[positives; negatives]``.
 
-    ``logits`` (3B, 2) are the ITM head's outputs averaged over the query outputs, in this order:
-    rows ``0..B`` the B positive pairs (label 1), then B pairs (image, hard negative text) and B
-    pairs (hard negative image, text), all label 0. LAVIS orders the two negative blocks the other
-    way round; both carry label 0, so the loss is the same.
+    ``logits`` (N, 2) are the ITM head's outputs averaged over the query outputs: the first
+    ``num_positives`` rows are positive pairs (label 1), the rest negatives (label 0). By default
+    the layout is BLIP-2's (3B, 2): B positives, then B pairs (image, hard negative text) and B
+    pairs (hard negative image, text). LAVIS orders the two negative blocks the other way round;
+    both carry label 0, so the loss is the same. Pass ``num_positives`` when rows without a
+    negative were left out (:func:`sample_hard_negatives` returns -1 for them).
     """
-    if logits.ndim != 2 or logits.shape[1] != 2 or logits.shape[0] % 3 != 0 or logits.shape[0] == 0:
-        raise ValueError(f"expected ITM logits of shape (3B, 2), got {tuple(logits.shape)}")
-    batch = logits.shape[0] // 3
-    labels = torch.zeros(3 * batch, dtype=torch.long, device=logits.device)  # (3B,)
-    labels[:batch] = 1
+    if num_positives is None:
+        if logits.ndim != 2 or logits.shape[1] != 2 or logits.shape[0] % 3 != 0 or logits.shape[0] == 0:
+            raise ValueError(f"expected ITM logits of shape (3B, 2), got {tuple(logits.shape)}")
+        num_positives = logits.shape[0] // 3
+    elif logits.ndim != 2 or logits.shape[1] != 2 or not 0 < num_positives <= logits.shape[0]:
+        raise ValueError(f"expected ITM logits of shape (N, 2) with 0 < num_positives <= N, got {tuple(logits.shape)} and {num_positives}")
+    labels = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)  # (N,)
+    labels[:num_positives] = 1
     return F.cross_entropy(logits, labels)
 
 

@@ -36,12 +36,14 @@ def coca_loss(
     *,
     caption_weight: float = 2.0,
     gather: Gather = "full",
+    groups: Tensor | None = None,
 ) -> CoCaLosses:
     """``image_emb`` / ``text_emb`` (B, E) L2-normalised, row i of each a pair; ``logit_scale`` the
     multiplier (not its log); ``caption_logits`` (B, T, V) with ``caption_labels`` (B, T) already
-    aligned (position t's logits predict label t; ``-100`` is ignored)."""
+    aligned (position t's logits predict label t; ``-100`` is ignored); ``groups`` keys as in
+    :func:`~vlmkit.losses.contrastive.clip_loss`."""
     if caption_logits.shape[:2] != caption_labels.shape:
         raise ValueError(f"coca_loss: logits {tuple(caption_logits.shape)} and labels {tuple(caption_labels.shape)} do not line up")
-    contrastive = clip_loss(image_emb, text_emb, logit_scale, gather=gather)
+    contrastive = clip_loss(image_emb, text_emb, logit_scale, gather=gather, groups=groups)
     caption = F.cross_entropy(caption_logits.flatten(0, 1).float(), caption_labels.flatten(), ignore_index=IGNORE_INDEX)
     return CoCaLosses(contrastive, caption, contrastive + caption_weight * caption)

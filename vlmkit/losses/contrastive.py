@@ -10,6 +10,9 @@ Both take L2-normalised embeddings and run unchanged in one process and under a 
   batch, gathered without gradients for the other ranks' rows: the loss value on each rank is the
   mean over its own rows, and the cost of the backward pass stays per-rank. Averaged over ranks it
   equals the full loss; gradients reach the other ranks' embeddings only through their own loss.
+
+Both take optional group keys (:mod:`vlmkit.losses.groups`): pairs of one group are not negatives.
+InfoNCE then spreads each row's target over its group's columns; SigLIP labels those pairs positive.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .. import distributed
+from .groups import gather_groups, same_group, soft_targets
 
 __all__ = ["LOGIT_SCALE_MAX", "clamp_logit_scale", "clip_loss", "siglip_loss", "gather_features"]
 
@@ -49,9 +53,24 @@ def gather_features(local: Tensor, gather: Gather) -> Tensor:
     return torch.cat([everything[:start], local, everything[start + local.shape[0] :]])
 
 
-def clip_loss(image_feats: Tensor, text_feats: Tensor, logit_scale: Tensor, *, gather: Gather = "full") -> Tensor:
+def _pairs(groups: Tensor | None, rows: int, first: int, scored: int, device: torch.device) -> tuple[Tensor, Tensor | None]:
+    """Each scored row's own column, and the (scored, W*B) same-group mask (None without keys).
+
+    ``scored`` rows start at global row ``first``: this rank's rows (local) or all of them (full)."""
+    positives = torch.arange(scored, device=device) + first
+    if groups is None:
+        return positives, None
+    everything = gather_groups(groups.to(device), rows)  # (W*B, K)
+    return positives, same_group(everything[first : first + scored], everything)
+
+
+def clip_loss(
+    image_feats: Tensor, text_feats: Tensor, logit_scale: Tensor, *, gather: Gather = "full", groups: Tensor | None = None
+) -> Tensor:
     """Symmetric InfoNCE over image-text pairs: row ``i`` of ``image_feats`` (B, D) matches row ``i``
-    of ``text_feats`` (B, D) and every other row of the global batch is a negative.
+    of ``text_feats`` (B, D) and every other row of the global batch is a negative, unless ``groups``
+    (B,) or (B, K) int64 keys put it in row ``i``'s group: the target is then spread evenly over the
+    group's columns.
 
     ``logit_scale`` is the multiplier itself (``log_scale.exp()``), not its log.
     """
@@ -64,17 +83,28 @@ def clip_loss(image_feats: Tensor, text_feats: Tensor, logit_scale: Tensor, *, g
         # This rank's rows against the global batch: targets are this rank's diagonal.
         logits_i2t = logit_scale * image_feats @ all_texts.T  # (B, W*B)
         logits_t2i = logit_scale * text_feats @ all_images.T  # (B, W*B)
-        targets = torch.arange(rows, device=image_feats.device) + rank * rows
-        return 0.5 * (F.cross_entropy(logits_i2t, targets) + F.cross_entropy(logits_t2i, targets))
-    # full: the whole (W*B, W*B) problem on every rank, so the loss is the global-batch mean.
-    logits = logit_scale * all_images @ all_texts.T  # (W*B, W*B)
-    targets = torch.arange(logits.shape[0], device=logits.device)
-    return 0.5 * (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets))
+        positives, same = _pairs(groups, rows, rank * rows, rows, image_feats.device)
+    else:
+        # full: the whole (W*B, W*B) problem on every rank, so the loss is the global-batch mean.
+        logits_i2t = logit_scale * all_images @ all_texts.T  # (W*B, W*B)
+        logits_t2i = logits_i2t.T
+        positives, same = _pairs(groups, rows, 0, all_images.shape[0], image_feats.device)
+    targets = positives if same is None else soft_targets(same, positives).to(logits_i2t.dtype)
+    return 0.5 * (F.cross_entropy(logits_i2t, targets) + F.cross_entropy(logits_t2i, targets))
 
 
-def siglip_loss(image_feats: Tensor, text_feats: Tensor, logit_scale: Tensor, logit_bias: Tensor, *, gather: Gather = "full") -> Tensor:
+def siglip_loss(
+    image_feats: Tensor,
+    text_feats: Tensor,
+    logit_scale: Tensor,
+    logit_bias: Tensor,
+    *,
+    gather: Gather = "full",
+    groups: Tensor | None = None,
+) -> Tensor:
     """SigLIP: every (image, text) pair of the global batch is a binary problem, positive on the
-    diagonal; ``-sum log sigmoid(z * (scale * <x, y> + bias))`` divided by the number of images.
+    diagonal (and, with ``groups`` keys, wherever image and text share a group);
+    ``-sum log sigmoid(z * (scale * <x, y> + bias))`` divided by the number of images.
 
     With ``full`` the loss is over the whole global batch (the paper's all-gather variant, divided by
     the global batch size); with ``local`` only this rank's images are scored against every text.
@@ -91,6 +121,8 @@ def siglip_loss(image_feats: Tensor, text_feats: Tensor, logit_scale: Tensor, lo
         first = 0
     logits = logit_scale * images @ all_texts.T + logit_bias  # (B or W*B, W*B)
     signs = -torch.ones_like(logits)
-    diagonal = torch.arange(images.shape[0], device=logits.device)
-    signs[diagonal, diagonal + first] = 1.0
+    diagonal, same = _pairs(groups, rows, first, images.shape[0], logits.device)
+    if same is not None:
+        signs[same] = 1.0
+    signs[torch.arange(images.shape[0], device=logits.device), diagonal] = 1.0
     return -F.logsigmoid(signs * logits).sum() / images.shape[0]

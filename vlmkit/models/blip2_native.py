@@ -27,7 +27,7 @@ import json
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -71,10 +71,18 @@ class Blip2Config:
     instruction_aware: bool = False
     #: Instructions are cut to this many Q-Former tokens (instruction-aware models only).
     max_instruction_length: int = 48
+    #: Where a decoder-only LM reads the visual prompts. "before_bos": ``[prompts][bos] text``, the
+    #: layout of the released BLIP-2 checkpoints. "after_bos": ``[bos][prompts] text``, where an LM
+    #: trained on ``[bos] description. text`` (``vlmkit train lm``) learned to read a description;
+    #: the text after the prompts is then tokenised as it is after a description (leading space).
+    #: Training and generation use the same layout.
+    visual_position: Literal["before_bos", "after_bos"] = "before_bos"
 
     def __post_init__(self) -> None:
         if self.max_instruction_length < 1:
             raise InputError(f"max_instruction_length must be at least 1, got {self.max_instruction_length}")
+        if self.visual_position not in ("before_bos", "after_bos"):
+            raise InputError(f"visual_position must be 'before_bos' or 'after_bos', got {self.visual_position!r}")
 
 
 #: Fields that only an instruction-aware checkpoint writes, so a BLIP-2 config.json stays as it was.
@@ -148,8 +156,15 @@ class NativeBlip2(nn.Module):
         queries = self.qformer.encode_instructed(image_embeds, ids, mask).last_hidden_state  # (B, Q, D)
         return self.projection(queries).to(self.lm.dtype)
 
+    def _after_bos(self) -> bool:
+        return self.config.visual_position == "after_bos" and not self.encoder_decoder and self.lm_tokenizer.bos_token_id is not None
+
     def _ids(self, text: str, *, bos: bool) -> list[int]:
         tok = self.lm_tokenizer
+        if bos and self._after_bos() and text:
+            # After the visual prompts the text continues a description ("[bos] scene. Question: ..."),
+            # so its first word is tokenised as a word inside a text: with its leading space.
+            text = " " + text
         ids = list(tok(text, add_special_tokens=False)["input_ids"]) if text else []
         if bos and tok.bos_token_id is not None and not self.encoder_decoder:
             ids = [tok.bos_token_id] + ids
@@ -157,6 +172,13 @@ class NativeBlip2(nn.Module):
 
     def _embed(self, ids: torch.Tensor) -> torch.Tensor:
         return self.lm.get_input_embeddings()(ids)
+
+    def _with_visual(self, text: torch.Tensor, visual: torch.Tensor) -> torch.Tensor:
+        """Insert ``visual`` (B, Q, ...) into ``text`` (B, T, ...) at the configured position: after
+        the leading bos for ``after_bos`` (decoder-only LMs with a bos), else in front. One place for
+        the layout, used for embeddings, masks and labels, in training and in generation alike."""
+        k = 1 if self._after_bos() else 0
+        return torch.cat([text[:, :k], visual, text[:, k:]], dim=1)
 
     # -- stage-2 loss ----------------------------------------------------------------------------
 
@@ -171,8 +193,8 @@ class NativeBlip2(nn.Module):
         target_ids = [self._ids(" " + t.strip() if not self.encoder_decoder else t.strip(), bos=False) + [eos] for t in targets]
         if self.encoder_decoder:
             enc = _pad(prompt_ids, pad, device)
-            inputs = torch.cat([visual, self._embed(enc.ids)], dim=1)  # (B, Q+Tp, D)
-            mask = torch.cat([torch.ones(visual.shape[:2], dtype=torch.long, device=device), enc.mask], dim=1)
+            inputs = self._with_visual(self._embed(enc.ids), visual)  # (B, Q+Tp, D)
+            mask = self._with_visual(enc.mask, torch.ones(visual.shape[:2], dtype=torch.long, device=device))
             target = _pad(target_ids, pad, device)
             decoder_labels = target.ids.masked_fill(target.mask == 0, IGNORE_INDEX)
             return self.lm(inputs_embeds=inputs, attention_mask=mask, labels=decoder_labels).loss
@@ -181,9 +203,9 @@ class NativeBlip2(nn.Module):
         labels = batch.ids.masked_fill(batch.mask == 0, IGNORE_INDEX)
         for row, prompt in enumerate(prompt_ids):
             labels[row, : len(prompt)] = IGNORE_INDEX  # the prompt is given, not predicted
-        inputs = torch.cat([visual, self._embed(batch.ids)], dim=1)  # (B, Q+T, D)
-        mask = torch.cat([torch.ones(visual.shape[:2], dtype=torch.long, device=device), batch.mask], dim=1)
-        full_labels = torch.cat([torch.full(visual.shape[:2], IGNORE_INDEX, device=device), labels], dim=1)
+        inputs = self._with_visual(self._embed(batch.ids), visual)  # (B, Q+T, D)
+        mask = self._with_visual(batch.mask, torch.ones(visual.shape[:2], dtype=torch.long, device=device))
+        full_labels = self._with_visual(labels, torch.full(visual.shape[:2], IGNORE_INDEX, device=device))
         return self.lm(inputs_embeds=inputs, attention_mask=mask, labels=full_labels).loss
 
     # -- generation ------------------------------------------------------------------------------
@@ -201,7 +223,7 @@ class NativeBlip2(nn.Module):
         tok = self.lm_tokenizer
         for rows in groups.values():
             prompt = torch.tensor([ids[i] for i in rows], dtype=torch.long, device=visual.device)  # (b, Tp)
-            inputs = torch.cat([visual[rows], self._embed(prompt)], dim=1)
+            inputs = self._with_visual(self._embed(prompt), visual[rows])  # (b, Q+Tp, D)
             mask = torch.ones(inputs.shape[:2], dtype=torch.long, device=visual.device)
             kwargs = {"pad_token_id": tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id, **generate_kwargs}
             generated = self.lm.generate(inputs_embeds=inputs, attention_mask=mask, **kwargs)

@@ -1,0 +1,89 @@
+"""The frozen LM's text-only ceiling: how well the offline LM answers when it reads the TRUE scene
+description where BLIP-2's stage 2 puts the visual prompts (``[bos] description. Question: q
+Answer:``). No stage 2 can read more from an image than the LM reads from this text, so this is the
+upper bound of every soft-prompt recipe that freezes this LM.
+
+The LM is ``vlmkit train lm`` (preset ``shapes``) on the training corpus with complete descriptions
+(``Example.description``: every object with size, colour, shape and region, the counts, and the
+relations), trained for ``--steps``. Scored by exact match, per question type on the held-out
+shapes scenes (every one holds a colour-shape pair the corpus never mentions) and on easy-VQA's
+whole test split.
+
+Run: ``python bench/lm_ceiling.py [--steps N] [--data shapes easy-vqa] [--out DIR]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+
+def train(out: Path, examples: list[Any], steps: int, seed: int = 0) -> Path:
+    from vlmkit_train.lm import corpus_texts, lm_config, train_lm
+
+    if not (out / "lm").is_dir():
+        config = lm_config("shapes", [f"max_steps={steps}", f"seed={seed}", "log_every=100"])
+        train_lm(config, corpus_texts(examples, context=True), out, progress=True)
+    return out / "lm"
+
+
+def score(lm_dir: Path, examples: list[Any], kind: str) -> dict[str, Any]:
+    """Exact-match accuracy (%) overall and per question type (shapes) or answer kind (easy-VQA)."""
+    from vlmkit.data.shapes import question_type
+    from vlmkit.eval import exact_match_accuracy
+    from vlmkit_train.lm import answer_from_descriptions
+
+    triples = answer_from_descriptions(lm_dir, examples)
+    groups: dict[str, list[tuple[str, str]]] = defaultdict(list)
+    for question, answer, predicted in triples:
+        key = question_type(question) if kind == "shapes" else ("yes/no" if answer in ("yes", "no") else "other")
+        groups[key].append((predicted, answer))
+    per_type = {key: round(exact_match_accuracy([p for p, _ in pairs], [a for _, a in pairs]), 2) for key, pairs in sorted(groups.items())}
+    overall = exact_match_accuracy([p for _, _, p in triples], [a for _, a, _ in triples])
+    wrong = [t for t in triples if t[2].split()[:1] != [t[1]]][:5]
+    return {"accuracy": round(overall, 2), "questions": len(triples), "per_type": per_type, "wrong_examples": wrong}
+
+
+def measure(out: Path, steps: int, datasets: list[str], test_scenes: int = 1000) -> dict[str, Any]:
+    from vlmkit.data import load_easy_vqa, make_split
+
+    figures: dict[str, Any] = {"steps": steps}
+    for name in datasets:
+        began = time.perf_counter()
+        if name == "shapes":
+            train_examples, test = make_split(4000, 0, "train"), make_split(test_scenes, 0, "test")
+        else:
+            train_examples, test = load_easy_vqa("train"), load_easy_vqa("test")
+        lm_dir = train(out / f"{name}_lm", train_examples, steps)
+        trained = time.perf_counter()
+        figures[name] = {
+            **score(lm_dir, test, name),
+            "train_minutes": round((trained - began) / 60, 2),
+            "score_minutes": round((time.perf_counter() - trained) / 60, 2),
+        }
+        print(json.dumps({name: figures[name]}, indent=1), flush=True)
+    return figures
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=3000, help="LM training steps (batch 64)")
+    parser.add_argument("--data", nargs="+", choices=["shapes", "easy-vqa"], default=["easy-vqa", "shapes"])
+    parser.add_argument("--out", default=None, help="keep the LMs here (default: a temporary directory)")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(args.out) if args.out else Path(tmp)
+        figures = measure(out, args.steps, args.data)
+        print(json.dumps(figures, indent=1))
+        if args.out:
+            (out / "ceiling.json").write_text(json.dumps(figures, indent=1) + "\n")
+            print(f"figures: {out / 'ceiling.json'}")
+
+
+if __name__ == "__main__":
+    main()
