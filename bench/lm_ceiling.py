@@ -9,7 +9,7 @@ relations), trained for ``--steps``. Scored by exact match, per question type on
 shapes scenes (every one holds a colour-shape pair the corpus never mentions) and on easy-VQA's
 whole test split.
 
-Run: ``python bench/lm_ceiling.py [--steps N] [--data shapes easy-vqa] [--out DIR]``.
+Run: ``python bench/lm_ceiling.py [--steps N] [--data shapes easy-vqa] [--out DIR] [--set KEY=VALUE]``.
 """
 
 from __future__ import annotations
@@ -23,11 +23,11 @@ from pathlib import Path
 from typing import Any
 
 
-def train(out: Path, examples: list[Any], steps: int, seed: int = 0) -> Path:
+def train(out: Path, examples: list[Any], steps: int, seed: int = 0, extra: tuple[str, ...] = ()) -> Path:
     from vlmkit_train.lm import corpus_texts, lm_config, train_lm
 
     if not (out / "lm").is_dir():
-        config = lm_config("shapes", [f"max_steps={steps}", f"seed={seed}", "log_every=100"])
+        config = lm_config("shapes", [f"max_steps={steps}", f"seed={seed}", "log_every=100", *extra])
         train_lm(config, corpus_texts(examples, context=True), out, progress=True)
     return out / "lm"
 
@@ -49,17 +49,17 @@ def score(lm_dir: Path, examples: list[Any], kind: str) -> dict[str, Any]:
     return {"accuracy": round(overall, 2), "questions": len(triples), "per_type": per_type, "wrong_examples": wrong}
 
 
-def measure(out: Path, steps: int, datasets: list[str], test_scenes: int = 1000) -> dict[str, Any]:
+def measure(out: Path, steps: int, datasets: list[str], test_scenes: int = 1000, extra: tuple[str, ...] = ()) -> dict[str, Any]:
     from vlmkit.data import load_easy_vqa, make_split
 
-    figures: dict[str, Any] = {"steps": steps}
+    figures: dict[str, Any] = {"steps": steps, "lm_overrides": list(extra)}
     for name in datasets:
         began = time.perf_counter()
         if name == "shapes":
             train_examples, test = make_split(4000, 0, "train"), make_split(test_scenes, 0, "test")
         else:
             train_examples, test = load_easy_vqa("train"), load_easy_vqa("test")
-        lm_dir = train(out / f"{name}_lm", train_examples, steps)
+        lm_dir = train(out / f"{name}_lm", train_examples, steps, extra=extra)
         trained = time.perf_counter()
         figures[name] = {
             **score(lm_dir, test, name),
@@ -75,10 +75,12 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3000, help="LM training steps (batch 64)")
     parser.add_argument("--data", nargs="+", choices=["shapes", "easy-vqa"], default=["easy-vqa", "shapes"])
     parser.add_argument("--out", default=None, help="keep the LMs here (default: a temporary directory)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="an LM config override, e.g. mixed_precision=bf16 (repeatable)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(args.out) if args.out else Path(tmp)
-        figures = measure(out, args.steps, args.data)
+        figures = measure(out, args.steps, args.data, extra=tuple(args.overrides))
         print(json.dumps(figures, indent=1))
         if args.out:
             (out / "ceiling.json").write_text(json.dumps(figures, indent=1) + "\n")
