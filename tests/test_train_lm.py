@@ -61,6 +61,21 @@ def test_context_corpus_leads_each_text_with_its_scene():
     assert all(t.startswith(captions + " ") for t in corpus_texts([bare], context=True))
 
 
+def test_without_loss_on_context_only_the_prompt_and_answer_are_predicted(texts):
+    from vlmkit_train.lm import _batch, _encode, _lead_text
+
+    example = make_split(1, 0, "train")[0]
+    text = corpus_texts([example], context=True)[-1]  # description, then a question and its answer
+    tokenizer = train_tokenizer(texts + [text], 400)
+    (ids, lead), = _encode(tokenizer, [text], 256, leads=True)
+    assert _lead_text(text) == example.description and lead == len(tokenizer(example.description, add_special_tokens=False)["input_ids"])
+    _, _, labels = _batch([(ids, lead)], tokenizer.eos_token_id)
+    assert (labels[0, : 1 + lead] == -100).all() and torch.equal(labels[0, 1 + lead :], torch.tensor(ids[1 + lead :]))
+    assert tokenizer.decode(ids[1 + lead :]).startswith(" Question:")
+    (full, none), = _encode(tokenizer, [text], 256)  # the default: every token after bos is predicted
+    assert none == 0 and torch.equal(_batch([(full, 0)], tokenizer.eos_token_id)[2][0, 1:], torch.tensor(full[1:]))
+
+
 def test_text_ceiling_on_a_tiny_lm(tmp_path):
     """The ceiling asks every question with the true description in front, answers each one, and
     refuses descriptions longer than the LM's positions."""

@@ -71,6 +71,10 @@ class LMConfig:
     train_size: int = 2000  # examples whose texts make the corpus
     #: Start every text with its scene's description (see ``corpus_texts``), so the LM learns to read it.
     context: bool = True
+    #: Whether the description that leads a text carries loss. False: only what follows it (the
+    #: prompt and its answer or caption) is predicted, so the LM learns to read descriptions, not to
+    #: write them; stage 2 never asks it to write one.
+    loss_on_context: bool = True
     seed: int = 0
     #: Upper bound for the BPE vocabulary; a small templated corpus saturates below it.
     vocab_size: int = 2000
@@ -250,27 +254,38 @@ def train_tokenizer(texts: list[str], vocab_size: int) -> Any:
     )
 
 
-def _encode(tokenizer: Any, texts: list[str], max_length: int) -> list[list[int]]:
-    """bos + text + eos per text, truncated to ``max_length`` tokens."""
+def _lead_text(text: str) -> str:
+    """The description that leads a corpus text: what stands before its stage-2 prompt."""
+    starts = [i for i in (text.find(CAPTION_PROMPT), text.find(VQA_PROMPT.split("{}")[0].strip())) if i >= 0]
+    return text[: min(starts)].rstrip() if starts else ""
+
+
+def _encode(tokenizer: Any, texts: list[str], max_length: int, *, leads: bool = False) -> list[tuple[list[int], int]]:
+    """(bos + text + eos, leading tokens that carry no loss) per text, truncated to ``max_length``
+    tokens. With ``leads``, a text's description (:func:`_lead_text`) is not predicted."""
     bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
     encoded = tokenizer(texts, add_special_tokens=False)["input_ids"]
-    return [([bos, *ids, eos])[:max_length] for ids in encoded]
+    quiet = [len(tokenizer(_lead_text(t), add_special_tokens=False)["input_ids"]) if leads and _lead_text(t) else 0 for t in texts]
+    return [(([bos, *ids, eos])[:max_length], lead) for ids, lead in zip(encoded, quiet, strict=True)]
 
 
-def _batch(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Right-padded (ids, attention mask, labels), each (B, T); padding is -100 in the labels. The
-    mask comes from the lengths, not the ids, because the pad token is also eos."""
-    width = max(len(r) for r in rows)
+def _batch(rows: list[tuple[list[int], int]], pad: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Right-padded (ids, attention mask, labels), each (B, T); padding and each row's unpredicted
+    lead are -100 in the labels. The mask comes from the lengths, not the ids, because the pad token
+    is also eos."""
+    width = max(len(r) for r, _ in rows)
     ids = torch.full((len(rows), width), pad, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, row in enumerate(rows):
+    labels = torch.full((len(rows), width), -100, dtype=torch.long)
+    for i, (row, lead) in enumerate(rows):
         ids[i, : len(row)] = torch.tensor(row)
         mask[i, : len(row)] = 1
-    return ids, mask, ids.masked_fill(mask == 0, -100)
+        labels[i, 1 + lead : len(row)] = ids[i, 1 + lead : len(row)]  # position t is predicted from < t
+    return ids, mask, labels
 
 
 @torch.no_grad()
-def _heldout_loss(model: Any, rows: list[list[int]], pad: int, batch_size: int, device: torch.device) -> float:
+def _heldout_loss(model: Any, rows: list[tuple[list[int], int]], pad: int, batch_size: int, device: torch.device) -> float:
     """Mean next-token loss per predicted token (eos included, bos never predicted)."""
     was_training = model.training
     model.eval()
@@ -333,8 +348,9 @@ def train_lm(
     accelerator.wait_for_everyone()
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     special = tokenizer.eos_token_id
-    train_rows = _encode(tokenizer, train_texts, config.n_positions)
-    heldout_rows = _encode(tokenizer, heldout_texts, config.n_positions)
+    leads = not config.loss_on_context
+    train_rows = _encode(tokenizer, train_texts, config.n_positions, leads=leads)
+    heldout_rows = _encode(tokenizer, heldout_texts, config.n_positions, leads=leads)
 
     torch.manual_seed(config.seed)
     model = GPT2LMHeadModel(
