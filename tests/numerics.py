@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["REORDERED", "DEEP", "CROSS_LIBRARY", "assert_close", "close"]
+__all__ = ["REORDERED", "DEEP", "CROSS_LIBRARY", "assert_close"]
 
 #: One reduction (a loss, a gradient, a similarity matrix) summed in another order: ~80 ulps,
 #: far above the 1-4 ulps seen across machines and thread counts, far below any real change.
@@ -37,17 +37,9 @@ def _array(x: Any) -> np.ndarray:
     return np.asarray(x, dtype=np.float64)
 
 
-def close(actual: Any, expected: Any, *, rtol: float = REORDERED) -> bool:
-    """True when every element is within ``rtol`` of the expected array's largest magnitude."""
-    got, want = _array(actual), _array(expected)
-    if got.shape != want.shape:
-        return False
-    scale = float(np.abs(want).max()) if want.size else 0.0
-    return bool(np.all(np.abs(got - want) <= rtol * max(scale, np.finfo(np.float32).tiny)))
-
-
 def assert_close(actual: Any, expected: Any, *, rtol: float = REORDERED, what: str = "") -> None:
-    """Assert :func:`close`, reporting the worst element relative to the scale when it fails."""
+    """Assert that every element is within ``rtol`` of the expected array's largest magnitude,
+    reporting the worst element relative to that scale when it fails."""
     got, want = _array(actual), _array(expected)
     assert got.shape == want.shape, f"{what}: shape {got.shape} != {want.shape}"
     scale = max(float(np.abs(want).max()) if want.size else 0.0, np.finfo(np.float32).tiny)
