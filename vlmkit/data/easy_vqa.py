@@ -87,14 +87,15 @@ def load_easy_vqa(split: Literal["train", "test"] = "train") -> list[Example]:
     examples = []
     for image_id, pairs in qa.items():
         colour, shape = _content(pairs, colours)
+        caption = _caption(colour, shape)
         examples.append(
             Example(
                 id=f"easy-vqa-{split}-{image_id}",
                 image=Path(paths[image_id]),
-                captions=_caption(colour, shape),
+                captions=caption,
                 qa=tuple(pairs),
                 group=f"{colour} {shape}" if colour and shape else "",  # the whole content of the image
-                description=_caption(colour, shape)[0] if colour or shape else "",
+                description=caption[0] if caption else "",  # all that is known of it
             )
         )
     return examples

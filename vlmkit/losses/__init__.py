@@ -11,7 +11,7 @@ from .blip2 import (
 )
 from .coca import CoCaLosses, coca_loss
 from .contrastive import LOGIT_SCALE_MAX, clamp_logit_scale, clip_loss, siglip_loss
-from .groups import gather_groups, group_keys, same_group, soft_targets
+from .groups import batch_same_group, gather_groups, group_keys, same_group, soft_targets
 from .prefix_lm import prefix_lm_loss, prefix_lm_mask
 from .stage1 import TEMPERATURE_RANGE, blip2_stage1_losses
 
@@ -35,6 +35,7 @@ __all__ = [
     "coca_loss",
     "group_keys",
     "gather_groups",
+    "batch_same_group",
     "same_group",
     "soft_targets",
 ]

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .. import distributed
-from .groups import gather_groups, same_group, soft_targets
+from .groups import batch_same_group, soft_targets
 
 __all__ = [
     "ItcOutput",
@@ -127,10 +127,8 @@ def itc_loss(
     same = None
     targets: Tensor = positives
     if groups is not None:
-        keys = groups.to(query_feats.device)
-        same = same_group(keys if keys.ndim == 2 else keys[:, None], gather_groups(keys, batch))  # (B, B * W)
-        same[torch.arange(batch, device=same.device), positives] = True
-        targets = soft_targets(same, positives).to(sim_i2t.dtype)  # (B, B * W)
+        same = batch_same_group(groups.to(query_feats.device), batch, offset, batch)  # (B, B * W)
+        targets = soft_targets(same).to(sim_i2t.dtype)  # (B, B * W)
     loss = (
         F.cross_entropy(sim_i2t, targets, label_smoothing=label_smoothing)
         + F.cross_entropy(sim_t2i, targets, label_smoothing=label_smoothing)

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .. import distributed
-from .groups import gather_groups, same_group, soft_targets
+from .groups import batch_same_group, soft_targets
 
 __all__ = ["LOGIT_SCALE_MAX", "clamp_logit_scale", "clip_loss", "siglip_loss", "gather_features"]
 
@@ -58,10 +58,7 @@ def _pairs(groups: Tensor | None, rows: int, first: int, scored: int, device: to
 
     ``scored`` rows start at global row ``first``: this rank's rows (local) or all of them (full)."""
     positives = torch.arange(scored, device=device) + first
-    if groups is None:
-        return positives, None
-    everything = gather_groups(groups.to(device), rows)  # (W*B, K)
-    return positives, same_group(everything[first : first + scored], everything)
+    return positives, None if groups is None else batch_same_group(groups.to(device), rows, first, scored)
 
 
 def clip_loss(
@@ -89,7 +86,7 @@ def clip_loss(
         logits_i2t = logit_scale * all_images @ all_texts.T  # (W*B, W*B)
         logits_t2i = logits_i2t.T
         positives, same = _pairs(groups, rows, 0, all_images.shape[0], image_feats.device)
-    targets = positives if same is None else soft_targets(same, positives).to(logits_i2t.dtype)
+    targets = positives if same is None else soft_targets(same).to(logits_i2t.dtype)
     return 0.5 * (F.cross_entropy(logits_i2t, targets) + F.cross_entropy(logits_t2i, targets))
 
 
@@ -122,7 +119,8 @@ def siglip_loss(
     logits = logit_scale * images @ all_texts.T + logit_bias  # (B or W*B, W*B)
     signs = -torch.ones_like(logits)
     diagonal, same = _pairs(groups, rows, first, images.shape[0], logits.device)
-    if same is not None:
-        signs[same] = 1.0
-    signs[torch.arange(images.shape[0], device=logits.device), diagonal] = 1.0
+    if same is None:
+        signs[torch.arange(images.shape[0], device=logits.device), diagonal] = 1.0
+    else:
+        signs[same] = 1.0  # the own column included
     return -F.logsigmoid(signs * logits).sum() / images.shape[0]

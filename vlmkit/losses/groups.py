@@ -23,7 +23,7 @@ from torch import Tensor
 
 from .. import distributed
 
-__all__ = ["group_keys", "same_group", "gather_groups", "soft_targets"]
+__all__ = ["group_keys", "same_group", "gather_groups", "batch_same_group", "soft_targets"]
 
 
 def _key(text: str) -> int:
@@ -61,12 +61,19 @@ def same_group(rows: Tensor, columns: Tensor) -> Tensor:
     return equal.any(dim=-1)
 
 
-def soft_targets(same: Tensor, positives: Tensor) -> Tensor:
-    """Contrastive targets that spread each row's mass evenly over its same-group columns.
+def batch_same_group(groups: Tensor, batch: int, first: int, scored: int) -> Tensor:
+    """(scored, B * W) bool: global rows ``first .. first + scored`` against every row of the gathered
+    batch. ``groups`` are this rank's (B,) or (B, K) keys; each row's own column is always set (an
+    example is in its own group even when it has no keys)."""
+    everything = gather_groups(groups, batch)  # (B * W, K)
+    same = same_group(everything[first : first + scored], everything)
+    rows = torch.arange(scored, device=same.device)
+    same[rows, rows + first] = True
+    return same
 
-    ``positives`` (R,) are each row's own column, always included (an example is in its own group
-    even when it has no keys)."""
-    mask = same.clone()
-    mask[torch.arange(mask.shape[0], device=mask.device), positives] = True
-    mask = mask.float()
+
+def soft_targets(same: Tensor) -> Tensor:
+    """Contrastive targets that spread each row's mass evenly over its same-group columns (the
+    rows of :func:`batch_same_group`, which include each row's own column)."""
+    mask = same.float()
     return mask / mask.sum(dim=1, keepdim=True)  # (R, C), rows sum to 1
