@@ -1,31 +1,41 @@
-"""The whole offline BLIP-2 recipe on CPU, and the figures that show it learns.
+"""The whole offline BLIP-2 recipe on CPU, and the figures that show what it reaches.
 
 Steps (each a vlmkit_train recipe, run in-process):
-1. a small GPT-2-architecture LM trained on the training corpus text, then frozen (``vlmkit train lm``);
-2. stage 1 on shapes-world scenes: ITC + ITM + ITG on cached EfficientNet-Lite0 features;
-3. stage 2 through the frozen LM;
+1. the frozen LM: a small GPT-2-architecture LM trained on the corpus with complete scene
+   descriptions (``vlmkit train lm``; ``bench/lm_ceiling.py`` trains the same one and ``--lm DIR``
+   reuses its output), and its text-only ceiling, the first row: the same test questions asked
+   with the TRUE description where stage 2 puts the visual prompts. No stage 2 through this LM can
+   read more from an image than the LM reads from that text;
+2. stage 1 on shapes-world scenes (ITC + ITM + ITG on cached EfficientNet-Lite0 features), with
+   and without ITG (the paper's Table 6 ablation), for each of ``--seeds`` seeds;
+3. stage 2 through the frozen LM from each seed's stage 1, and from a fresh Q-Former (the paper's
+   Figure 5 ablation: stage 2 without stage 1);
 4. evaluation on held-out shapes scenes (every test scene holds a colour-shape pair never seen in
-   training): image->text and text->image R@1 on the 1,000-image gallery (ITC, max over queries),
-   VQA exact match, caption CIDEr (pycocoevalcap's CIDEr-D on lower-cased, punctuation-free text);
-5. the paper's ablations, in direction: stage 1 without ITG (retrieval, Table 6) and stage 2
-   without stage 1 (VQA, Figure 5); and the feature cache's speed-up (stage-1 steps/s with and
-   without it);
-6. easy-VQA: the same recipe on easy-VQA's training split, exact-match accuracy on its test split.
+   training): grouped image->text and text->image R@1 on the 1,000-image gallery (ITC, max over
+   queries), VQA exact match on 2,000 questions with each question type separately, and, for
+   the first seed, ITM re-ranking and caption CIDEr (pycocoevalcap's CIDEr-D);
+5. easy-VQA: the same recipe on its training split (one seed), exact match on all 9,673 test
+   questions, beside its own LM ceiling.
+
+Seeds change the Q-Former's initialisation, the batch order and the sampling; every run trains on
+the same scenes (``data_seed=0``). Figures over seeds are mean and standard deviation (n-1). An
+ablation goes the paper's way ("reproduced") when the full recipe's mean beats the ablated one's by
+more than the larger of the two standard deviations; the opposite is "reversed"; anything between
+is "within noise".
 
 Retrieval is scored twice. ``strict``: a text's own image is the only right one. ``grouped``: the
 gallery holds different scenes that one caption describes equally well (247 of 1,000 test scenes
 share their first caption with another: same objects, other places), so images whose scenes hold
-the same objects count as interchangeable (``retrieval_scores(..., image_groups=...)``). The strict
-figure is capped by those duplicates (``strict_t2i_r1_ceiling``).
+the same objects count as interchangeable (``retrieval_scores(..., image_groups=...)``).
 
 Re-ranking (the paper's ITC top-k then ITM) uses k = 16 rather than 128 to fit the CPU budget.
-
 Evaluation runs the trained checkpoints as ``vlmkit.load`` returns them, with the frozen encoder's
-features of the test images computed once (the same float16 cache as training) instead of once
-per question.
+features of the test images computed once.
 
-Run: ``python bench/blip2_offline.py [--scale smoke|full] [--out DIR]``. ``smoke`` checks the
-pipeline in a few minutes (its figures mean little); ``full`` is the recipe the targets refer to.
+Run: ``python bench/blip2_offline.py [--scale smoke|full] [--lm DIR] [--seeds N] [--out DIR]``.
+``smoke`` checks the pipeline in a few minutes (its figures mean little). ``--lm DIR`` takes the
+LMs of ``python bench/lm_ceiling.py --out DIR`` (``DIR/shapes_lm/lm``, ``DIR/easy-vqa_lm/lm``)
+instead of training them here; the printed minutes then leave out their training.
 """
 
 from __future__ import annotations
@@ -43,33 +53,40 @@ from typing import Any
 import numpy as np
 import torch
 
+STAGE1_STEPS = 800
+STAGE2_STEPS = 1000
+
 
 @dataclass(frozen=True)
 class Scale:
     train: int  # training scenes (and easy-VQA training images)
     test: int  # held-out scenes: the retrieval gallery and the VQA / caption test set
-    lm_steps: int
+    lm_steps: int | None  # when the LMs are trained here (no --lm); None: bench/lm_ceiling.py's
     stage1_steps: int
     stage2_steps: int
-    questions: int  # VQA questions scored per test set
-    nocache_steps: int  # stage-1 steps timed without the feature cache
+    questions: int  # shapes VQA questions scored (easy-VQA: all of them)
+    seeds: int
 
 
 SCALES = {
-    "smoke": Scale(train=100, test=50, lm_steps=30, stage1_steps=20, stage2_steps=30, questions=100, nocache_steps=5),
-    "full": Scale(train=4000, test=1000, lm_steps=500, stage1_steps=1500, stage2_steps=1200, questions=2000, nocache_steps=10),
+    "smoke": Scale(train=100, test=50, lm_steps=30, stage1_steps=20, stage2_steps=30, questions=100, seeds=2),
+    "full": Scale(train=4000, test=1000, lm_steps=None, stage1_steps=STAGE1_STEPS, stage2_steps=STAGE2_STEPS, questions=2000, seeds=3),
 }
 
-#: On top of the ``shapes`` presets (the scratch Q-Former with a corpus vocabulary): bfloat16 autocast.
+#: On top of the ``shapes`` presets: bfloat16 autocast.
 QFORMER = ["mixed_precision=bf16"]
 
 
-def _lm(out: Path, examples: list[Any], steps: int) -> Path:
-    from vlmkit_train.lm import corpus_texts, lm_config, train_lm
+def _lm(out: Path, examples: list[Any], dataset: str, steps: int | None) -> Path:
+    """The frozen LM as bench/lm_ceiling.py trains it for ``dataset`` (``steps`` overrides its own)."""
+    from lm_ceiling import RECIPES  # bench/, beside this script
 
-    # One process, one accelerate state: every run here uses the same mixed precision.
-    config = lm_config("shapes", [f"max_steps={steps}", "mixed_precision=bf16"])
-    train_lm(config, corpus_texts(examples, context=True), out)
+    from vlmkit_train.lm import lm_config, lm_texts, train_lm
+
+    recipe_steps, recipe = RECIPES[dataset]
+    if not (out / "lm").is_dir():
+        config = lm_config("shapes", [f"max_steps={steps or recipe_steps}", "log_every=100", *recipe])
+        train_lm(config, lm_texts(config, examples), out, progress=True)
     return out / "lm"
 
 
@@ -139,16 +156,49 @@ def _generate(model: Any, features: torch.Tensor, prompts: list[str], max_new_to
     return texts
 
 
-def _vqa(model: Any, features: torch.Tensor, examples: list[Any], limit: int, seed: int = 0) -> float:
+def _questions(examples: list[Any], limit: int | None, seed: int = 0) -> list[tuple[int, str, str]]:
+    """(example index, question, answer): a seeded sample of ``limit`` questions (all when None)."""
+    pairs = [(i, q, a) for i, e in enumerate(examples) for q, a in e.qa]
+    if limit is None:
+        return pairs
+    rng = np.random.default_rng(seed)
+    return [pairs[i] for i in rng.permutation(len(pairs))[:limit]]
+
+
+def _kind(question: str, answer: str, data: str) -> str:
+    from vlmkit.data.shapes import question_type
+
+    return question_type(question) if data == "shapes" else ("yes/no" if answer in ("yes", "no") else "other")
+
+
+def _scores(predictions: list[str], chosen: list[tuple[int, str, str]], data: str) -> dict[str, Any]:
+    """Exact match overall and per question type (shapes) or answer kind (easy-VQA), in %."""
     from vlmkit.eval import exact_match_accuracy
 
-    rng = np.random.default_rng(seed)
-    pairs = [(i, q, a) for i, e in enumerate(examples) for q, a in e.qa]
-    chosen = [pairs[i] for i in rng.permutation(len(pairs))[:limit]]
+    kinds: dict[str, list[int]] = {}
+    for index, (_, question, answer) in enumerate(chosen):
+        kinds.setdefault(_kind(question, answer, data), []).append(index)
+    per_type = {
+        kind: round(exact_match_accuracy([predictions[i] for i in rows], [chosen[i][2] for i in rows]), 2)
+        for kind, rows in sorted(kinds.items())
+    }
+    return {"all": round(exact_match_accuracy(predictions, [c[2] for c in chosen]), 2), **per_type}
+
+
+def _vqa(model: Any, features: torch.Tensor, examples: list[Any], chosen: list[tuple[int, str, str]], data: str) -> dict[str, Any]:
     rows = torch.tensor([c[0] for c in chosen])
     prompts = [model.net.config.vqa_prompt.format(c[1]) for c in chosen]
-    answers = _generate(model, features[rows], prompts, max_new_tokens=4)
-    return exact_match_accuracy(answers, [c[2] for c in chosen])
+    return _scores(_generate(model, features[rows], prompts, max_new_tokens=4), chosen, data)
+
+
+def _ceiling(lm_dir: Path, examples: list[Any], chosen: list[tuple[int, str, str]], data: str) -> dict[str, Any]:
+    """The frozen LM's answers to ``chosen`` with the true description where the prompts go."""
+    from dataclasses import replace
+
+    from vlmkit_train.lm import answer_from_descriptions
+
+    asked = [replace(examples[i], qa=((q, a),)) for i, q, a in chosen]
+    return _scores([p for _, _, p in answer_from_descriptions(lm_dir, asked)], chosen, data)
 
 
 def _clean(text: str) -> str:
@@ -164,7 +214,26 @@ def _cider(model: Any, features: torch.Tensor, test: list[Any]) -> tuple[float, 
     return float(Cider().compute_score(gts, res)[0]), captions
 
 
-def run(scale_name: str, out: Path) -> dict[str, Any]:
+def _spread(values: list[float]) -> dict[str, Any]:
+    mean = float(np.mean(values))
+    sd = float(np.std(values, ddof=1)) if len(values) > 1 else float("nan")
+    return {"mean": round(mean, 2), "sd": round(sd, 2), "runs": [round(v, 2) for v in values]}
+
+
+def _direction(full: dict[str, Any], ablated: dict[str, Any]) -> str:
+    """The paper's direction (full > ablated) beyond the larger standard deviation, or not."""
+    gap, noise = full["mean"] - ablated["mean"], max(full["sd"], ablated["sd"])
+    if not noise == noise:  # one seed: no spread to compare with
+        return "one seed: no verdict"
+    return "reproduced" if gap > noise else "reversed" if gap < -noise else "within noise"
+
+
+def _over_seeds(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """{key: mean/sd/runs} for every numeric key the runs share."""
+    return {key: _spread([r[key] for r in runs]) for key in runs[0] if isinstance(runs[0][key], (int, float))}
+
+
+def run(scale_name: str, out: Path, lm_root: Path | None = None, seeds: int | None = None) -> dict[str, Any]:
     import vlmkit
     from vlmkit.data import load_easy_vqa, make_split
     from vlmkit.data.shapes import make_scenes
@@ -174,7 +243,8 @@ def run(scale_name: str, out: Path) -> dict[str, Any]:
     from vlmkit_train.stage2 import stage2_config, train_stage2
 
     scale = SCALES[scale_name]
-    figures: dict[str, Any] = {"scale": scale_name}
+    seeds = seeds or scale.seeds
+    figures: dict[str, Any] = {"scale": scale_name, "seeds": seeds, "steps": {"stage1": scale.stage1_steps, "stage2": scale.stage2_steps}}
     began = time.perf_counter()
 
     def timed(name: str, work: Any) -> Any:
@@ -183,75 +253,95 @@ def run(scale_name: str, out: Path) -> dict[str, Any]:
         figures.setdefault("minutes", {})[name] = round((time.perf_counter() - start) / 60, 2)
         return result
 
+    def show(name: str) -> None:
+        print(json.dumps({name: figures[name]}), flush=True)
+
     train = make_split(scale.train, 0, "train")
     test = make_split(scale.test, 0, "test")
     groups = [tuple(sorted((o.size, o.colour, o.shape) for o in s.objects)) for s in make_scenes(scale.test, 0, "test")]
     first = Counter(e.captions[0] for e in test)
-    figures["strict_t2i_r1_ceiling"] = 100 * float(np.mean([1 / first[e.captions[0]] for e in test]))
-    lm_dir = timed("lm", lambda: _lm(out / "lm", train, scale.lm_steps))
+    figures["strict_t2i_r1_ceiling"] = round(100 * float(np.mean([1 / first[e.captions[0]] for e in test])), 2)
+    chosen = _questions(test, scale.questions)
+
+    # 1. The frozen LM and its ceiling on the very questions stage 2 is scored on.
+    if lm_root is not None:
+        lm_dir = lm_root / "shapes_lm" / "lm"
+        figures["lm"] = f"{lm_dir} (trained by bench/lm_ceiling.py; not timed here)"
+    else:
+        lm_dir = timed("lm", lambda: _lm(out / "lm", train, "shapes", scale.lm_steps))
+    figures["shapes_lm_ceiling_vqa"] = timed("lm_ceiling", lambda: _ceiling(lm_dir, test, chosen, "shapes"))
+    show("shapes_lm_ceiling_vqa")
+
     test_features = timed("test_features", lambda: _features([e.image for e in test], out / "test_features"))
     data = [f"train_size={scale.train}", f"features_dir={out / 'features'}"]
 
-    def stage1(name: str, extra: list[str]) -> Path:
-        config = stage1_config("shapes", [*QFORMER, *data, f"max_steps={scale.stage1_steps}", "log_every=50", *extra])
-        timed(name, lambda: train_stage1(config, out / name))
+    def stage1(name: str, seed: int, extra: list[str]) -> Path:
+        config = stage1_config("shapes", [*QFORMER, *data, f"seed={seed}", f"max_steps={scale.stage1_steps}", "log_every=50", *extra])
+        timed(name, lambda: train_stage1(config, out / name, progress=True))
         return out / name
 
-    def stage2(name: str, stage1_dir: str) -> Any:
-        overrides = [*QFORMER, *data, f"max_steps={scale.stage2_steps}", f"language_model={lm_dir}", f"stage1={stage1_dir}", "log_every=50"]
-        timed(name, lambda: train_stage2(stage2_config("shapes", overrides), out / name))
+    def stage2(name: str, seed: int, stage1_dir: str, extra: list[str] = ()) -> Any:  # type: ignore[assignment]
+        overrides = [*QFORMER, *data, f"seed={seed}", f"max_steps={scale.stage2_steps}", f"language_model={lm_dir}",
+                     f"stage1={stage1_dir}", "log_every=50", *extra]
+        timed(name, lambda: train_stage2(stage2_config("shapes", overrides), out / name, progress=True))
         return vlmkit.load(out / name / "model")
-
-    def steps_per_s(run_dir: Path) -> float:
-        rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-        return rows[-1]["step"] / rows[-1]["seconds"]
 
     def stage1_qformer(run_dir: Path) -> tuple[Any, Any]:
         from transformers import AutoTokenizer
 
         return QFormer.from_pretrained(run_dir / "qformer"), AutoTokenizer.from_pretrained(run_dir / "qformer")
 
-    s1 = stage1("stage1", [])
-    s1_qformer = stage1_qformer(s1)
-    figures["shapes_heldout_stage1_retrieval"] = _retrieval(*s1_qformer, test_features, test, groups)
-    figures["shapes_heldout_stage1_itm_reranked"] = _reranked(*s1_qformer, test_features, test, groups, k=16)
-    nocache = stage1("stage1_nocache", ["cache_features=false", f"max_steps={scale.nocache_steps}", "log_every=1"])
-    figures["stage1_steps_per_s"] = {"cached": steps_per_s(s1), "uncached": steps_per_s(nocache)}
-    figures["feature_cache_speedup"] = steps_per_s(s1) / steps_per_s(nocache)
-
-    model = stage2("stage2", str(s1))
-    cider, captions = _cider(model, test_features, test)
-    figures["shapes_heldout"] = {
-        **_retrieval(model.retrieval, model.qformer_tokenizer, test_features, test, groups),
-        "after_stage2_qformer": _retrieval(model.net.qformer, model.qformer_tokenizer, test_features, test, groups),
-        "vqa": _vqa(model, test_features, test, scale.questions),
-        "cider": cider,
-        "caption_examples": [[test[i].captions[0], captions[i]] for i in range(3)],
+    # 2-4. Per seed: stage 1 with and without ITG; stage 2 from stage 1 and from nothing.
+    per_seed: dict[str, list[dict[str, Any]]] = {"stage1": [], "stage1_no_itg": [], "stage2_vqa": [], "no_stage1_vqa": []}
+    for seed in range(seeds):
+        s1 = stage1(f"stage1_seed{seed}", seed, [])
+        per_seed["stage1"].append(_retrieval(*stage1_qformer(s1), test_features, test, groups))
+        s1_noitg = stage1(f"stage1_no_itg_seed{seed}", seed, ["use_itg=false"])
+        per_seed["stage1_no_itg"].append(_retrieval(*stage1_qformer(s1_noitg), test_features, test, groups))
+        model = stage2(f"stage2_seed{seed}", seed, str(s1))
+        per_seed["stage2_vqa"].append(_vqa(model, test_features, test, chosen, "shapes"))
+        if seed == 0:
+            figures["shapes_heldout_stage1_itm_reranked"] = _reranked(*stage1_qformer(s1), test_features, test, groups, k=16)
+            cider, captions = _cider(model, test_features, test)
+            figures["shapes_heldout_cider"] = round(cider, 3)
+            figures["caption_examples"] = [[test[i].captions[0], captions[i]] for i in range(3)]
+            seen = train[: scale.test]  # training scenes: the gap between seen and held-out pairs
+            seen_features = FeatureCache.open(out / "features").batch(np.arange(len(seen)))
+            figures["shapes_train_vqa"] = _vqa(model, seen_features, seen, _questions(seen, scale.questions), "shapes")
+        no_stage1 = stage2(f"stage2_no_stage1_seed{seed}", seed, "")
+        per_seed["no_stage1_vqa"].append(_vqa(no_stage1, test_features, test, chosen, "shapes"))
+        print(json.dumps({f"seed {seed}": {k: v[-1] for k, v in per_seed.items()}}), flush=True)
+    figures["per_seed"] = per_seed
+    summary = {name: _over_seeds(runs) for name, runs in per_seed.items()}
+    figures["shapes_heldout"] = summary
+    figures["ablations"] = {
+        "no_itg_retrieval": {key: _direction(summary["stage1"][key], summary["stage1_no_itg"][key]) for key in ("i2t_r1", "t2i_r1")},
+        "no_stage1_vqa": _direction(summary["stage2_vqa"]["all"], summary["no_stage1_vqa"]["all"]),
     }
-    seen = train[: scale.test]  # training scenes, for the gap between seen and held-out pairs
-    seen_features = FeatureCache.open(out / "features").batch(np.arange(len(seen)))  # the training cache's first rows
-    figures["shapes_train_vqa"] = _vqa(model, seen_features, seen, scale.questions)
+    show("shapes_heldout")
+    show("ablations")
 
-    # Ablations, in direction: ITG off in stage 1 (retrieval, Table 6), stage 2 without stage 1 (VQA, Figure 5).
-    s1_noitg = stage1("stage1_no_itg", ["use_itg=false"])
-    figures["ablation_no_itg_stage1_retrieval"] = _retrieval(*stage1_qformer(s1_noitg), test_features, test, groups)
-    no_stage1 = stage2("stage2_no_stage1", "")
-    figures["ablation_no_stage1_vqa"] = _vqa(no_stage1, test_features, test, scale.questions)
-
-    # easy-VQA: the same recipe on its own training split.
+    # 5. easy-VQA: the same recipe on its own training split (one seed), all test questions.
     easy_train = [e for e in load_easy_vqa("train") if e.captions][: scale.train]
     easy_test = load_easy_vqa("test")
-    easy_lm = timed("easy_lm", lambda: _lm(out / "easy_lm", easy_train, scale.lm_steps))
+    easy_chosen = _questions(easy_test, None if scale_name == "full" else scale.questions)
+    if lm_root is not None:
+        easy_lm = lm_root / "easy-vqa_lm" / "lm"
+    else:
+        easy_lm = timed("easy_lm", lambda: _lm(out / "easy_lm", easy_train, "easy-vqa", scale.lm_steps))
+    figures["easy_vqa_lm_ceiling"] = timed("easy_lm_ceiling", lambda: _ceiling(easy_lm, easy_test, easy_chosen, "easy-vqa"))
+    show("easy_vqa_lm_ceiling")
     easy_data = ["data=easy-vqa", f"train_size={scale.train}", f"features_dir={out / 'easy_features'}"]
     config1 = stage1_config("shapes", [*QFORMER, *easy_data, f"max_steps={scale.stage1_steps}", "log_every=50"])
-    timed("easy_stage1", lambda: train_stage1(config1, out / "easy_stage1"))
+    timed("easy_stage1", lambda: train_stage1(config1, out / "easy_stage1", progress=True))
     overrides = [*QFORMER, *easy_data, f"max_steps={scale.stage2_steps}", f"language_model={easy_lm}",
                  f"stage1={out / 'easy_stage1'}", "qa_fraction=0.9", "log_every=50"]
-    timed("easy_stage2", lambda: train_stage2(stage2_config("shapes", overrides), out / "easy_stage2"))
+    timed("easy_stage2", lambda: train_stage2(stage2_config("shapes", overrides), out / "easy_stage2", progress=True))
     easy_model = vlmkit.load(out / "easy_stage2" / "model")
     easy_features = timed("easy_test_features", lambda: _features([e.image for e in easy_test], out / "easy_test_features"))
-    figures["easy_vqa_test_accuracy"] = _vqa(easy_model, easy_features, easy_test, scale.questions * 10)
-    figures["easy_vqa_test_questions"] = min(scale.questions * 10, sum(len(e.qa) for e in easy_test))
+    figures["easy_vqa_test"] = _vqa(easy_model, easy_features, easy_test, easy_chosen, "easy-vqa")
+    figures["easy_vqa_test_questions"] = len(easy_chosen)
+    show("easy_vqa_test")
     figures["total_minutes"] = round((time.perf_counter() - began) / 60, 2)
     return figures
 
@@ -259,14 +349,20 @@ def run(scale_name: str, out: Path) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scale", choices=sorted(SCALES), default="full")
+    parser.add_argument("--lm", default=None, metavar="DIR", help="reuse the LMs of `bench/lm_ceiling.py --out DIR`")
+    parser.add_argument("--seeds", type=int, default=None, help="seeds per figure (default: the scale's)")
     parser.add_argument("--out", default=None, help="keep runs here (default: a temporary directory)")
     args = parser.parse_args()
-    if args.out:
-        figures = run(args.scale, Path(args.out))
-    else:
-        with tempfile.TemporaryDirectory(prefix="vlmkit-blip2-") as tmp:
-            figures = run(args.scale, Path(tmp))
-    print(json.dumps(figures, indent=1))
+    lm_root = Path(args.lm) if args.lm else None
+    if lm_root is not None and not (lm_root / "shapes_lm" / "lm").is_dir():
+        parser.error(f"--lm {lm_root}: no shapes_lm/lm there (run `python bench/lm_ceiling.py --out {lm_root}` first)")
+    with tempfile.TemporaryDirectory(prefix="vlmkit-blip2-") as tmp:
+        out = Path(args.out) if args.out else Path(tmp)
+        figures = run(args.scale, out, lm_root, args.seeds)
+        print(json.dumps(figures, indent=1))
+        if args.out:
+            (out / "figures.json").write_text(json.dumps(figures, indent=1) + "\n")
+            print(f"figures: {out / 'figures.json'}; the runs are in {out}")
 
 
 if __name__ == "__main__":

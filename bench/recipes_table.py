@@ -5,7 +5,7 @@ trains at small scale and scores the result through ``vlmkit.load`` (``bench/_re
 script runs the ones whose ``ROOT/<recipe>/figures.json`` is missing (or was made at another scale),
 reads the others, scores BLIP-2 the same way, and prints a Markdown table.
 
-BLIP-2 comes from a ``bench/blip2_offline.py --out DIR`` run (its ``stage2/model`` and
+BLIP-2 comes from a ``bench/blip2_offline.py --out DIR`` run (its ``stage2_seed0/model`` and
 ``easy_stage2/model``) given with ``--blip2 DIR``, or is trained here by that script.
 
 Run: ``python bench/recipes_table.py [--root DIR] [--scale smoke|full] [--only clip,llava] [--blip2 DIR]``.
@@ -54,7 +54,7 @@ def blip2_figures(run_dir: Path) -> dict[str, Any]:
     figures: dict[str, Any] = {"recipe": "blip2", "source": str(run_dir)}
     timer = _recipes.Timer(figures)
     tasks = ("retrieval", "vqa", "caption")
-    figures["shapes"] = timer("score_shapes", lambda: _recipes.score(vlmkit.load(run_dir / "stage2" / "model"), _recipes.shapes(), tasks))
+    figures["shapes"] = timer("score_shapes", lambda: _recipes.score(vlmkit.load(run_dir / "stage2_seed0" / "model"), _recipes.shapes(), tasks))
     figures["easy-vqa"] = timer("score_easy", lambda: _recipes.score(vlmkit.load(run_dir / "easy_stage2" / "model"), _recipes.easy_vqa(), tasks))
     return figures  # no total_minutes: training happened in blip2_offline.py, which prints its own times
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -14,6 +15,7 @@ from PIL import Image  # noqa: E402
 from vlmkit.layers.efficientnet_lite import (  # noqa: E402
     INPUT_SIZE,
     NUM_FEATURES,
+    RESIZE_SIZE,
     EfficientNetLite0,
     load_pretrained_lite0,
     preprocess,
@@ -85,3 +87,19 @@ def test_batch_matches_single_images(
     with torch.no_grad():
         single = torch.cat([model(pixels[:1]), model(pixels[1:])])
     assert_close(logits, single, rtol=DEEP, what="batch of 2 against 1")
+
+
+def test_a_small_image_is_resized_whole_and_a_large_one_cropped() -> None:
+    """A 64-pixel scene with a mark in each corner keeps every mark; a 512-pixel photo loses its
+    border to the evaluation crop (resize to 256, centre 224) as ImageNet preprocessing does."""
+    from vlmkit.layers.efficientnet_lite import _resize_and_crop
+
+    for size, kept in ((64, True), (512, False)):
+        image = Image.new("RGB", (size, size), (255, 255, 255))
+        mark = max(2, size // 32)
+        for x, y in ((0, 0), (size - mark, 0), (0, size - mark), (size - mark, size - mark)):
+            image.paste((255, 0, 0), (x, y, x + mark, y + mark))
+        out = np.asarray(_resize_and_crop(image, RESIZE_SIZE, INPUT_SIZE, Image.Resampling.BILINEAR))
+        assert out.shape == (INPUT_SIZE, INPUT_SIZE, 3)
+        corners = [out[0, 0], out[0, -1], out[-1, 0], out[-1, -1]]
+        assert all((c[1] < 128) == kept for c in corners), size  # red corner: green channel low

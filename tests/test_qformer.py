@@ -235,6 +235,17 @@ def test_save_and_load_round_trip(tmp_path: Path) -> None:
         )
 
 
+def test_a_state_dict_with_the_temperature_itself_loads_its_logarithm(tmp_path: Path) -> None:
+    """LAVIS and earlier vlmkit checkpoints store ``temp``; the model learns ``log_temp``."""
+    model = tiny_model()
+    state = model.state_dict()
+    state["temp"] = torch.tensor(0.25)
+    del state["log_temp"]
+    model.load_state_dict(state)
+    assert "temp" not in model.state_dict()
+    assert model.temp.item() == pytest.approx(0.25, rel=1e-6)  # exp(log(x)) in float32: a few ulps
+
+
 # ---- real BERT weights ---------------------------------------------------------------------------
 
 

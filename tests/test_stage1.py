@@ -3,6 +3,9 @@ the ITG ablation, and a few optimisation steps that lower the loss."""
 
 from __future__ import annotations
 
+import math
+
+import pytest
 import torch
 
 from vlmkit.losses import TEMPERATURE_RANGE, blip2_stage1_losses
@@ -32,7 +35,7 @@ def test_losses_are_finite_and_reach_every_trainable_part():
     assert all(torch.isfinite(x) for x in (losses.itc, losses.itm, losses.itg, losses.total))
     torch.testing.assert_close(losses.total, losses.itc + losses.itm + losses.itg)
     losses.total.backward()
-    for name in ("query_tokens", "temp", "vision_proj.weight", "text_proj.weight", "itm_head.weight"):
+    for name in ("query_tokens", "log_temp", "vision_proj.weight", "text_proj.weight", "itm_head.weight"):
         grad = model.get_parameter(name).grad
         assert grad is not None and grad.abs().sum() > 0, name
 
@@ -41,10 +44,10 @@ def test_itg_ablation_and_temperature_clamp():
     config, images, ids, mask = tiny_batch()
     model = QFormer(config)
     with torch.no_grad():
-        model.temp.fill_(5.0)
+        model.log_temp.fill_(math.log(5.0))
     losses = blip2_stage1_losses(model, images, ids, mask, use_itg=False, generator=torch.Generator().manual_seed(1))
     assert losses.itg.item() == 0.0
-    assert model.temp.item() == TEMPERATURE_RANGE[1]
+    assert model.temp.item() == pytest.approx(TEMPERATURE_RANGE[1], rel=1e-6)  # exp(log(x)) in float32: a few ulps
 
 
 def test_a_few_steps_lower_the_loss():

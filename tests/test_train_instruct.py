@@ -106,7 +106,7 @@ def test_instructed_features_match_transformers_instructblip_qformer():
     torch.manual_seed(1)
     hf = transformers.InstructBlipQFormerModel(hf_config).eval()
     theirs = hf.state_dict()
-    names = _blip2_names(qformer.config, with_temp=False)
+    names = _blip2_names(qformer.config)
     with torch.no_grad():
         for ours, name in names.items():
             name = name.replace("qformer.layernorm", "embeddings.layernorm").removeprefix("qformer.")

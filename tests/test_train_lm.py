@@ -61,19 +61,46 @@ def test_context_corpus_leads_each_text_with_its_scene():
     assert all(t.startswith(captions + " ") for t in corpus_texts([bare], context=True))
 
 
-def test_without_loss_on_context_only_the_prompt_and_answer_are_predicted(texts):
-    from vlmkit_train.lm import _batch, _encode, _lead_text
+def test_packed_segments_share_one_description():
+    """segments=k: every caption and question of a scene once, k at most to a text, after one
+    description and separated by the eos token; each text opens in stage 2's single-prompt layout."""
+    from vlmkit_train.lm import SPECIAL_TOKEN, lm_texts
+
+    examples = make_split(4, 0, "train")
+    packed = corpus_texts(examples, context=True, segments=5, seed=1)
+    for example in examples:
+        own = [t[len(example.description) + 1 :] for t in packed if t.startswith(example.description + " ")]
+        parts = [part for text in own for part in text.split(SPECIAL_TOKEN)]
+        singles = [t[len(example.description) + 1 :] for t in corpus_texts([example], context=True)]
+        assert sorted(parts) == sorted(singles)  # every segment exactly once
+        assert len(own) == math.ceil(len(singles) / 5) and all(len(t.split(SPECIAL_TOKEN)) <= 5 for t in own)
+        assert all(t.startswith(("Question: ", "a photo of ")) for t in own)
+    assert packed != corpus_texts(examples, context=True, segments=5, seed=2)  # the order is seeded
+    assert lm_texts(lm_config("tiny", ["segments_per_text=5", "seed=1"]), examples) == packed
+    with pytest.raises(InputError, match="segments"):
+        corpus_texts(examples, segments=0)
+
+
+def test_loss_on_prompts_or_targets_leaves_the_rest_unpredicted(texts):
+    from vlmkit_train.lm import SPECIAL_TOKEN, _batch, _encode, _lead_text
 
     example = make_split(1, 0, "train")[0]
-    text = corpus_texts([example], context=True)[-1]  # description, then a question and its answer
+    text = corpus_texts([example], context=True, segments=3)[0]  # description, then three segments
     tokenizer = train_tokenizer(texts + [text], 400)
-    (ids, lead), = _encode(tokenizer, [text], 256, leads=True)
-    assert _lead_text(text) == example.description and lead == len(tokenizer(example.description, add_special_tokens=False)["input_ids"])
-    _, _, labels = _batch([(ids, lead)], tokenizer.eos_token_id)
-    assert (labels[0, : 1 + lead] == -100).all() and torch.equal(labels[0, 1 + lead :], torch.tensor(ids[1 + lead :]))
-    assert tokenizer.decode(ids[1 + lead :]).startswith(" Question:")
-    (full, none), = _encode(tokenizer, [text], 256)  # the default: every token after bos is predicted
-    assert none == 0 and torch.equal(_batch([(full, 0)], tokenizer.eos_token_id)[2][0, 1:], torch.tensor(full[1:]))
+    assert _lead_text(text) == example.description
+
+    def predicted(loss_on: str) -> str:
+        (ids, keep), = _encode(tokenizer, [text], 256, loss_on=loss_on)
+        _, _, labels = _batch([(ids, keep)], tokenizer.eos_token_id)
+        assert labels[0, 0] == -100 and labels[0, -1] == tokenizer.eos_token_id  # bos never, the closing eos always
+        return tokenizer.decode([t for t in labels[0].tolist() if t != -100])
+
+    assert predicted("all") == text + SPECIAL_TOKEN
+    assert predicted("prompts") == text[len(example.description) :] + SPECIAL_TOKEN  # from the space before the prompt
+    targets = [part.split(" Answer:")[-1] if " Answer:" in part else part.split("a photo of")[-1] for part in text[len(example.description) + 1 :].split(SPECIAL_TOKEN)]
+    assert predicted("targets") == "".join(t + SPECIAL_TOKEN for t in targets)  # " yes<|endoftext|> square<|endoftext|>..."
+    with pytest.raises(InputError, match="loss_on"):
+        lm_config("tiny", ["loss_on=answers"])
 
 
 def test_text_ceiling_on_a_tiny_lm(tmp_path):

@@ -35,6 +35,10 @@ class Stage2Config:
     data: Literal["shapes", "easy-vqa"] = "shapes"
     train_size: int = 2000
     image_size: int = 64
+    #: Which shapes-world scenes to train on (their stream's seed); ``seed`` sets the
+    #: initialisation, the batch order and the sampling, so runs that differ only in ``seed`` see
+    #: the same data.
+    data_seed: int = 0
     seed: int = 0
     #: A stage-1 run directory (its ``qformer/``) or a Q-Former directory; "" starts from a fresh one.
     stage1: str = ""
@@ -74,7 +78,15 @@ class Stage2Config:
 
 
 PRESETS: dict[str, Stage2Config] = {
-    "shapes": Stage2Config(qformer_init="scratch", tokenizer="corpus", lr=1e-3, max_steps=1000),
+    "shapes": Stage2Config(
+        qformer_init="scratch", tokenizer="corpus", lr=1e-3, max_steps=1000, num_query_tokens=16, cross_attention_frequency=1,
+    ),
+    # The capacity a bigger budget allows: 4 layers, 256 wide, 32 queries, batch 64 (about 7x a
+    # `shapes` step on a 2-core CPU; see the README).
+    "shapes-large": Stage2Config(
+        qformer_init="scratch", tokenizer="corpus", lr=1e-3, max_steps=1000, scratch_layers=4, scratch_hidden=256,
+        num_query_tokens=32, cross_attention_frequency=1, batch_size=64,
+    ),
     "tiny": Stage2Config(
         train_size=16, batch_size=4, max_steps=6, qformer_init="scratch", tokenizer="corpus", scratch_layers=2, scratch_hidden=32,
         num_query_tokens=4, warmup_steps=2, log_every=1, lr=1e-3,

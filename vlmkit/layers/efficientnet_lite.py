@@ -235,8 +235,15 @@ def load_pretrained_lite0(device: str | torch.device = "cpu") -> EfficientNetLit
 def _resize_and_crop(
     image: Image.Image, resize_size: int, crop_size: int, interpolation: Image.Resampling
 ) -> Image.Image:
-    """Resize the shorter side to ``resize_size`` (keeping aspect), then take the centre square."""
+    """Resize the shorter side to ``resize_size`` (keeping aspect), then take the centre square.
+
+    An image whose shorter side is at most ``crop_size`` has its shorter side resized to
+    ``crop_size`` instead: the evaluation crop trims the border of a photo larger than the input,
+    but on a small image (a 64-pixel synthetic scene) it would cut objects at the edge away, and
+    upscaling adds no detail that the crop could keep. A square small image is then shown whole."""
     width, height = image.size
+    if min(width, height) <= crop_size:
+        resize_size = crop_size
     scale = resize_size / min(width, height)
     new_w, new_h = max(crop_size, round(width * scale)), max(crop_size, round(height * scale))
     if (new_w, new_h) != (width, height):
@@ -257,7 +264,8 @@ def preprocess(images: Sequence[Image.Image]) -> torch.Tensor:
     """PIL images -> ``(B, 3, 224, 224)`` float32 batch in the form the pretrained weights expect.
 
     Each image is converted to RGB, its shorter side resized to :data:`RESIZE_SIZE` with
-    :data:`INTERPOLATION`, centre-cropped to :data:`INPUT_SIZE` and normalised with
+    :data:`INTERPOLATION` (to :data:`INPUT_SIZE` when it is no longer than that, so a small image
+    loses nothing to the crop), centre-cropped to :data:`INPUT_SIZE` and normalised with
     :data:`MEAN` / :data:`STD`.
     """
     if not images:

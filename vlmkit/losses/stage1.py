@@ -7,6 +7,8 @@ negatives and ITM hard negatives come from the global batch through :mod:`vlmkit
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -16,7 +18,7 @@ from .blip2 import Stage1Losses, itc_loss, itg_loss, itm_loss, sample_hard_negat
 
 __all__ = ["blip2_stage1_losses", "TEMPERATURE_RANGE"]
 
-# LAVIS keeps the learned temperature in this range, clamping it before every step.
+# LAVIS keeps the learned temperature in this range, clamping it before every step (here its logarithm).
 TEMPERATURE_RANGE = (0.001, 0.5)
 
 
@@ -40,7 +42,7 @@ def blip2_stage1_losses(
     group has no negative and contributes only its positive to ITM.
     """
     with torch.no_grad():
-        qformer.temp.clamp_(*TEMPERATURE_RANGE)
+        qformer.log_temp.clamp_(math.log(TEMPERATURE_RANGE[0]), math.log(TEMPERATURE_RANGE[1]))
 
     image_feats = qformer.image_features(image_embeds)  # (B, Q, d)
     text_feats = qformer.text_features(input_ids, attention_mask)  # (B, d)

@@ -115,7 +115,9 @@ class EfficientNetEncoder(FrozenImageEncoder):
 
         self.net = load_pretrained_lite0().to(dtype)
         self.hidden_size = NUM_FEATURES
-        self.identity = "efficientnet-lite0:head"
+        # ":uncropped-small": images up to 224 pixels are no longer centre-cropped (feature caches
+        # built with the crop are rebuilt, not reused).
+        self.identity = "efficientnet-lite0:head:uncropped-small"
         self.freeze()
 
     def preprocess(self, images: list[Image.Image]) -> torch.Tensor:

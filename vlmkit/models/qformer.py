@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -328,9 +329,17 @@ class QFormer(nn.Module):
         self.text_proj = nn.Linear(config.hidden_size, config.embed_dim)
         self.itm_head = nn.Linear(config.hidden_size, 2)
         self.lm_head = QFormerLMHead(config)
-        self.temp = nn.Parameter(torch.tensor(INITIAL_TEMPERATURE))
+        # The ITC temperature is learned as its logarithm: an optimiser step then changes it by a
+        # share of its value, not by an absolute amount that can drive a small temperature to zero.
+        self.log_temp = nn.Parameter(torch.tensor(math.log(INITIAL_TEMPERATURE)))
+        self._register_load_state_dict_pre_hook(_temp_to_log_temp)
         self.apply(self._init_weights)
         nn.init.normal_(self.query_tokens, std=config.initializer_range)
+
+    @property
+    def temp(self) -> Tensor:
+        """The ITC temperature, ``exp(log_temp)`` (a 0-dim tensor that carries the gradient)."""
+        return self.log_temp.exp()
 
     def _init_weights(self, module: nn.Module) -> None:
         """BERT's initialisation: N(0, initializer_range) weights, zero biases, unit LayerNorms."""
@@ -581,8 +590,11 @@ class QFormer(nn.Module):
             "dec_token_id": qformer.get("bos_token_id"),
         }
         model = cls(QFormerConfig(**{**fields, **overrides}))
-        names = _blip2_names(model.config, with_temp="temp" in state_dict)
+        names = _blip2_names(model.config)
         _copy_weights(model, state_dict, names, source="Blip2ForImageTextRetrieval state dict")
+        if "temp" in state_dict:  # LAVIS stores the temperature itself
+            with torch.no_grad():
+                model.log_temp.copy_(state_dict["temp"].float().log())
         return model.eval()
 
     @classmethod
@@ -638,7 +650,14 @@ def _bert_names(config: QFormerConfig, with_lm_head: bool) -> dict[str, str]:
     return names
 
 
-def _blip2_names(config: QFormerConfig, with_temp: bool) -> dict[str, str]:
+def _temp_to_log_temp(state_dict: dict[str, Tensor], prefix: str, *args: Any) -> None:
+    """Load hook: a state dict that stores the temperature itself (``temp``: LAVIS, and vlmkit
+    checkpoints before the temperature was learned as a logarithm) gives ``log_temp``."""
+    if prefix + "temp" in state_dict and prefix + "log_temp" not in state_dict:
+        state_dict[prefix + "log_temp"] = state_dict.pop(prefix + "temp").float().log()
+
+
+def _blip2_names(config: QFormerConfig) -> dict[str, str]:
     """transformers' ``Blip2ForImageTextRetrieval``; everything but the LM head."""
     names = {
         "query_tokens": "query_tokens",
@@ -658,8 +677,6 @@ def _blip2_names(config: QFormerConfig, with_temp: bool) -> dict[str, str]:
         names |= _ffn(f"layers.{i}.query_ffn", f"{hf}.intermediate_query", f"{hf}.output_query")
     names |= _linear("vision_proj", "vision_projection") | _linear("text_proj", "text_projection")
     names |= _linear("itm_head", "itm_head")
-    if with_temp:
-        names["temp"] = "temp"
     return names
 
 
