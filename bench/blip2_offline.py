@@ -165,19 +165,15 @@ def _questions(examples: list[Any], limit: int | None, seed: int = 0) -> list[tu
     return [pairs[i] for i in rng.permutation(len(pairs))[:limit]]
 
 
-def _kind(question: str, answer: str, data: str) -> str:
-    from vlmkit.data.shapes import question_type
-
-    return question_type(question) if data == "shapes" else ("yes/no" if answer in ("yes", "no") else "other")
-
-
 def _scores(predictions: list[str], chosen: list[tuple[int, str, str]], data: str) -> dict[str, Any]:
     """Exact match overall and per question type (shapes) or answer kind (easy-VQA), in %."""
+    from lm_ceiling import answer_kind  # bench/, beside this script
+
     from vlmkit.eval import exact_match_accuracy
 
     kinds: dict[str, list[int]] = {}
     for index, (_, question, answer) in enumerate(chosen):
-        kinds.setdefault(_kind(question, answer, data), []).append(index)
+        kinds.setdefault(answer_kind(question, answer, data), []).append(index)
     per_type = {
         kind: round(exact_match_accuracy([predictions[i] for i in rows], [chosen[i][2] for i in rows]), 2)
         for kind, rows in sorted(kinds.items())
@@ -280,9 +276,9 @@ def run(scale_name: str, out: Path, lm_root: Path | None = None, seeds: int | No
         timed(name, lambda: train_stage1(config, out / name, progress=True))
         return out / name
 
-    def stage2(name: str, seed: int, stage1_dir: str, extra: list[str] = ()) -> Any:  # type: ignore[assignment]
+    def stage2(name: str, seed: int, stage1_dir: str) -> Any:
         overrides = [*QFORMER, *data, f"seed={seed}", f"max_steps={scale.stage2_steps}", f"language_model={lm_dir}",
-                     f"stage1={stage1_dir}", "log_every=50", *extra]
+                     f"stage1={stage1_dir}", "log_every=50"]
         timed(name, lambda: train_stage2(stage2_config("shapes", overrides), out / name, progress=True))
         return vlmkit.load(out / name / "model")
 
@@ -354,8 +350,9 @@ def main() -> None:
     parser.add_argument("--out", default=None, help="keep runs here (default: a temporary directory)")
     args = parser.parse_args()
     lm_root = Path(args.lm) if args.lm else None
-    if lm_root is not None and not (lm_root / "shapes_lm" / "lm").is_dir():
-        parser.error(f"--lm {lm_root}: no shapes_lm/lm there (run `python bench/lm_ceiling.py --out {lm_root}` first)")
+    for name in ("shapes_lm", "easy-vqa_lm"):
+        if lm_root is not None and not (lm_root / name / "lm").is_dir():
+            parser.error(f"--lm {lm_root}: no {name}/lm there (run `python bench/lm_ceiling.py --out {lm_root}` first)")
     with tempfile.TemporaryDirectory(prefix="vlmkit-blip2-") as tmp:
         out = Path(args.out) if args.out else Path(tmp)
         figures = run(args.scale, out, lm_root, args.seeds)

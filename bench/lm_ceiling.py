@@ -40,10 +40,16 @@ def train(out: Path, examples: list[Any], steps: int, seed: int = 0, extra: tupl
     return out / "lm"
 
 
+def answer_kind(question: str, answer: str, data: str) -> str:
+    """How a question is scored separately: its type on shapes, yes/no or other on easy-VQA."""
+    from vlmkit.data.shapes import question_type
+
+    return question_type(question) if data == "shapes" else ("yes/no" if answer in ("yes", "no") else "other")
+
+
 def score(lm_dir: Path, examples: list[Any], kind: str) -> dict[str, Any]:
     """Exact-match accuracy (%) overall and per question type (shapes) or answer kind (easy-VQA);
     on shapes also per number of objects in the scene."""
-    from vlmkit.data.shapes import question_type
     from vlmkit.eval import exact_match_accuracy
     from vlmkit_train.lm import answer_from_descriptions
 
@@ -51,8 +57,7 @@ def score(lm_dir: Path, examples: list[Any], kind: str) -> dict[str, Any]:
     objects = [e.description.split(":")[0] for e in examples for _ in e.qa]  # "three shapes"
     groups: dict[str, list[tuple[str, str]]] = defaultdict(list)
     for (question, answer, predicted), count in zip(triples, objects, strict=True):
-        key = question_type(question) if kind == "shapes" else ("yes/no" if answer in ("yes", "no") else "other")
-        groups[key].append((predicted, answer))
+        groups[answer_kind(question, answer, kind)].append((predicted, answer))
         if kind == "shapes":
             groups[count].append((predicted, answer))
     per_type = {key: round(exact_match_accuracy([p for p, _ in pairs], [a for _, a in pairs]), 2) for key, pairs in sorted(groups.items())}
