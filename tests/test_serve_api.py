@@ -182,14 +182,14 @@ def test_models_list(client: openai.OpenAI) -> None:
 
 
 def test_chat_on_the_default_model_captions_the_photo(client: openai.OpenAI, models: dict[str, Any], cat: dict[str, Any]) -> None:
-    response = client.chat.completions.create(model="default", messages=[user("What is this?", cat["url"])])
+    response = client.chat.completions.create(model="default", messages=[user("Describe this image.", cat["url"])])
     text = response.choices[0].message.content
     assert text is not None and text.startswith("a photo of")
     assert text == models["default"].caption([cat["image"]])[0]
     assert response.model == "default" and response.choices[0].finish_reason == "stop"
     assert response.usage is not None and response.usage.prompt_tokens > 0 and response.usage.completion_tokens > 0
     assert response.usage.total_tokens == response.usage.prompt_tokens + response.usage.completion_tokens
-    assert response.model_extra["vlmkit"]["route"] == {"model": "default", "task": "caption", "reason": "the model asked for"}
+    assert response.model_extra["vlmkit"]["route"] == {"model": "default", "task": "caption", "reason": "the model named in the request"}
 
 
 def test_stream_equals_the_reply(client: openai.OpenAI, models: dict[str, Any], cat: dict[str, Any]) -> None:
@@ -207,7 +207,7 @@ def test_stream_equals_the_reply(client: openai.OpenAI, models: dict[str, Any], 
 
 def test_stream_with_usage(client: openai.OpenAI, cat: dict[str, Any]) -> None:
     stream = client.chat.completions.create(
-        model="default", messages=[user("What is this?", cat["url"])], stream=True, stream_options={"include_usage": True}
+        model="default", messages=[user("Describe this image.", cat["url"])], stream=True, stream_options={"include_usage": True}
     )
     chunks = list(stream)
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices).startswith("a photo of")
@@ -233,7 +233,7 @@ def test_max_tokens_and_stop(client: openai.OpenAI, models: dict[str, Any], cat:
     assert "".join(c.choices[0].delta.content or "" for c in chunks) == expected
     assert chunks[-1].choices[0].finish_reason == "stop"
     # The built-in's caption: cut at the first comma.
-    caption = client.chat.completions.create(model="default", messages=[user("What is this?", cat["url"])], stop=",")
+    caption = client.chat.completions.create(model="default", messages=[user("Describe this image.", cat["url"])], stop=",")
     assert caption.choices[0].message.content == models["default"].caption([cat["image"]])[0].split(",")[0]
 
 
@@ -302,6 +302,52 @@ def test_auto_routing(client: openai.OpenAI, models: dict[str, Any], cat: dict[s
     assert raw.headers["x-vlmkit-model"] == "blip-vqa" and raw.headers["x-vlmkit-route"].startswith("a short question")
 
 
+def test_a_question_to_a_captioner_is_refused_not_captioned(client: openai.OpenAI, cat: dict[str, Any]) -> None:
+    """The built-in only captions: asked a question by name, it must not answer with a caption."""
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.chat.completions.create(model="default", messages=[user("What colour is the cat?", cat["url"])])
+    message = refused.value.body["message"]  # type: ignore[index]
+    assert message.startswith("model 'default' cannot answer questions or chat: it captions and embeds; ")
+    assert "models that answer: llava, blip-vqa (or model 'auto')" in message
+    # Model "auto" routes the same question to a model that answers it.
+    routed = client.chat.completions.create(model="auto", messages=[user("What colour is the cat?", cat["url"])])
+    assert routed.model == "blip-vqa"
+    # With no model that answers, the refusal says how to get one.
+    alone = tiny_app({"default": vlmkit.load("default")}).post(
+        "/v1/chat/completions", json={"model": "default", "messages": [user("What colour is the cat?", cat["url"])]}
+    )
+    assert alone.status_code == 400 and "train one offline with `vlmkit train`" in alone.json()["error"]["message"]
+
+
+def test_auto_works_without_routes(models: dict[str, Any], cat: dict[str, Any], small: dict[str, Any]) -> None:
+    """Model "auto" with no --route: with one model it is that model; with several, the first that can
+    do what the request needs, and the reason says so."""
+    one = tiny_app({"default": models["default"]})
+    listed = one.get("/v1/models").json()["data"]
+    assert [m["id"] for m in listed] == ["default", "auto"] and listed[1]["vlmkit"]["by_capability"] is True
+    reply = one.post("/v1/chat/completions", json={"model": "auto", "messages": [user("Describe this image.", small["url"])]})
+    assert reply.status_code == 200, reply.text
+    assert reply.json()["choices"][0]["message"]["content"] == models["default"].caption([small["image"]])[0]
+    assert reply.json()["vlmkit"]["route"] == {"model": "default", "task": "caption", "reason": "a caption request"}
+    refused = one.post("/v1/chat/completions", json={"model": "auto", "messages": [user("What colour is it?", small["url"])]})
+    assert refused.status_code == 400
+    assert refused.json()["error"]["message"] == (
+        "no served model can answer a short question (4 words); served: default (captions and embeds)"
+    )
+
+    several = tiny_app({"default": models["default"], "llava": models["llava"], "blip-vqa": models["blip-vqa"]})
+
+    def routed(text: str | None, **options: Any) -> dict[str, Any]:
+        response = several.post("/v1/chat/completions", json={"model": "auto", "messages": [user(text, small["url"])], **options})
+        assert response.status_code == 200, response.text
+        return response.json()["vlmkit"]["route"]
+
+    picked = "; picked by what the served models can do"
+    assert routed("Describe this image.") == {"model": "default", "task": "caption", "reason": "a caption request" + picked}
+    assert routed("What colour is it?") == {"model": "blip-vqa", "task": "ask", "reason": "a short question (4 words)" + picked}
+    assert routed("Why is it here?", max_tokens=4) == {"model": "llava", "task": "chat", "reason": "an open-ended request ('why')" + picked}
+
+
 def test_errors_map_to_openai_exceptions(server: str, client: openai.OpenAI, cat: dict[str, Any]) -> None:
     for key in ("wrong-key", KEY + "x", KEY.upper()):
         with pytest.raises(openai.AuthenticationError):
@@ -311,7 +357,7 @@ def test_errors_map_to_openai_exceptions(server: str, client: openai.OpenAI, cat
     with pytest.raises(openai.NotFoundError):
         client.embeddings.create(model="text-embedding-3-small", input="hi")
     with pytest.raises(openai.BadRequestError, match="exactly one image"):
-        client.chat.completions.create(model="default", messages=[{"role": "user", "content": "hi"}])
+        client.chat.completions.create(model="default", messages=[{"role": "user", "content": "Write a caption"}])
     with pytest.raises(openai.BadRequestError, match="max_tokens"):
         client.chat.completions.create(model="llava", messages=[user("hi", cat["url"])], max_tokens=100_000)
     with pytest.raises(openai.BadRequestError, match="CLIP|clip|embed"):
@@ -518,7 +564,7 @@ def test_bodies_python_cannot_take_are_400(content: bytes, words: str) -> None:
 
 def test_an_empty_stop_string_is_refused(models: dict[str, Any], small: dict[str, Any]) -> None:
     client = tiny_app({"default": models["default"]})
-    body = {"model": "default", "messages": [user("what?", small["url"])]}
+    body = {"model": "default", "messages": [user("caption", small["url"])]}
     assert client.post("/v1/chat/completions", json={**body, "stop": ""}).status_code == 400
     assert client.post("/v1/chat/completions", json={**body, "stop": [""]}).status_code == 400
     assert (
@@ -935,7 +981,7 @@ def _good_requests(small: dict[str, Any]) -> list[tuple[str, dict[str, Any], Cal
         ("/v1/classify", {"model": "clip", "image": small["url"], "labels": ["a cat", "a dog"]}, lambda r: len(r["labels"]) == 2),
         (
             "/v1/chat/completions",
-            {"model": "default", "messages": [user("what?", small["url"])]},
+            {"model": "default", "messages": [user("describe this image", small["url"])]},
             lambda r: r["choices"][0]["message"]["content"],
         ),
         ("/v1/vqa", {"model": "blip-vqa", "image": small["url"], "question": "what?"}, lambda r: isinstance(r["answer"], str)),

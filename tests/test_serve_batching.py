@@ -331,10 +331,23 @@ def test_lookup_error_when_nothing_can() -> None:
         route(Routes(precise="clip", conversational="clip"), "What colour?")
     with pytest.raises(LookupError, match="a caption request"):
         route(Routes(precise="vqa"), "Describe this image.")
-    with pytest.raises(LookupError):
-        route(Routes(), "anything")
+    with pytest.raises(LookupError, match="no served model can answer a short question"):
+        route(Routes(), "anything", can={"clip": CLIP})  # no sides: by capability, and none can
     with pytest.raises(LookupError):
         route(TANDEM, "What colour?", can={})
+
+
+def test_without_sides_the_first_capable_model_answers() -> None:
+    """No --route: every served model is a candidate, in serving order, best task first."""
+    picked = "; picked by what the served models can do"
+    assert route(Routes(), "What colour?") == Route("vqa", "ask", "a short question (2 words)" + picked)
+    assert route(Routes(), "Describe this image.") == Route("cap", "caption", "a caption request" + picked)  # before llava
+    assert route(Routes(), "Describe this image.", can={"vqa": VQA, "llava": LLAVA}).model == "llava"
+    assert route(Routes(), "Why is it here?") == Route("llava", "chat", "an open-ended request ('why')" + picked)
+    # One model: it answers whatever it can, and the reason needs no note.
+    assert route(Routes(), "What colour?", can={"llava": LLAVA}) == Route("llava", "ask", "a short question (2 words)")
+    with pytest.raises(LookupError, match="no served model can answer an open-ended request"):
+        route(Routes(), "Why is it here?", can={"cap": CAPTIONER})
 
 
 def test_routes_are_configurable() -> None:

@@ -101,6 +101,12 @@ def test_pages_load_without_a_key_under_a_strict_csp(models: dict[str, Any]) -> 
     assert client.get("/v1/models").status_code == 401  # the API still wants the key
     assert client.get("/v1/models", headers={"Authorization": "Bearer k"}).status_code == 200
     assert client.get("/", follow_redirects=False).status_code == 404  # "/" is left to the search page
+    # A browser asking for a page that does not exist gets a page with links; an API client, JSON.
+    missing = client.get("/nowhere", headers={"Accept": "text/html"})
+    assert missing.status_code == 404 and missing.headers["content-type"].startswith("text/html")
+    assert 'href="/chat"' in missing.text and 'href="/compare"' in missing.text and 'href="/"' not in missing.text
+    assert missing.headers["content-security-policy"] == PAGES_CSP
+    assert client.get("/nowhere").headers["content-type"].startswith("application/json")
 
 
 def test_a_search_app_mounted_at_root_keeps_its_static_files(models: dict[str, Any]) -> None:
@@ -117,6 +123,10 @@ def test_a_search_app_mounted_at_root_keeps_its_static_files(models: dict[str, A
 
     bare = create_api_app({"default": models["default"]})
     redirect_root_to_chat(bare)
+    # No index: /search is a page that says so and how to build one.
+    search = TestClient(bare).get("/search")
+    assert search.status_code == 404 and search.headers["content-type"].startswith("text/html")
+    assert "no image index" in search.text and "vlmkit index DIR" in search.text and 'href="/chat"' in search.text
     response = TestClient(bare).get("/", follow_redirects=False)
     assert response.status_code == 307 and response.headers["location"] == "/chat"
 
@@ -158,7 +168,7 @@ def test_chat_streams_a_llava_reply_and_keeps_the_conversation(server: str, page
     text = reply.locator(".text").inner_text()
     assert len(snapshots) > 1 and snapshots[-1] == text  # the text grew in several steps ...
     assert all(later.startswith(earlier) for earlier, later in zip(snapshots, snapshots[1:], strict=False))  # ... by appending
-    assert reply.locator(".route").inner_text() == "answered by llava: the model asked for"
+    assert reply.locator(".route").inner_text() == "Answered by llava, the model you chose (chatting)."
     user = page.locator(".turn.user").first
     assert user.locator(".text").inner_text() == "what is in this picture?"
     assert user.locator("img.thumb").evaluate("i => i.complete && i.naturalWidth") == 451  # under 1024 px: kept
@@ -171,7 +181,7 @@ def test_chat_streams_a_llava_reply_and_keeps_the_conversation(server: str, page
     assert messages[0]["content"][0]["image_url"]["url"].startswith("data:image/jpeg;base64,")
     assert messages[1]["content"] == text and messages[2]["content"] == "and why is that?"
     assert second.get_attribute("data-state") == "done"
-    assert second.locator(".route").inner_text() == "answered by llava: multi-turn dialogue"
+    assert second.locator(".route").inner_text() == "Routed to llava (chatting) because of multi-turn dialogue."
 
     page.click("#new-chat")
     assert page.locator(".turn").count() == 0 and page.locator("#empty").is_visible()
@@ -183,12 +193,12 @@ def test_chat_caption_route_note_error_and_screenshot(server: str, page: Any, tm
     reply = _send(page, "default", image=_cat())
     assert reply.get_attribute("data-state") == "done"
     assert reply.locator(".text").inner_text().startswith("a photo of")
-    assert reply.locator(".route").inner_text() == "answered by default: the model asked for"
+    assert reply.locator(".route").inner_text() == "Answered by default, the model you chose (captioning the image)."
 
     page.click("#new-chat")
     reply = _send(page, "auto", "what is this?", _cat())
     assert reply.get_attribute("data-state") == "done" and reply.locator(".text").inner_text()
-    assert reply.locator(".route").inner_text() == "answered by blip-vqa: a short question (3 words)"
+    assert reply.locator(".route").inner_text() == "Routed to blip-vqa (answering the question) because of a short question (3 words)."
 
     # A VQA model with no image (in a new conversation): the server's 400 message, inline in the reply.
     page.click("#new-chat")
@@ -205,7 +215,7 @@ def test_chat_caption_route_note_error_and_screenshot(server: str, page: Any, tm
     page.fill("#max-tokens", "16")
     reply = _send(page, "auto", "what colour is the cat?")
     assert reply.get_attribute("data-state") == "done" and reply.locator(".text").inner_text()
-    assert reply.locator(".route").inner_text() == "answered by llava: multi-turn dialogue"
+    assert reply.locator(".route").inner_text() == "Routed to llava (chatting) because of multi-turn dialogue."
 
     page.wait_for_function("() => [...document.querySelectorAll('.thumb')].every(i => i.complete && i.naturalWidth)")
     shot = tmp_path / "chat.png"
@@ -269,6 +279,36 @@ def test_compare_two_models_side_by_side(server: str, page: Any, tmp_path: Path)
     page.wait_for_function("() => document.querySelectorAll('.answer:not([data-state=waiting])').length === 3", timeout=30_000)
     states = cards.evaluate_all("cs => Object.fromEntries(cs.map(c => [c.dataset.model, c.dataset.state]))")
     assert states == {"default": "error", "llava": "done", "blip-vqa": "done"}
+
+
+def test_compare_right_after_choosing_an_image_waits_for_it(server: str, page: Any) -> None:
+    """Compare clicked while the image is still being read: the button waits (it is disabled until
+    the image is ready), never "Choose an image first."."""
+    # Reading an image takes 1.5 s here, as a large photo on a slow machine may.
+    page.add_init_script("""
+        const read = window.createImageBitmap.bind(window);
+        window.createImageBitmap = (...args) => new Promise((done) => setTimeout(done, 1500)).then(() => read(...args));
+    """)
+    page.goto(server + "/compare")
+    page.wait_for_selector("#models input[value='default']")
+    for model in ("llava", "blip-vqa"):
+        page.uncheck(f"#models input[value='{model}']")
+    page.set_input_files("#image", _cat())
+    assert page.locator("#go").is_disabled() and page.inner_text("#status") == "Reading the image…"
+    page.click("#go")  # waits for the button to be enabled, as a person's click would have to
+    page.wait_for_selector(".answer[data-state=done]", timeout=30_000)
+    assert page.locator("#error").is_hidden()
+    assert page.locator(".answer .text").inner_text().startswith("a photo of")
+    # Submitted through the form while another image is being read: it waits for that image, and
+    # does not send the one before.
+    coffee = str(Path(_cat()).with_name("coffee.png"))
+    page.set_input_files("#image", coffee)
+    with page.expect_request("**/v1/caption") as sent:
+        page.evaluate("document.getElementById('compare').requestSubmit()")
+    with Image.open(io.BytesIO(base64.b64decode(json.loads(sent.value.post_data)["image"].split(",", 1)[1]))) as image:
+        assert image.size == Image.open(coffee).size  # the coffee (600 x 400), not the cat (451 x 300)
+    page.wait_for_selector(".answer[data-state=done]", timeout=30_000)
+    assert page.locator("#error").is_hidden()
 
 
 # -- with an API key ----------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -311,7 +312,8 @@ def test_serve_runs_uvicorn_with_the_index_model(
     args = _serve_args("--index", str(collection["index"]), "--host", "0.0.0.0", "--port", "8123", "--api-key", "k")
     assert args.run(args) == 0
     assert loaded == ["fake-colour"] and ran["host"] == "0.0.0.0" and ran["port"] == 8123
-    assert TestClient(ran["app"]).get("/health").json()["rows"] == 6
+    health = TestClient(ran["app"]).get("/health").json()
+    assert health["rows"] == 6 and health["model"] == "fake-colour"  # what the search page's header shows
     err = capsys.readouterr().err
     assert "warning: listening on 0.0.0.0" in err and "serving 6 images" in err
     assert ran["timeout_graceful_shutdown"] == 30
@@ -413,3 +415,45 @@ def test_page_image_upload_no_match_and_errors(photo_server: str, browser: objec
     assert "not an image" in page.inner_text("#error")
     page.screenshot(path=str(tmp_path / "upload-error.png"))
     page.context.close()
+
+
+def test_served_search_page_header_its_path_and_the_404_page(
+    collection: dict[str, Path], monkeypatch: pytest.MonkeyPatch, browser: object, tmp_path: Path
+) -> None:
+    """The search page as `vlmkit serve` serves it (under the API server): the header names the model,
+    /search opens it, and an unknown page path is an HTML 404 with links, in Chromium."""
+    import uvicorn
+
+    from vlmkit_cli import serve
+
+    ran: dict[str, Any] = {}
+    monkeypatch.setattr(serve, "load_model", lambda args: FakeEmbedder())
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: ran.update(kw, app=app))
+    args = _serve_args("--index", str(collection["index"]))
+    assert args.run(args) == 0
+    client = TestClient(ran["app"])
+    for path in ("/", "/search"):
+        response = client.get(path)
+        assert response.status_code == 200 and "search.js" in response.text, path
+    html = {"Accept": "text/html,application/xhtml+xml"}
+    missing = client.get("/no-such-page", headers=html)
+    assert missing.status_code == 404 and missing.headers["content-type"].startswith("text/html")
+    assert all(f'href="{p}"' in missing.text for p in ("/", "/chat", "/compare"))
+    assert client.get("/no-such-page").json() == {"error": "Not Found"}  # not a browser: JSON, as before
+    assert client.get("/api/nope", headers=html).headers["content-type"].startswith("application/json")
+    assert client.get("/v1/nope", headers=html).headers["content-type"].startswith("application/json")
+
+    with live_server(ran["app"]) as url:
+        page = browser.new_page()  # type: ignore[attr-defined]
+        page.goto(url + "/search")
+        page.wait_for_function("() => document.getElementById('about').textContent.includes('images')")
+        assert page.inner_text("#about") == "6 images · model fake-colour"
+        page.screenshot(path=str(tmp_path / "search-header.png"))
+        response = page.goto(url + "/no-such-page")
+        assert response is not None and response.status == 404
+        assert page.inner_text("h1") == "Not found" and "There is no page at /no-such-page." in page.inner_text("body")
+        page.screenshot(path=str(tmp_path / "not-found.png"))
+        page.click("text=Chat with a model about an image")
+        page.wait_for_url(url + "/chat")
+        print(f"search header and 404 screenshots: {tmp_path}")
+        page.context.close()

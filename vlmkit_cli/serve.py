@@ -178,10 +178,18 @@ def run_serve(args: argparse.Namespace) -> int:
             searcher = load_model(argparse.Namespace(**{**vars(args), "model": meta["model"]}))
         search = create_app(index, searcher, max_upload_bytes=upload_mb * 2**20, max_pixels=args.max_pixels)
     try:
-        app = create_api_app(models, server_config, health_extra=(lambda: {"rows": len(index)}) if search is not None else None)
+        health_extra = None
+        if search is not None:  # the search page reads the index's rows and model from /health
+            search_model = search.state.model.name
+            health_extra = lambda: {"rows": len(index), "model": search_model}  # noqa: E731
+        app = create_api_app(models, server_config, health_extra=health_extra)
     except VlmkitError as exc:
         raise CommandError(str(exc)) from None
     if search is not None:
+        from vlmkit_server.app import SEARCH_LINK
+
+        app.state.page_links.insert(0, SEARCH_LINK)
+        search.state.page_links = app.state.page_links  # one list of pages for both 404 handlers
         app.mount("/", search)
     else:
         from vlmkit_server.pages import redirect_root_to_chat

@@ -3,7 +3,7 @@ health and Prometheus metrics, over any set of loaded vlmkit models.
 
 Routes::
 
-    GET  /v1/models                  the models, and "auto" when routing is configured
+    GET  /v1/models                  the models, and "auto" (routed per request, see :mod:`.routing`)
     POST /v1/chat/completions        OpenAI chat format; text and image_url parts; stream=true for SSE
     POST /v1/embeddings              texts, or images as {"type": "image_url", "image_url": {"url": ...}}
     POST /v1/caption | /v1/vqa | /v1/classify | /v1/match    one image (data: URL) and the task's fields
@@ -33,7 +33,7 @@ import urllib.request
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from fastapi import FastAPI, Request
@@ -45,8 +45,8 @@ from vlmkit.images import load_image
 
 from .app import _BodyLimit
 from .batching import DynamicBatcher, QueueFull, ShuttingDown
-from .pages import add_pages
-from .routing import Route, Routes, choose_route
+from .pages import PAGE_LINKS, add_pages, not_found_page, wants_page
+from .routing import Route, Routes, choose_route, is_caption_request
 
 __all__ = ["ServerConfig", "create_api_app", "ApiError"]
 
@@ -351,7 +351,6 @@ def create_api_app(
     for route_name in (config.routes.precise, config.routes.conversational):
         if route_name is not None and route_name not in served:
             raise InputError(f"route names model {route_name!r}, which is not served (models: {', '.join(served)})")
-    routing = config.routes.precise is not None or config.routes.conversational is not None
     images = _Images(config)
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -363,6 +362,7 @@ def create_api_app(
 
     app = FastAPI(title="vlmkit", docs_url=None, redoc_url=None, lifespan=lifespan)
     app.state.served, app.state.config, app.state.metrics = served, config, metrics
+    app.state.page_links = list(PAGE_LINKS)  # `vlmkit serve` adds the search page when it mounts one
 
     # Bodies over the limit are refused while they arrive (chunked ones too), before they are buffered.
     app.add_middleware(_BodyLimit, limit=config.max_body_bytes, message=f"the request is over {config.max_body_bytes:,} bytes")
@@ -399,7 +399,9 @@ def create_api_app(
         return _error(exc.status, exc.message, exc.kind, exc.headers)
 
     @app.exception_handler(HTTPException)
-    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+    async def http_error(request: Request, exc: HTTPException) -> Response:
+        if exc.status_code == 404 and wants_page(request):
+            return not_found_page(request, app.state.page_links)
         return _error(exc.status_code, str(exc.detail))
 
     @app.exception_handler(Exception)
@@ -427,7 +429,7 @@ def create_api_app(
 
     def model_named(name: Any) -> _Served:
         if not isinstance(name, str) or name not in served:
-            known = ", ".join([*served, *(["auto"] if routing else [])])
+            known = ", ".join([*served, "auto"])
             raise ApiError(404, f"unknown model {name!r}; served: {known}", "model_not_found")
         return served[name]
 
@@ -453,6 +455,25 @@ def create_api_app(
                 entry.model.require(task)
             except UnsupportedTaskError as exc:
                 raise ApiError(400, str(exc)) from None
+
+    def chat_task(entry: _Served, chat: _Chat) -> Literal["chat", "ask", "caption"]:
+        """What a model named in a chat request does with it; a question it cannot answer is refused
+        (never answered with a caption), naming the models that can."""
+        text = " ".join(t.strip() for t in chat.last_texts if t.strip())
+        if "chat" in entry.tasks:
+            return "chat"
+        if not is_caption_request(text) or chat.assistant_turns:
+            if "ask" in entry.tasks:
+                return "ask"
+            able = [n for n, e in served.items() if e.tasks & {"chat", "ask"}]
+            where = (f"models that answer: {', '.join(able)} (or model 'auto')" if able else
+                     "no served model answers questions: serve a VQA or chat model (--model), or train one offline with `vlmkit train`")
+            raise ApiError(400, f"model {entry.name!r} cannot answer questions or chat: it {_can(entry)}; {where}")
+        if "caption" in entry.tasks:
+            return "caption"
+        if "ask" in entry.tasks:
+            raise ApiError(400, f"model {entry.name!r} answers questions: add a question to the image")
+        raise ApiError(400, f"model {entry.name!r} ({entry.kind}) cannot chat, answer or caption; served: {_abilities(served)}")
 
     # -- batch functions -----------------------------------------------------------------------
 
@@ -525,26 +546,23 @@ def create_api_app(
              "vlmkit": {"kind": e.kind, "tasks": sorted(e.tasks)}}
             for name, e in served.items()
         ]
-        if routing:
-            data.append({"id": "auto", "object": "model", "created": 0, "owned_by": "vlmkit",
-                         "vlmkit": {"routes": {"precise": config.routes.precise, "conversational": config.routes.conversational}}})
+        routes = {"precise": config.routes.precise, "conversational": config.routes.conversational}
+        data.append({"id": "auto", "object": "model", "created": 0, "owned_by": "vlmkit",
+                     "vlmkit": {"routes": routes, "by_capability": routes == {"precise": None, "conversational": None}}})
         return {"object": "list", "data": data}
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Response:
         chat = _parse_chat(await body_of(request), images, config)
-        if chat.model == "auto" and routing:
+        if chat.model == "auto":
             try:
                 route = choose_route(config.routes, texts=chat.last_texts, turns=chat.assistant_turns, max_tokens=chat.max_tokens,
                                      can={n: e.tasks for n, e in served.items()})
             except LookupError as exc:
-                raise ApiError(400, str(exc)) from None
+                raise ApiError(400, f"{exc}; served: {_abilities(served)}") from None
         else:
             entry = model_named(chat.model)
-            task = "chat" if "chat" in entry.tasks else ("ask" if chat.last_texts and "ask" in entry.tasks else "caption")
-            if task not in entry.tasks:
-                raise ApiError(400, f"model {entry.name!r} ({entry.kind}) cannot chat, answer or caption")
-            route = Route(entry.name, task, "the model asked for")  # type: ignore[arg-type]
+            route = Route(entry.name, chat_task(entry, chat), EXPLICIT_REASON)
         entry = served[route.model]
         created = int(time.time())
         completion_id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
@@ -717,6 +735,21 @@ def create_api_app(
 
     add_pages(app)
     return app
+
+
+#: The route reason when the request names its model (shown in ``X-Vlmkit-Route`` and on the chat page).
+EXPLICIT_REASON = "the model named in the request"
+
+
+def _can(entry: _Served) -> str:
+    """What a model does, in words: "captions", "answers questions and captions", ..."""
+    words = {"chat": "chats", "ask": "answers questions", "caption": "captions", "embed": "embeds"}
+    done = [w for t, w in words.items() if t in entry.tasks]
+    return " and ".join([", ".join(done[:-1]), done[-1]] if len(done) > 1 else done) or "nothing a chat request can use"
+
+
+def _abilities(served: dict[str, _Served]) -> str:
+    return "; ".join(f"{name} ({_can(entry)})" for name, entry in served.items())
 
 
 # -- chat helpers ------------------------------------------------------------------------------------

@@ -2,7 +2,7 @@
 
 Routes::
 
-    GET  /                    the search page (static/search.html, plain JS)
+    GET  /  (and /search)     the search page (static/search.html, plain JS)
     GET  /api/search          ?q=text&k=24&threshold=0.45  -> {"model", "threshold", "count", "hits": [...]}
     POST /api/search/image    multipart: file (an image), q (text to add), k, threshold -> the same
     GET  /thumbs/{sha256}     a JPEG thumbnail of an indexed image
@@ -43,6 +43,7 @@ from vlmkit.index import (
 )
 
 from ._media import MediaStore, NotIndexed, display_name
+from .pages import not_found_page, wants_page
 
 __all__ = ["create_app", "DEFAULT_K", "MAX_K", "MAX_UPLOAD_BYTES", "THUMBNAIL_SIZE"]
 
@@ -56,6 +57,7 @@ THUMBNAIL_SIZE = 256
 #: Room for the multipart framing and the text fields around an upload of the maximum size.
 FORM_OVERHEAD = 64 * 1024
 STATIC = Path(__file__).parent / "static"
+SEARCH_LINK = ("/", "search the indexed images by text or by image")
 #: The page loads its script, style and images from this server only.
 PAGE_CSP = "default-src 'self'; img-src 'self' blob: data:; object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
 IMMUTABLE = "private, max-age=31536000, immutable"  # /thumbs and /images URLs name content by hash
@@ -88,6 +90,7 @@ def create_app(
 
     app = FastAPI(title="vlmkit image search", docs_url=None, redoc_url=None)
     app.state.index, app.state.model, app.state.media = index, model, media
+    app.state.page_links = [SEARCH_LINK]  # for the 404 page; `vlmkit serve` shares the API server's list
     _install_error_handlers(app)
     app.add_middleware(
         _BodyLimit, limit=max_upload_bytes + FORM_OVERHEAD, message=f"the upload is over the limit of {max_upload_bytes:,} bytes"
@@ -111,6 +114,7 @@ def create_app(
         }
 
     @app.get("/", include_in_schema=False)
+    @app.get("/search", include_in_schema=False)
     def page() -> FileResponse:
         return FileResponse(STATIC / "search.html", media_type="text/html", headers={"Content-Security-Policy": PAGE_CSP})
 
@@ -194,7 +198,9 @@ def _install_error_handlers(app: FastAPI) -> None:
         return _error(404, str(exc))
 
     @app.exception_handler(HTTPException)
-    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+    async def http_error(request: Request, exc: HTTPException) -> Response:
+        if exc.status_code == 404 and wants_page(request):
+            return not_found_page(request, app.state.page_links)
         return _error(exc.status_code, str(exc.detail), getattr(exc, "headers", None))
 
     @app.exception_handler(RequestValidationError)

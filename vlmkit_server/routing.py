@@ -13,7 +13,11 @@ The rules, in order (the first that applies decides; each gives the reason the r
 6. anything else -> conversational.
 
 When the chosen side has no model able to do the work, the other side answers, and the reason says
-so. Routes are configurable (:class:`Routes`).
+so. Routes are configurable (:class:`Routes`). With no side configured (``vlmkit serve`` without
+``--route``, or a single model), every served model is a candidate: the first, in serving order,
+that can do what the rule asks (a chat model for dialogue, a VQA model for a short question, a
+captioner for a caption request; models that cannot chat are preferred for captions and short
+answers), and the reason says the pick was made by capability.
 """
 
 from __future__ import annotations
@@ -22,13 +26,18 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-__all__ = ["Routes", "Route", "choose_route"]
+__all__ = ["Routes", "Route", "choose_route", "is_caption_request"]
 
 _CAPTION = re.compile(
     r"^\s*(please\s+)?((write\s+)?(a\s+)?caption|describe (this|the) (image|picture|photo)( briefly)?|"
     r"what('s| is) (in|on) (this|the) (image|picture|photo)|what do you see)\b[^a-z]*$",
     re.IGNORECASE,
 )
+
+
+def is_caption_request(text: str) -> bool:
+    """Whether ``text`` (a message's text) asks for a caption rather than asking a question; no text does."""
+    return not text.strip() or _CAPTION.match(text) is not None
 
 
 @dataclass(frozen=True)
@@ -71,7 +80,7 @@ def choose_route(routes: Routes, *, texts: list[str], turns: int, max_tokens: in
         wanted, reason = "conversational", "multi-turn dialogue"
     elif max_tokens is not None and max_tokens > routes.long_answer_tokens:
         wanted, reason = "conversational", f"a long answer (max_tokens {max_tokens} > {routes.long_answer_tokens})"
-    elif not text or _CAPTION.match(text):
+    elif is_caption_request(text):
         wanted, reason = "precise-caption", "a caption request"
     elif any(_open_ended(words, i, routes) for i in range(len(words))):
         found = next(w for i, w in enumerate(words) if _open_ended(words, i, routes))
@@ -81,14 +90,27 @@ def choose_route(routes: Routes, *, texts: list[str], turns: int, max_tokens: in
     else:
         wanted, reason = "conversational", f"a long request ({len(words)} words)"
     order = {"conversational": ["chat", "ask", "caption"], "precise-caption": ["caption", "chat"], "precise-ask": ["ask", "chat"]}[wanted]
+
+    def fits(task: str) -> bool:
+        return not (task == "caption" and wanted == "conversational" and text)  # a caption does not answer a question
+
+    if routes.precise is None and routes.conversational is None:
+        # No sides configured: the first served model that can do the wanted work, best task first;
+        # chat models first for dialogue, specialists (no chat) first for captions and short answers.
+        ranked = sorted(can, key=lambda name: ("chat" in can[name]) != (wanted == "conversational"))
+        for task in order:
+            for name in ranked:
+                tasks = can[name]
+                if task in tasks and fits(task):
+                    note = "" if len(can) == 1 else "; picked by what the served models can do"
+                    return Route(name, task, reason + note)  # type: ignore[arg-type]
+        raise LookupError(f"no served model can answer {reason}")
     preferred = routes.conversational if wanted == "conversational" else routes.precise
     fallback = routes.precise if wanted == "conversational" else routes.conversational
     for name, note in ((preferred, ""), (fallback, "; the preferred model cannot do it")):
         if name is None or name not in can:
             continue
         for task in order:
-            if task in can[name]:
-                if task == "caption" and wanted == "conversational" and text:
-                    continue  # a caption does not answer a question
+            if task in can[name] and fits(task):
                 return Route(name, task, reason + note)  # type: ignore[arg-type]
     raise LookupError(f"no configured model can answer {reason}")

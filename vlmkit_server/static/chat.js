@@ -45,8 +45,10 @@
       const option = document.createElement("option");
       option.value = m.id;
       if (m.routes) {
-        option.textContent = `${m.id} — routed`;
-        option.title = `precise: ${m.routes.precise || "none"}, conversational: ${m.routes.conversational || "none"}`;
+        option.textContent = `${m.id} — picks a model per message`;
+        option.title = m.byCapability
+          ? "by what each served model can do"
+          : `precise: ${m.routes.precise || "none"}, conversational: ${m.routes.conversational || "none"}`;
       } else {
         option.textContent = `${m.id} — ${m.tasks.filter((t) => ["chat", "ask", "caption"].includes(t)).join(", ") || "no chat"}`;
         option.title = m.kind;
@@ -161,8 +163,15 @@
     }
   }
 
-  function showRoute(reply, route) {
-    reply.note.textContent = `answered by ${route.model}: ${route.reason}`;
+  const TASK_WORDS = { chat: "chatting", ask: "answering the question", caption: "captioning the image" };
+
+  // A sentence: "Answered by llava, the model you chose." or, for model auto, "Routed to blip-vqa
+  // (answering the question) because of a short question (5 words)."
+  function showRoute(reply, route, asked) {
+    const task = TASK_WORDS[route.task] || route.task;
+    reply.note.textContent = asked === "auto"
+      ? `Routed to ${route.model} (${task}) because of ${route.reason}.`
+      : `Answered by ${route.model}, the model you chose (${task}).`;
     reply.note.title = `task: ${route.task}`;
     reply.item.dataset.model = route.model;
   }
@@ -205,7 +214,7 @@
         if (event.error) throw new Error(event.error.message || String(event.error));
         if (event.vlmkit && event.vlmkit.route && reply.item.dataset.routed !== "1") {
           reply.item.dataset.routed = "1";
-          showRoute(reply, event.vlmkit.route);
+          showRoute(reply, event.vlmkit.route, model);
         }
         const choice = event.choices && event.choices[0];
         if (choice && choice.delta && choice.delta.content) {

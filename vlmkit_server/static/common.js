@@ -59,7 +59,7 @@ window.vlmkitUi = (() => {
     return err.message || String(err);
   }
 
-  // GET v1/models -> [{id, tasks, kind, routes}], "auto" included when the server routes.
+  // GET v1/models -> [{id, tasks, kind, routes, byCapability}]; "auto" is always among them.
   async function models() {
     const response = await api("v1/models");
     if (!response.ok) throw new Error(await errorOf(response));
@@ -69,6 +69,7 @@ window.vlmkitUi = (() => {
       tasks: (m.vlmkit && m.vlmkit.tasks) || [],
       kind: (m.vlmkit && m.vlmkit.kind) || "",
       routes: (m.vlmkit && m.vlmkit.routes) || null,
+      byCapability: Boolean(m.vlmkit && m.vlmkit.by_capability),
     }));
   }
 

@@ -16,6 +16,7 @@
   const status = $("status");
   const answers = $("answers");
   let image = null; // {url, width, height, name}
+  let reading = null; // the image being read and shrunk: Compare waits for it
   let latest = 0;
 
   function showError(text) {
@@ -58,14 +59,25 @@
 
   async function choose(file) {
     showError("");
+    image = null;
+    go.disabled = true; // until the image is read: a click now would find no image
+    status.textContent = "Reading the image…";
+    const mine = (reading = ui.shrink(file));
     try {
-      image = await ui.shrink(file);
+      image = await mine;
     } catch (err) {
       image = null;
       preview.hidden = true;
       showError(ui.describe(err));
       return;
+    } finally {
+      if (reading === mine) {
+        reading = null;
+        go.disabled = false;
+        status.textContent = "";
+      }
     }
+    if (reading !== null) return; // another file was chosen meanwhile
     preview.src = image.url;
     preview.title = `${image.name}, sent at ${image.width}×${image.height}`;
     preview.hidden = false;
@@ -115,6 +127,7 @@
   async function compare() {
     showError("");
     const chosen = [...modelsBox.querySelectorAll("input[name=model]:checked")].map((box) => box.value);
+    if (reading) await reading.catch(() => {}); // submitted with Enter while the image is still being read
     if (!image) {
       showError("Choose an image first.");
       return;
