@@ -36,7 +36,7 @@ if [ "${1:-}" = "test" ]; then
   fi
   if [ "${#PACKAGES[@]}" -gt 0 ]; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-      apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${PACKAGES[@]}" >/dev/null
+      PYTHON="$PYTHON" bash scripts/apt-install.sh "${PACKAGES[@]}"  # waits for another apt process's lock
     else
       for reason in "${NEEDED_BY[@]}"; do echo "install.sh: $reason" >&2; done
       echo "install.sh: sudo apt-get install -y ${PACKAGES[*]}" >&2

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -196,35 +197,178 @@ def test_demo_finds_the_right_photos(capsys):
     assert all({"path", "score", "rank"} <= set(r["hits"][0]) for r in records if "query" in r)
 
 
-def test_progress_bar_only_on_a_terminal(photos):
-    """On a terminal a bar shows on stderr; piped (the other tests) or with --json, nothing does."""
+def _on_a_terminal(argv: list[str]) -> tuple[int, str]:
+    """Run the CLI with stdout and stderr on a 100-column pseudo-terminal; (exit code, what it showed)."""
     import fcntl
     import os
     import pty
     import struct
     import termios
 
-    paths = [str(photos[k]) for k in ("cat", "coffee", "astronaut", "rocket", "motorcycle")]
     env = {k: v for k, v in os.environ.items() if k != "VLMKIT_NO_PROGRESS"}
+    leader, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # a 100-column terminal
+    proc = subprocess.Popen([sys.executable, "-m", "vlmkit_cli.main", *argv], stdout=follower, stderr=follower, env=env)
+    os.close(follower)
+    chunks = []
+    while True:
+        try:
+            data = os.read(leader, 4096)
+        except OSError:
+            break
+        if not data:
+            break
+        chunks.append(data)
+    proc.wait(timeout=120)
+    os.close(leader)
+    return proc.returncode, b"".join(chunks).decode(errors="replace")
+
+
+def test_progress_bar_only_on_a_terminal(photos):
+    """On a terminal a bar shows on stderr; piped (the other tests) or with --json, nothing does."""
+    paths = [str(photos[k]) for k in ("cat", "coffee", "astronaut", "rocket", "motorcycle")]
     for extra, expect_bar in (([], True), (["--json"], False)):
-        leader, follower = pty.openpty()
-        fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # a 100-column terminal
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "vlmkit_cli.main", "caption", *paths, "--batch-size", "2", *extra],
-            stdout=follower, stderr=follower, env=env,
-        )
-        os.close(follower)
-        chunks = []
-        while True:
-            try:
-                data = os.read(leader, 4096)
-            except OSError:
-                break
-            if not data:
-                break
-            chunks.append(data)
-        proc.wait(timeout=120)
-        os.close(leader)
-        text = b"".join(chunks).decode(errors="replace")
-        assert proc.returncode == 0, text
+        code, text = _on_a_terminal(["caption", *paths, "--batch-size", "2", *extra])
+        assert code == 0, text
         assert ("caption:" in text and "img" in text) == expect_bar, text
+
+
+def test_index_shows_progress_on_a_terminal_and_a_summary_otherwise(photos, tmp_path):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for key in ("cat", "coffee", "astronaut", "rocket", "motorcycle"):
+        (folder / photos[key].name).write_bytes(photos[key].read_bytes())
+    code, text = _on_a_terminal(["index", str(folder), "--index", str(tmp_path / "on-a-terminal")])
+    assert code == 0, text
+    frames = [f.strip() for f in text.replace("\n", "\r").split("\r") if f.startswith("indexing:")]
+    # Files done / total, the rate and the time left; the finished bar stays on screen.
+    counts = [re.search(r"\| (\d+/\d+) \[", f).group(1) for f in frames]  # type: ignore[union-attr]
+    assert counts[0] == "0/5" and counts[-1] == "5/5", frames
+    assert all("img/s" in f or "s/img" in f for f in frames), frames
+    assert f"{tmp_path / 'on-a-terminal'}: 5 files: 5 embedded" in text  # and the summary line after it
+    piped = subprocess.run([sys.executable, "-m", "vlmkit_cli.main", "index", str(folder), "--index", str(tmp_path / "piped")],
+                           capture_output=True, text=True, timeout=120)
+    assert piped.returncode == 0 and "\r" not in piped.stderr + piped.stdout
+    assert piped.stdout.startswith(f"{tmp_path / 'piped'}: 5 files: 5 embedded")
+
+
+def test_index_reports_each_file_as_it_is_embedded(tmp_path):
+    """The bar moves file by file, not once per committed batch (256 files by default)."""
+    from index_fakes import FakeEmbedder, solid
+
+    from vlmkit.index import ImageIndex
+
+    for i in range(7):
+        solid(tmp_path / "album" / f"{i}.png", (i * 30, 0, 0))
+    (tmp_path / "album" / "broken.png").write_bytes(b"not a png")
+    calls, plans = [], []
+    ImageIndex(tmp_path / "idx").update([tmp_path / "album"], FakeEmbedder(), commit_every=256, progress=calls.append, on_plan=plans.append)
+    assert plans == [8] and calls == [1] * 8
+
+
+# -- what a new user tripped on (issue 17) ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["caption", "{missing}"],
+        ["ask", "{missing}", "what is it?"],
+        ["match", "{missing}", "a cat"],
+        ["classify", "{missing}", "--labels", "cat,dog"],
+        ["embed", "{missing}"],
+        ["interrogate", "{missing}"],
+        ["chat", "--image", "{missing}"],
+        ["compare", "{missing}", "--models", "./no/such/model"],
+        ["index", "{missing}", "--index", "{tmp}/index"],
+    ],
+)
+def test_inputs_are_checked_before_any_model_loads(capsys, bad_images, tmp_path, argv):
+    """The model named cannot be loaded, so were it loaded first its error would be the one shown."""
+    argv = [a.format(missing=bad_images["missing"], tmp=tmp_path) for a in argv]
+    if argv[0] != "compare":
+        argv += ["--model", "./no/such/model"]
+    code, out, err = run(capsys, *argv)
+    assert code == 1 and err.strip() == f"vlmkit: error: {bad_images['missing']}: no such file or directory", err
+    assert not (tmp_path / "index").exists()  # `vlmkit index` of nothing creates no index
+
+
+def test_one_vocabulary_of_reasons(capsys, bad_images, tmp_path):
+    """The same bad file is called the same thing by caption, index and the library."""
+    for key, reason in [("empty", "empty file"), ("dir", "a directory, not an image file"), ("missing", "no such file or directory")]:
+        path = str(bad_images[key])
+        code, _, err = run(capsys, "caption", path, str(bad_images["good"]), "--json")
+        assert code == 1 and f"vlmkit: skipped {path}: {reason}\n" in err, err
+        if key != "dir":  # a folder given to `vlmkit index` is indexed, not skipped
+            code, _, err = run(capsys, "index", path, str(bad_images["good"]), "--index", str(tmp_path / key))
+            assert code == 1 and f"vlmkit: skipped {path}: {reason}\n" in err, err
+        with pytest.raises(vlmkit.ImageError, match=f"{reason}$"):
+            vlmkit.load_image(path)
+
+
+def test_a_bad_data_spec_is_reported_before_the_model(capsys):
+    code, _, err = run(capsys, "eval", "vqa", "--data", "easy-vqa:bogus")
+    assert code == 1 and err.strip() == "vlmkit: error: expected 'easy-vqa:train' or 'easy-vqa:test', not 'easy-vqa:bogus'"
+    code, _, err = run(capsys, "eval", "vqa", "--data", "easy-vqa:test", "--limit", "2")  # a good spec: now the model
+    assert code == 1 and "cannot 'ask'" in err
+
+
+def test_the_ask_refusal_names_each_family_once_and_how_to_train_one(capsys, photos):
+    code, _, err = run(capsys, "ask", str(photos["cat"]), "what is it?")
+    assert code == 1
+    can = err.split("models that can: ", 1)[1].split("; or train", 1)[0]
+    families = [item.split(" (", 1)[0] for item in can.split("), ")]
+    assert len(families) == len(set(families)) >= 4 and "blip2" in families, can
+    assert "or train one offline with `vlmkit train`" in err
+
+
+def test_a_wrong_option_shows_the_subcommand_usage(capsys, photos):
+    with pytest.raises(SystemExit) as exit_:
+        main(["caption", str(photos["cat"]), "--bogus"])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.startswith("usage: vlmkit caption ") and "vlmkit caption: error: unrecognized arguments: --bogus" in err
+    with pytest.raises(SystemExit):
+        main(["eval", "vqa", "--data", "easy-vqa:test", "--nope"])
+    assert capsys.readouterr().err.startswith("usage: vlmkit eval ")
+
+
+def _every_parser(parser, name="vlmkit"):
+    import argparse
+
+    yield name, parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child_name, child in action.choices.items():
+                yield from _every_parser(child, f"{name} {child_name}")
+
+
+def test_every_option_and_argument_has_a_description():
+    import argparse
+
+    from vlmkit_cli.main import build_parser
+
+    missing = [
+        f"{name}: {'/'.join(action.option_strings) or action.dest}"
+        for name, parser in _every_parser(build_parser())
+        for action in parser._actions
+        if not isinstance(action, (argparse._HelpAction, argparse._VersionAction, argparse._SubParsersAction)) and not action.help
+    ]
+    assert not missing, missing
+
+
+def test_demo_uses_the_search_threshold(capsys):
+    """A photo the demo presents as a hit is one `vlmkit search` would show; a query with none says so."""
+    from vlmkit.index import default_threshold
+
+    threshold = default_threshold(vlmkit.DEFAULT_MODEL)
+    code, out, _ = run(capsys, "demo", "a cat", "an astronaut", "--json")
+    assert code == 0
+    records = {r["query"]: r for r in lines(out) if "query" in r}
+    for record in records.values():
+        assert record["threshold"] == threshold
+        assert all(hit["match"] == (hit["score"] >= threshold) for hit in record["hits"])
+    assert records["a cat"]["hits"][0]["match"] and not records["an astronaut"]["hits"][0]["match"]
+    code, out, _ = run(capsys, "demo", "a cat", "an astronaut")
+    shown = {line.split("->")[0].strip(): line.split("->")[1].strip() for line in out.splitlines() if "->" in line}
+    assert shown["'a cat'"].startswith("chelsea.png (")
+    assert shown["'an astronaut'"].startswith(f"no match at {threshold:.2f} or more, the threshold `vlmkit search` uses (best: ")

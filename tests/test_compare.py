@@ -302,6 +302,15 @@ def test_cli_errors_are_one_line(
     assert len(err.strip().splitlines()) == 1
 
 
+def test_cli_out_creates_its_folder(capsys: pytest.CaptureFixture[str], photos: dict[str, Path], tiny: dict[str, Path], tmp_path: Path) -> None:
+    """--out in a folder that does not exist yet: it is made, as every command that writes does."""
+    report = tmp_path / "new" / "deeper" / "report.html"
+    code, out, err = _cli(capsys, str(photos["cat"]), "--models", str(tiny["clip"]), "--tasks", "classify", "--labels", "a cat,a dog",
+                          "--runs", "1", "--out", str(report))
+    assert code == 0, err
+    assert report.is_file() and report.with_suffix(".md").is_file() and f"wrote {report}" in out
+
+
 def test_cli_usage_errors(capsys: pytest.CaptureFixture[str], photos: dict[str, Path]) -> None:
     for argv in (["--models", "default", "--tasks", "caption,dance"], ["--models", "default", "--runs", "0"], []):
         with pytest.raises(SystemExit) as info:

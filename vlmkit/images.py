@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import base64
 import binascii
+import errno
 import io
 import os
+import stat
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -29,6 +31,49 @@ ImageInput = str | os.PathLike | bytes | Image.Image | np.ndarray
 # About 100 megapixels (a 10,000 x 10,000 photo); decompression bombs claim far more.
 DEFAULT_MAX_PIXELS = 100_000_000
 _ENV_MAX_PIXELS = "VLMKIT_MAX_PIXELS"
+
+
+# Why an input cannot be read: one vocabulary for every command, the image index and the server.
+NO_SUCH_FILE = "no such file or directory"
+DANGLING_SYMLINK = "dangling symlink (its target does not exist)"
+SYMLINK_LOOP = "symlink loop"
+IS_A_DIRECTORY = "a directory, not an image file"
+NOT_A_FILE = "not a regular file"
+EMPTY_FILE = "empty file"
+PERMISSION_DENIED = "permission denied"
+NOT_AN_IMAGE = "not an image file (or an unsupported format)"
+
+
+def os_reason(exc: OSError, path: str | os.PathLike[str] | None = None) -> str:
+    """The vocabulary's words for an OS error on ``path`` (a symlink to nothing is a dangling symlink)."""
+    if exc.errno == errno.ELOOP:
+        return SYMLINK_LOOP
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return PERMISSION_DENIED
+    if exc.errno == errno.ENOENT:
+        return DANGLING_SYMLINK if path is not None and os.path.islink(path) else NO_SUCH_FILE
+    if exc.errno == errno.EISDIR:
+        return IS_A_DIRECTORY
+    return f"cannot read: {exc.strerror or exc}"
+
+
+def file_problem(path: str | os.PathLike[str], *, folders: bool = False) -> str | None:
+    """Why ``path`` cannot be read as an input, found without loading a model or decoding anything:
+    missing, a dangling symlink, a directory (unless ``folders``), not a regular file, empty, or
+    unreadable. None when it can be tried."""
+    try:
+        info = os.stat(path)
+    except OSError as exc:
+        return os_reason(exc, path)
+    if stat.S_ISDIR(info.st_mode):
+        return None if folders else IS_A_DIRECTORY
+    if not stat.S_ISREG(info.st_mode):
+        return NOT_A_FILE
+    if info.st_size == 0:
+        return EMPTY_FILE
+    if not os.access(path, os.R_OK):
+        return PERMISSION_DENIED
+    return None
 
 
 def max_pixels_default() -> int:
@@ -103,9 +148,9 @@ def _open_stream(stream: io.IOBase | str, name: str) -> Image.Image:
     except Image.DecompressionBombError as exc:
         raise ImageError(name, f"too many pixels (possible decompression bomb): {exc}") from None
     except UnidentifiedImageError:
-        raise ImageError(name, "not an image file (or an unsupported format)") from None
+        raise ImageError(name, NOT_AN_IMAGE) from None
     except OSError as exc:
-        raise ImageError(name, f"cannot read: {exc.strerror or exc}") from None
+        raise ImageError(name, os_reason(exc, name)) from None
 
 
 def load_image(
@@ -128,6 +173,8 @@ def load_image(
         image = _from_array(source, name)
         return image.convert("RGB")
     if isinstance(source, (bytes, bytearray)):
+        if not source:
+            raise ImageError(name, EMPTY_FILE)
         image = _open_bytes(bytes(source), name)
     elif isinstance(source, (str, os.PathLike)):
         text = os.fspath(source)
@@ -137,10 +184,9 @@ def load_image(
             raise ImageError(name, "remote image URLs are not fetched; download the file first")
         else:
             path = Path(text).expanduser()
-            if not path.exists():
-                raise ImageError(name, "no such file")
-            if path.is_dir():
-                raise ImageError(name, "is a directory, not an image file")
+            problem = file_problem(path)
+            if problem is not None:
+                raise ImageError(name, problem)
             image = _open_stream(str(path), name)
     else:
         raise ImageError(name, "expected a path, bytes, a data: URL, a PIL image or a numpy array")

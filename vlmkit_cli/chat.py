@@ -13,17 +13,17 @@ from typing import Any
 from vlmkit.errors import ImageError
 from vlmkit.images import load_image
 
-from .common import CommandError, Output, add_common, load_model, require
+from .common import CommandError, Output, _positive_int, add_common, load_model, require
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("chat", help="multi-turn visual chat (streams the reply)")
     p.add_argument("--image", action="append", default=[], help="image for the first message, repeatable")
     p.add_argument("--system", default=None, help="a system message")
-    p.add_argument("--max-new-tokens", type=int, default=256)
-    p.add_argument("--sample", action="store_true")
-    p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--max-new-tokens", type=_positive_int, default=256, help="longest reply, in tokens (default: 256)")
+    p.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
+    p.add_argument("--top-p", type=float, default=1.0, help="with --sample: nucleus sampling mass (default: 1.0, all tokens)")
+    p.add_argument("--temperature", type=float, default=1.0, help="with --sample: softmax temperature (default: 1.0)")
     add_common(p, batch_size=1)
     p.set_defaults(run=run_chat)
 
@@ -36,11 +36,11 @@ def _read(path: str, args: argparse.Namespace) -> Any:
 
 
 def run_chat(args: argparse.Namespace) -> int:
+    pending = [_read(path, args) for path in args.image]  # bad files are reported before the model loads
     model = load_model(args)
     require(model, "chat")
     out = Output(args.json)
     interactive = sys.stdin.isatty() and not args.json
-    pending = [_read(path, args) for path in args.image]
     messages: list[dict[str, Any]] = []
     if args.system:
         messages.append({"role": "system", "content": args.system})

@@ -13,8 +13,8 @@ from typing import Any
 from PIL import Image
 
 import vlmkit
-from vlmkit.errors import ImageError
-from vlmkit.images import iter_loaded
+from vlmkit.errors import ImageError, UnsupportedTaskError
+from vlmkit.images import file_problem, iter_loaded
 
 
 class CommandError(Exception):
@@ -52,8 +52,46 @@ def load_model(args: argparse.Namespace) -> vlmkit.VisionLanguageModel:
 
 
 def require(model: vlmkit.VisionLanguageModel, task: str) -> None:
-    """Fail before reading any input when the model cannot do the task."""
-    model.require(task)
+    """Fail before reading any input when the model cannot do the task, naming the families that
+    can and the way to make one offline."""
+    try:
+        model.require(task)
+    except UnsupportedTaskError as exc:
+        raise CommandError(f"{exc}; or train one offline with `vlmkit train` (`vlmkit train --help` lists the recipes)") from None
+
+
+def input_problem(source: str) -> str | None:
+    """Why an image argument cannot be read, checked before any model loads (see
+    :func:`vlmkit.images.file_problem`); data: URLs are left to the decoder."""
+    if source.startswith("data:"):
+        return None
+    if source.startswith(("http://", "https://")):
+        return "remote image URLs are not fetched; download the file first"
+    return file_problem(os.path.expanduser(source))
+
+
+def check_input(source: str) -> None:
+    """One image argument: a one-line error, before any model loads, when it cannot be read."""
+    problem = input_problem(source)
+    if problem is not None:
+        raise CommandError(f"{source}: {problem}")
+
+
+def check_inputs(sources: list[str], out: Output) -> list[str]:
+    """Several image arguments: those that cannot be read are reported (and counted as failed)
+    before any model loads; the rest are returned. Nothing readable is an error."""
+    good = []
+    for source in sources:
+        problem = input_problem(source)
+        if problem is None:
+            good.append(source)
+        elif len(sources) > 1:
+            out.fail(source, problem)
+        else:
+            raise CommandError(f"{source}: {problem}")
+    if sources and not good:
+        raise CommandError(f"none of the {len(sources)} inputs can be read (listed above)")
+    return good
 
 
 @dataclass
@@ -71,13 +109,14 @@ class Output:
         print(f"vlmkit: skipped {source}: {reason}", file=sys.stderr, flush=True)
 
 
-def progress(total: int, args: argparse.Namespace, desc: str) -> Any:
-    """A progress bar on stderr for more than a handful of items, only when both output streams are
-    a terminal and --json is off (so pipes and logs stay clean)."""
+def progress(total: int, args: argparse.Namespace, desc: str, *, leave: bool = False) -> Any:
+    """A progress bar on stderr for more than a handful of items (done / total, images/s, ETA), only
+    when both output streams are a terminal and --json is off (so pipes and logs stay clean);
+    ``leave`` keeps the finished bar on screen."""
     from tqdm import tqdm
 
     quiet = total < 4 or not show_progress(args)
-    return tqdm(total=total, desc=desc, unit="img", disable=quiet, file=sys.stderr, leave=False)
+    return tqdm(total=total, desc=desc, unit="img", disable=quiet, file=sys.stderr, leave=leave)
 
 
 def show_progress(args: argparse.Namespace) -> bool:

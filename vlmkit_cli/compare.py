@@ -9,7 +9,7 @@ from pathlib import Path
 
 from vlmkit.eval.comparison import COMPARE_TASKS, compare, render_html, render_markdown
 
-from .common import CommandError, _positive_int, progress
+from .common import CommandError, Output, _positive_int, check_inputs, progress
 
 
 def _task_list(text: str) -> list[str]:
@@ -33,7 +33,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Run caption, ask and classify with every model on every image, one model at a time, "
         "and write a report: HTML with the images inline and a latency chart, and Markdown.",
     )
-    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files to run every model on")
     p.add_argument("--models", required=True, type=_comma_list, help='comma-separated model names, directories or hub ids, e.g. "default,Salesforce/blip-image-captioning-base"')
     p.add_argument("--tasks", type=_task_list, default=None, help="comma-separated, from caption,ask,classify (default: all three; ask only with --question)")
     p.add_argument("--question", action="append", default=[], dest="questions", help="a question for the ask task, repeatable")
@@ -74,12 +74,17 @@ def run(args: argparse.Namespace) -> int:
     if args.labels is not None and not args.labels:
         raise CommandError('--labels: give at least one label, e.g. --labels "cat,dog"')
     html_path, md_path = _outputs(args.out)
+    skipped = Output(args.json)
+    images = check_inputs(args.images, skipped)  # before any model loads
     for path in (html_path, md_path):
-        if path is not None and not path.parent.is_dir():
-            raise CommandError(f"--out {args.out}: no such directory {path.parent}")
+        if path is not None:
+            try:  # as every command that writes: the folder is made
+                path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise CommandError(f"--out {args.out}: cannot create {path.parent}: {exc.strerror or exc}") from None
 
     # A first guess at the number of steps; compare() reports the exact total with each step.
-    with progress(len(args.models) * (1 + len(args.images)), args, "compare") as bar:
+    with progress(len(args.models) * (1 + len(images)), args, "compare") as bar:
         bar.unit = "step"
         bar.refresh()
 
@@ -89,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
             bar.update(done - bar.n)
 
         report = compare(
-            args.images,
+            images,
             args.models,
             tasks=args.tasks,
             questions=args.questions,
@@ -118,4 +123,4 @@ def run(args: argparse.Namespace) -> int:
     for model in failed:
         said = model.error or ""
         print(f"vlmkit: error: {said if model.name in said else f'{model.name}: {said}'}", file=sys.stderr)
-    return 1 if failed else 0
+    return 1 if failed or skipped.failures else 0

@@ -1,7 +1,9 @@
 """``vlmkit demo``: the built-in model on real photos that ship with scikit-image, offline.
 
 Captions each sample photo, then answers text queries by ranking the photos, so a new user sees the
-whole path (decode, embed, compare) work on real images with no download.
+whole path (decode, embed, compare) work on real images with no download. A photo counts as a match
+by the rule ``vlmkit search`` uses: a similarity of at least the model's calibrated threshold; a
+query with no match says so and shows its best photo for reference.
 """
 
 from __future__ import annotations
@@ -44,10 +46,21 @@ def run_demo(args: argparse.Namespace) -> int:
             out.emit({"image": str(photo), "caption": caption, "model": model.name}, f"{photo.name:24s} {caption}")
         if not args.json:
             print()
+    from vlmkit.index import default_threshold
+
+    threshold = default_threshold(model.name)  # the rule of `vlmkit search`; None: not calibrated
     scores = model.embed_texts(queries) @ image_emb.T  # (Q, N)
     for query, row in zip(queries, scores, strict=True):
         order = np.argsort(-row)
-        ranked = [{"path": str(photos[i]), "score": float(row[i]), "rank": rank + 1} for rank, i in enumerate(order)]
-        text = f"{query!r:18s} -> {photos[order[0]].name} ({row[order[0]]:.3f}); next {photos[order[1]].name} ({row[order[1]]:.3f})"
-        out.emit({"query": query, "hits": ranked, "model": model.name}, text)
+        ranked = [
+            {"path": str(photos[i]), "score": float(row[i]), "rank": rank + 1, "match": threshold is None or bool(row[i] >= threshold)}
+            for rank, i in enumerate(order)
+        ]
+        matches = [f"{photos[i].name} ({row[i]:.3f})" for i in order if threshold is None or row[i] >= threshold]
+        if matches:
+            text = f"{query!r:18s} -> {', '.join(matches[:2])}"
+        else:
+            best = order[0]
+            text = f"{query!r:18s} -> no match at {threshold:.2f} or more, the threshold `vlmkit search` uses (best: {photos[best].name} {row[best]:.3f})"
+        out.emit({"query": query, "threshold": threshold, "hits": ranked, "model": model.name}, text)
     return 0

@@ -9,7 +9,7 @@ import re
 import sys
 from pathlib import Path
 
-from .common import _positive_int, load_model, show_progress
+from .common import _positive_int, load_model, require, show_progress
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -20,7 +20,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="evaluate a model on a benchmark (vqa, caption, retrieval, classify)",
         description="Evaluate a model on a local copy of a benchmark. Data specs: " + "; ".join(dataset_schemes()),
     )
-    p.add_argument("task", choices=("vqa", "caption", "retrieval", "classify"))
+    p.add_argument("task", choices=("vqa", "caption", "retrieval", "classify"), help="what to measure: vqa, caption, retrieval or classify")
     p.add_argument("--model", "-m", default=None, help="built-in name, checkpoint directory or hub id (default: the built-in)")
     p.add_argument("--data", required=True, metavar="SPEC", help="dataset spec, e.g. easy-vqa:test, shapes:200:test, vqa:Q.json:A.json:DIR")
     p.add_argument("--batch-size", type=_positive_int, default=16, help="items per model call (default: 16); scores do not depend on it")
@@ -48,7 +48,7 @@ def _slug(text: str) -> str:
 
 def run_eval(args: argparse.Namespace) -> int:
     import vlmkit
-    from vlmkit.eval import EvalConfig, dataset_identity, evaluate, export_results
+    from vlmkit.eval import MODEL_TASK, EvalConfig, dataset_identity, evaluate, export_results
     from vlmkit.eval.export import EXPORT_FORMATS
 
     config = EvalConfig(
@@ -67,7 +67,11 @@ def run_eval(args: argparse.Namespace) -> int:
         "-".join(_slug(p) for p in (args.task, Path(model_name).name, args.dataset_name or dataset, split) if p) + ".json"
     )
     predictions = Path(args.predictions) if args.predictions else out.with_suffix(".predictions.jsonl")
+    from vlmkit.data import read_dataset
+
+    read_dataset(args.data)  # a bad spec or a missing file fails here, before the model loads
     model = load_model(args)
+    require(model, MODEL_TASK[args.task])
     result = evaluate(model, config, predictions=None if args.task == "retrieval" else predictions,
                       restart=args.restart, progress=show_progress(args))
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -8,12 +8,12 @@ import vlmkit
 from vlmkit.interrogate import MODES, InterrogateResult, Interrogator
 from vlmkit.models.base import GenerationOptions
 
-from .common import CommandError, Output, add_common, finish, image_batches, load_model, require
+from .common import CommandError, Output, add_common, check_inputs, finish, image_batches, load_model, require
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("interrogate", help="turn images into prompts for text-to-image generators")
-    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files to turn into prompts")
     p.add_argument(
         "--ranker",
         default=None,
@@ -29,7 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--top-k", type=int, default=3, help="flavours in fast mode (default: 3)")
     p.add_argument("--max-terms", type=int, default=8, help="most terms best mode adds to the caption (default: 8)")
     p.add_argument("--max-new-tokens", type=int, default=30, help="caption length limit (default: 30)")
-    p.add_argument("--num-beams", type=int, default=1)
+    p.add_argument("--num-beams", type=int, default=1, help="beam width for the caption (default: 1, greedy)")
     add_common(p)
     p.set_defaults(run=run_interrogate)
 
@@ -69,13 +69,14 @@ def run_interrogate(args: argparse.Namespace) -> int:
     if args.max_terms < 1:
         raise CommandError("--max-terms must be at least 1")
     generation = GenerationOptions(max_new_tokens=args.max_new_tokens, num_beams=args.num_beams)
+    out = Output(args.json)
+    images = check_inputs(args.images, out)
     model = load_model(args)
     require(model, "caption")
     ranker = _load_ranker(args, model)
     interrogator = Interrogator(model, None if ranker is model else ranker, generation=generation)
-    out = Output(args.json)
     many = len(args.images) > 1
-    for batch in image_batches(args.images, _decoder(model, ranker), args, out, "interrogate"):
+    for batch in image_batches(images, _decoder(model, ranker), args, out, "interrogate"):
         results = interrogator.interrogate_many(
             [image for _, image in batch], mode=args.mode, top_k=args.top_k, max_terms=args.max_terms, batch_size=args.batch_size
         )

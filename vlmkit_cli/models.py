@@ -10,7 +10,7 @@ import vlmkit
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("models", help="list built-in models and supported checkpoint kinds")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print one JSON object per model")
     p.set_defaults(run=run_models)
 
 

@@ -7,9 +7,10 @@ import argparse
 import json
 import re
 import sys
+from pathlib import Path
 from typing import Any
 
-from .common import CommandError, _positive_int
+from .common import CommandError, _positive_int, require
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b)?\s*$", re.IGNORECASE)
 
@@ -91,7 +92,7 @@ def _model(args: argparse.Namespace, index: Any) -> Any:
 
     name = args.model or index.model_name or vlmkit.DEFAULT_MODEL
     model = vlmkit.load(name, device=args.device, dtype=args.dtype)
-    model.require("embed")
+    require(model, "embed")
     return model
 
 
@@ -101,6 +102,8 @@ def run_index(args: argparse.Namespace) -> int:
         return _status(index, args)
     if not args.inputs:
         raise CommandError("give folders or files to index (or --status)")
+    inputs = _readable_inputs(args.inputs)
+    unreadable = len(args.inputs) - len(inputs)  # reported already
     model = _model(args, index)
     if not args.reindex:
         index.check_model(model)
@@ -112,7 +115,7 @@ def run_index(args: argparse.Namespace) -> int:
 
     def on_plan(total: int) -> None:
         nonlocal bar
-        bar = _progress_bar(total, args, "indexing")
+        bar = _progress_bar(total, args, "indexing", leave=True)  # the finished bar stays above the summary
 
     def advance(n: int) -> None:
         if bar is not None:
@@ -136,7 +139,7 @@ def run_index(args: argparse.Namespace) -> int:
         # Each Ray actor loads its own copy of the model.
         options["engine"] = RayEngine(functools.partial(vlmkit.load, model.name, device=args.device, dtype=args.dtype), address=args.address)
     try:
-        report = index.update(args.inputs, model, **options)
+        report = index.update(inputs, model, **options)
     finally:
         if bar is not None:
             bar.close()
@@ -149,10 +152,29 @@ def run_index(args: argparse.Namespace) -> int:
         print(json.dumps(record))
     else:
         print(f"{index.path}: {report.summary()}")
-    if report.skipped:
-        print(f"vlmkit: {len(report.skipped)} files could not be indexed (listed above); the rest are in the index", file=sys.stderr)
+    if report.skipped or unreadable:
+        print(f"vlmkit: {len(report.skipped) + unreadable} files could not be indexed (listed above); the rest are in the index", file=sys.stderr)
         return 1
     return 0
+
+
+def _readable_inputs(inputs: list[str]) -> list[str]:
+    """The inputs that exist and can be read, checked before the model loads or the index is touched;
+    the others are reported. None left is an error (and no index is created)."""
+    from vlmkit.images import file_problem
+
+    good = []
+    for raw in inputs:
+        problem = file_problem(Path(raw).expanduser(), folders=True)
+        if problem is None:
+            good.append(raw)
+        elif len(inputs) == 1:
+            raise CommandError(f"{raw}: {problem}")
+        else:
+            print(f"vlmkit: skipped {raw}: {problem}", file=sys.stderr)
+    if not good:
+        raise CommandError(f"none of the {len(inputs)} inputs can be read (listed above)")
+    return good
 
 
 def _status(index: Any, args: argparse.Namespace) -> int:

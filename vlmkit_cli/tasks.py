@@ -7,31 +7,42 @@ import argparse
 from vlmkit.errors import ImageError
 from vlmkit.images import load_image
 
-from .common import CommandError, Output, add_common, finish, image_batches, load_model, require
+from .common import (
+    CommandError,
+    Output,
+    _positive_int,
+    add_common,
+    check_input,
+    check_inputs,
+    finish,
+    image_batches,
+    load_model,
+    require,
+)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("caption", help="describe images in a sentence")
-    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (JPEG, PNG, WebP, ...) or data: URLs")
     p.add_argument("--prompt", default=None, help="text the caption starts from (where the model takes one)")
-    p.add_argument("--max-new-tokens", type=int, default=30)
-    p.add_argument("--num-beams", type=int, default=1)
+    p.add_argument("--max-new-tokens", type=_positive_int, default=30, help="longest caption, in tokens (default: 30)")
+    p.add_argument("--num-beams", type=_positive_int, default=1, help="beam width (default: 1, greedy)")
     p.add_argument("--sample", action="store_true", help="sample instead of greedy/beam decoding")
-    p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--top-p", type=float, default=1.0, help="with --sample: nucleus sampling mass (default: 1.0, all tokens)")
+    p.add_argument("--temperature", type=float, default=1.0, help="with --sample: softmax temperature (default: 1.0)")
     add_common(p)
     p.set_defaults(run=run_caption)
 
     p = sub.add_parser("ask", help="answer questions about an image (VQA)")
-    p.add_argument("image", metavar="IMAGE")
-    p.add_argument("questions", nargs="+", metavar="QUESTION")
-    p.add_argument("--max-new-tokens", type=int, default=10)
-    p.add_argument("--num-beams", type=int, default=1)
+    p.add_argument("image", metavar="IMAGE", help="an image file or data: URL")
+    p.add_argument("questions", nargs="+", metavar="QUESTION", help="one or more questions about it")
+    p.add_argument("--max-new-tokens", type=_positive_int, default=10, help="longest answer, in tokens (default: 10)")
+    p.add_argument("--num-beams", type=_positive_int, default=1, help="beam width (default: 1, greedy)")
     add_common(p)
     p.set_defaults(run=run_ask)
 
     p = sub.add_parser("classify", help="zero-shot classification with your own labels")
-    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files or data: URLs")
     p.add_argument("--labels", required=True, help='comma-separated labels, e.g. "cat,dog,car"')
     p.add_argument("--template", action="append", dest="templates", help='prompt template with {}, repeatable (e.g. "a photo of a {}.")')
     p.add_argument("--top-k", type=int, default=5, help="labels to show per image (default: 5)")
@@ -39,24 +50,25 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=run_classify)
 
     p = sub.add_parser("match", help="how well texts describe an image (ITM or cosine)")
-    p.add_argument("image", metavar="IMAGE")
-    p.add_argument("texts", nargs="+", metavar="TEXT")
+    p.add_argument("image", metavar="IMAGE", help="an image file or data: URL")
+    p.add_argument("texts", nargs="+", metavar="TEXT", help="one or more texts to score against it")
     add_common(p)
     p.set_defaults(run=run_match)
 
     p = sub.add_parser("embed", help="L2-normalised embeddings of images and texts")
-    p.add_argument("images", nargs="*", metavar="IMAGE")
+    p.add_argument("images", nargs="*", metavar="IMAGE", help="image files or data: URLs")
     p.add_argument("--text", action="append", default=[], dest="texts", help="a text to embed, repeatable")
     add_common(p, batch_size=32)
     p.set_defaults(run=run_embed)
 
 
 def run_caption(args: argparse.Namespace) -> int:
+    out = Output(args.json)
+    images = check_inputs(args.images, out)
     model = load_model(args)
     require(model, "caption")
-    out = Output(args.json)
     many = len(args.images) > 1
-    for batch in image_batches(args.images, model, args, out, "caption"):
+    for batch in image_batches(images, model, args, out, "caption"):
         captions = model.caption(
             [image for _, image in batch],
             prompt=args.prompt,
@@ -80,6 +92,7 @@ def _one_image(path: str, args: argparse.Namespace, model: object) -> object:
 
 
 def run_ask(args: argparse.Namespace) -> int:
+    check_input(args.image)
     model = load_model(args)
     require(model, "ask")
     image = _one_image(args.image, args, model)
@@ -100,10 +113,11 @@ def run_classify(args: argparse.Namespace) -> int:
         raise CommandError("--labels: give at least one label, e.g. --labels \"cat,dog\"")
     if args.top_k < 1:
         raise CommandError("--top-k must be at least 1")
+    out = Output(args.json)
+    images = check_inputs(args.images, out)
     model = load_model(args)
     require(model, "classify")
-    out = Output(args.json)
-    for batch in image_batches(args.images, model, args, out, "classify"):
+    for batch in image_batches(images, model, args, out, "classify"):
         results = model.classify([image for _, image in batch], labels, templates=args.templates, top_k=args.top_k)
         for (path, _), ranked in zip(batch, results, strict=True):
             record = {"image": path, "labels": [{"label": r.label, "score": r.score} for r in ranked], "model": model.name}
@@ -113,6 +127,7 @@ def run_classify(args: argparse.Namespace) -> int:
 
 
 def run_match(args: argparse.Namespace) -> int:
+    check_input(args.image)
     model = load_model(args)
     require(model, "match")
     image = _one_image(args.image, args, model)
@@ -127,15 +142,16 @@ def run_match(args: argparse.Namespace) -> int:
 def run_embed(args: argparse.Namespace) -> int:
     if not args.images and not args.texts:
         raise CommandError("embed: give images and/or --text")
+    out = Output(args.json)
+    images = check_inputs(args.images, out)
     model = load_model(args)
     require(model, "embed")
-    out = Output(args.json)
 
     def emit(source: str, vector: list[float]) -> None:
         preview = ", ".join(f"{v:.4f}" for v in vector[:4])
         out.emit({"input": source, "embedding": vector, "model": model.name}, f"{source}\t[{preview}, ...] (dim {len(vector)})")
 
-    for batch in image_batches(args.images, model, args, out, "embed"):
+    for batch in image_batches(images, model, args, out, "embed"):
         vectors = model.embed_images([image for _, image in batch], batch_size=args.batch_size)
         for (path, _), vector in zip(batch, vectors, strict=True):
             emit(path, vector.tolist())

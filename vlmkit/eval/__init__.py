@@ -13,7 +13,15 @@ from .export import EXPORT_FORMATS, export_results, result_records
 from .predictions import PredictionsFile
 from .rerank import RerankedScores, rerank, rerank_with_itm
 from .retrieval import RetrievalScores, retrieval_scores
-from .runner import EVAL_TASKS, EvalConfig, EvalResult, dataset_identity, evaluate, published_references
+from .runner import (
+    EVAL_TASKS,
+    MODEL_TASK,
+    EvalConfig,
+    EvalResult,
+    dataset_identity,
+    evaluate,
+    published_references,
+)
 from .vqa import VqaScores, exact_match_accuracy, normalize_answer, vqa_accuracy, vqa_question_accuracy
 
 __all__ = [
@@ -23,5 +31,5 @@ __all__ = [
     "TopKScores", "topk_accuracy", "IMAGENET_TEMPLATES",
     "EXPORT_FORMATS", "export_results", "result_records", "PredictionsFile",
     "COMPARE_TASKS", "CompareReport", "compare", "render_html", "render_markdown",
-    "EVAL_TASKS", "EvalConfig", "EvalResult", "evaluate", "dataset_identity", "published_references",
+    "EVAL_TASKS", "MODEL_TASK", "EvalConfig", "EvalResult", "evaluate", "dataset_identity", "published_references",
 ]

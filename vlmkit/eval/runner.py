@@ -49,7 +49,8 @@ from .vqa import exact_match_accuracy, vqa_accuracy
 __all__ = ["EVAL_TASKS", "EvalConfig", "EvalResult", "evaluate", "dataset_identity", "published_references"]
 
 EVAL_TASKS = ("vqa", "caption", "retrieval", "classify")
-_MODEL_TASK = {"vqa": "ask", "caption": "caption", "retrieval": "similarity", "classify": "classify"}
+#: The model task each evaluation task needs.
+MODEL_TASK = {"vqa": "ask", "caption": "caption", "retrieval": "similarity", "classify": "classify"}
 _SYNTHETIC = ("shapes", "easy-vqa")  # sets where different images can have the same description
 _BATCHES_PER_SAVE = 8
 _NO_ANSWERS = "the split has no public references; export the predictions (--export) and submit them to its evaluation server"
@@ -327,7 +328,7 @@ def evaluate(
 ) -> EvalResult:
     """Run ``config`` on ``model``. With ``predictions``, predictions are saved there as they are made
     and an earlier interrupted run with the same model, data and protocol is continued."""
-    model.require(_MODEL_TASK[config.task])
+    model.require(MODEL_TASK[config.task])
     dataset, split = dataset_identity(config.data)
     dataset = config.dataset_name or dataset
     runner: Callable[..., EvalResult] = {

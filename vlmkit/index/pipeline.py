@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import ImageError
-from ..images import load_image, max_pixels_default
+from ..images import EMPTY_FILE, load_image, max_pixels_default, os_reason
 from .sources import Entry, read_bytes
 
 __all__ = ["Embedder", "Decoded", "decode_entry", "ordered_map", "embed_decoded", "capture_time"]
@@ -82,11 +82,10 @@ def decode_entry(entry: Entry, known: Callable[[str], bool], *, draft_size: int 
     try:
         data = read_bytes(entry.path)
     except OSError as exc:
-        reason = "permission denied" if isinstance(exc, PermissionError) else f"cannot read: {exc.strerror or exc}"
-        result.error = ImageError(entry.path, reason)
+        result.error = ImageError(entry.path, os_reason(exc, entry.path))
         return result
     if not data:
-        result.error = ImageError(entry.path, "empty file")
+        result.error = ImageError(entry.path, EMPTY_FILE)
         return result
     result.sha256 = hashlib.sha256(data).hexdigest()
     reuse = known(result.sha256)

@@ -14,6 +14,8 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..images import NOT_A_FILE, os_reason
+
 __all__ = ["Entry", "Skipped", "IMAGE_SUFFIXES", "scan", "read_bytes", "TAR_SEPARATOR"]
 
 IMAGE_SUFFIXES = frozenset(
@@ -39,16 +41,6 @@ class Skipped:
     reason: str
 
 
-def _reason(exc: OSError) -> str:
-    if exc.errno == errno.ELOOP:
-        return "symlink loop"
-    if exc.errno in (errno.EACCES, errno.EPERM):
-        return "permission denied"
-    if exc.errno == errno.ENOENT:
-        return "no such file (or a dangling symlink)"
-    return exc.strerror or str(exc)
-
-
 def _walk(root: Path, report: Callable[[Skipped], None]) -> Iterator[Entry]:
     """Image files under ``root``, following directory symlinks once (a loop is reported, not followed)."""
     root_id = str(root)
@@ -59,7 +51,7 @@ def _walk(root: Path, report: Callable[[Skipped], None]) -> Iterator[Entry]:
         try:
             info = folder.stat()
         except OSError as exc:
-            report(Skipped(str(folder), _reason(exc)))
+            report(Skipped(str(folder), os_reason(exc, folder)))
             continue
         key = (info.st_dev, info.st_ino)
         if key in seen_dirs:
@@ -70,7 +62,7 @@ def _walk(root: Path, report: Callable[[Skipped], None]) -> Iterator[Entry]:
             with os.scandir(folder) as it:
                 children = sorted(it, key=lambda e: e.name)
         except OSError as exc:
-            report(Skipped(str(folder), _reason(exc)))
+            report(Skipped(str(folder), os_reason(exc, folder)))
             continue
         subdirs = []
         for child in children:
@@ -79,7 +71,7 @@ def _walk(root: Path, report: Callable[[Skipped], None]) -> Iterator[Entry]:
                 info = child.stat()  # follows symlinks
             except OSError as exc:
                 if path.suffix.lower() in IMAGE_SUFFIXES or child.is_symlink():
-                    report(Skipped(str(path), _reason(exc)))
+                    report(Skipped(str(path), os_reason(exc, path)))
                 continue
             if stat.S_ISDIR(info.st_mode):
                 if not child.name.startswith("."):
@@ -109,10 +101,10 @@ def _listed(paths: Iterable[str], root: str, report: Callable[[Skipped], None]) 
         try:
             info = path.stat()
         except OSError as exc:
-            report(Skipped(str(path), _reason(exc)))
+            report(Skipped(str(path), os_reason(exc, path)))
             continue
         if not stat.S_ISREG(info.st_mode):
-            report(Skipped(str(path), "not a regular file"))
+            report(Skipped(str(path), NOT_A_FILE))
             continue
         yield Entry(str(path), info.st_size, info.st_mtime_ns, root)
 
@@ -144,7 +136,7 @@ def scan(inputs: Sequence[str | os.PathLike], *, parquet_column: str | None = No
         try:
             info = path.stat()
         except OSError as exc:
-            skipped.append(Skipped(str(path), _reason(exc)))
+            skipped.append(Skipped(str(path), os_reason(exc, path)))
             continue
         suffix = path.suffix.lower()
         if stat.S_ISDIR(info.st_mode):

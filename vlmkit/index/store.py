@@ -375,7 +375,7 @@ class ImageIndex:
         Only new and changed files are read; a file whose content hash is already indexed (moved,
         renamed, copied) reuses the stored embedding; files gone from under an input leave the
         index. Rows are committed every ``commit_every`` files, so an interrupted run loses at most
-        one batch of work. ``progress(n)`` is called as files finish and ``on_plan(total)`` once
+        one batch of work. ``progress(1)`` is called as each file is embedded (or skipped), and ``on_plan(total)`` once
         the number of files to read is known. ``engine`` decodes and embeds (default: threads in
         this process, :class:`LocalEngine`; :class:`vlmkit.index.ray_engine.RayEngine` for a cluster).
         """
@@ -461,15 +461,13 @@ class ImageIndex:
                 rows.append(self._row(d, model_name, vector, caption))
             self._upsert(rows)
             hashes.update(r.decoded.sha256 for r in pending)
-            if progress is not None:
-                progress(len(pending))
             pending.clear()
 
         for result in results:
+            if progress is not None:
+                progress(1)  # each file as the engine finishes it (committed with its batch)
             if result.decoded.error is not None:
                 report.skipped.append(Skipped(result.decoded.entry.path, result.decoded.error.reason))
-                if progress is not None:
-                    progress(1)
                 continue
             pending.append(result)
             if len(pending) >= commit_every:

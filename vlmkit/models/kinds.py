@@ -119,5 +119,10 @@ DEFAULT_ARCHITECTURE: dict[str, str] = {
 
 
 def supported_by(task: str) -> list[str]:
-    """Labels of the kinds that can do ``task``, e.g. ``["blip2 (Blip2ForConditionalGeneration)", ...]``."""
-    return [kind.label for kind in KINDS.values() if task in kind.tasks]
+    """The families that can do ``task``, each once with its architectures, e.g.
+    ``["blip2 (Blip2ForConditionalGeneration, VlmkitBlip2)", ...]``."""
+    families: dict[str, list[str]] = {}
+    for kind in KINDS.values():
+        if task in kind.tasks:
+            families.setdefault(kind.family, []).append(kind.architecture)
+    return [f"{family} ({', '.join(architectures)})" for family, architectures in families.items()]
