@@ -186,6 +186,20 @@ def test_chat_streams_turns_from_stdin(tiny, photos):
     assert done.stdout.splitlines()[0] == first
 
 
+def test_chat_with_two_images_in_one_message(capsys, monkeypatch, tiny, photos):
+    """`vlmkit chat --image A --image B`: both images go with the first message, as the library takes them."""
+    import io
+
+    monkeypatch.setattr(sys, "stdin", io.StringIO("Compare the two pictures.\n"))
+    code, out, err = run(capsys, "chat", "--model", str(tiny["llava"]), "--image", str(photos["cat"]), "--image", str(photos["coffee"]),
+                         "--max-new-tokens", "5", "--json")
+    assert code == 0, err
+    expected = vlmkit.load(str(tiny["llava"])).chat([{"role": "user", "content": [
+        {"type": "image", "image": str(photos["cat"])}, {"type": "image", "image": str(photos["coffee"])},
+        {"type": "text", "text": "Compare the two pictures."}]}], max_new_tokens=5)
+    assert [r["content"] for r in lines(out)] == [expected]
+
+
 def test_demo_finds_the_right_photos(capsys):
     code, out, err = run(capsys, "demo", "a cat", "coffee", "a rocket", "--json")
     assert code == 0, err

@@ -293,8 +293,8 @@ def test_auto_routing(client: openai.OpenAI, models: dict[str, Any], cat: dict[s
     conversation = [user("What colour is the cat?", cat["url"]), {"role": "assistant", "content": "brown"}, user("And its eyes?")]
     name, info, _ = route(conversation, max_tokens=8)
     assert name == "llava" and info["reason"] == "multi-turn dialogue"
-    name, info, _ = route([user("What colour is the cat?", cat["url"])], max_tokens=100)
-    assert name == "llava" and info["reason"].startswith("a long answer (max_tokens 100")
+    name, info, _ = route([user("What colour is the cat?", cat["url"])], max_tokens=80)  # over 64; with the image (16 tokens) it fits in 128
+    assert name == "llava" and info["reason"].startswith("a long answer (max_tokens 80")
     # A caption request goes to the precise side, which (VQA only) cannot caption: LLaVA answers.
     name, info, _ = route([user("Describe this image.", cat["url"])], max_tokens=8)
     assert name == "llava" and info["reason"] == "a caption request; the preferred model cannot do it"
@@ -346,6 +346,45 @@ def test_auto_works_without_routes(models: dict[str, Any], cat: dict[str, Any], 
     assert routed("Describe this image.") == {"model": "default", "task": "caption", "reason": "a caption request" + picked}
     assert routed("What colour is it?") == {"model": "blip-vqa", "task": "ask", "reason": "a short question (4 words)" + picked}
     assert routed("Why is it here?", max_tokens=4) == {"model": "llava", "task": "chat", "reason": "an open-ended request ('why')" + picked}
+
+
+def test_several_images_in_one_chat(client: openai.OpenAI, models: dict[str, Any], cat: dict[str, Any], small: dict[str, Any]) -> None:
+    """LLaVA takes several images, in one message or across turns; the reply is the library's, and
+    the usage counts every image's tokens as the model's processor builds the prompt."""
+    llava = models["llava"]
+    one = [user("Compare the pictures.", cat["url"])]
+    two = [user("Compare the pictures.", cat["url"], small["url"])]
+    turns = [user("What is this?", cat["url"]), {"role": "assistant", "content": "a cat"}, user("And this one?", small["url"])]
+    for messages in (two, turns):
+        reply = client.chat.completions.create(model="llava", messages=messages, max_tokens=6, temperature=0)
+        assert reply.choices[0].message.content == llava.chat(messages, max_new_tokens=6)
+        assert reply.usage is not None and reply.usage.prompt_tokens == llava.prompt_tokens(messages)
+    per_image = llava.prompt_tokens(two) - llava.prompt_tokens(one)
+    assert per_image == 16 + 1  # the tiny tower's 16 image tokens, and the second image's own placeholder text
+    # Model "auto" sends several images to a model that takes them.
+    routed = client.chat.completions.create(model="auto", messages=two, max_tokens=4)
+    assert routed.model == "llava" and routed.model_extra["vlmkit"]["route"]["reason"] == "2 images in the conversation"
+    # A model that takes one image per prompt refuses, naming the ones that take several.
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.chat.completions.create(model="blip-vqa", messages=[user("What colour is it?", cat["url"], small["url"])])
+    assert refused.value.body["message"] == (  # type: ignore[index]
+        "model 'blip-vqa' takes one image per prompt; the request has 2; models that take several: llava (or model 'auto')"
+    )
+
+
+def test_image_tokens_count_against_the_context(models: dict[str, Any], small: dict[str, Any]) -> None:
+    """The tiny LLaVA has 128 positions and each image takes 16: seven images cannot fit with an answer."""
+    app = tiny_app({"llava": models["llava"]})
+    many = [user("Which of these is red?", *[small["url"]] * 7)]
+    counted = models["llava"].prompt_tokens(many)
+    assert counted > 7 * 16
+    refused = app.post("/v1/chat/completions", json={"model": "llava", "messages": many, "max_tokens": 30})
+    assert refused.status_code == 400
+    assert refused.json()["error"]["message"] == (
+        f"the conversation is {counted} tokens (7 images included) and 30 more were asked for; model 'llava' takes at most 128 in all"
+    )
+    few = [user("Which of these is red?", *[small["url"]] * 2)]
+    assert app.post("/v1/chat/completions", json={"model": "llava", "messages": few, "max_tokens": 4}).status_code == 200
 
 
 def test_errors_map_to_openai_exceptions(server: str, client: openai.OpenAI, cat: dict[str, Any]) -> None:

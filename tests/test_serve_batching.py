@@ -241,9 +241,10 @@ TANDEM = Routes(precise="vqa", conversational="llava")
 
 
 def route(
-    routes: Routes = TANDEM, *texts: str, turns: int = 0, max_tokens: int | None = None, can: dict[str, frozenset[str]] = CAN
+    routes: Routes = TANDEM, *texts: str, turns: int = 0, max_tokens: int | None = None, can: dict[str, frozenset[str]] = CAN,
+    images: int = 1,
 ) -> Route:
-    return choose_route(routes, texts=list(texts), turns=turns, max_tokens=max_tokens, can=can)
+    return choose_route(routes, texts=list(texts), turns=turns, max_tokens=max_tokens, can=can, images=images)
 
 
 @pytest.mark.parametrize(
@@ -335,6 +336,15 @@ def test_lookup_error_when_nothing_can() -> None:
         route(Routes(), "anything", can={"clip": CLIP})  # no sides: by capability, and none can
     with pytest.raises(LookupError):
         route(TANDEM, "What colour?", can={})
+
+
+def test_several_images_go_to_a_chat_model() -> None:
+    """Models that answer about one image (BLIP VQA, captioners) take one per prompt: several images
+    in the conversation need a chat model, whatever the text."""
+    assert route(TANDEM, "What colour?", images=2) == Route("llava", "chat", "2 images in the conversation")
+    assert route(Routes(), "Describe this image.", images=3).model == "llava"  # not the captioner
+    with pytest.raises(LookupError, match="no configured model can answer 2 images in the conversation"):
+        route(Routes(precise="vqa", conversational="cap"), "What colour?", images=2)
 
 
 def test_without_sides_the_first_capable_model_answers() -> None:

@@ -143,13 +143,14 @@ WATCH_REPLIES = """() => {
 }"""
 
 
-def _send(page: Any, model: str, text: str = "", image: str | None = None) -> Any:
-    """Pick ``model``, attach ``image``, type ``text``, send; return the reply bubble once it is over."""
+def _send(page: Any, model: str, text: str = "", image: str | list[str] | None = None) -> Any:
+    """Pick ``model``, attach ``image`` (or several), type ``text``, send; return the reply bubble once it is over."""
     page.wait_for_selector(f"#model option[value='{model}']", state="attached")
     page.select_option("#model", model)
     if image is not None:
-        page.set_input_files("#image", image)
-        page.wait_for_selector("#attached:not([hidden])")
+        images = [image] if isinstance(image, str) else image
+        page.set_input_files("#image", images)
+        page.wait_for_function(f"() => document.querySelectorAll('#attached-thumbs img').length === {len(images)}")
     page.fill("#message", text)
     count = page.locator(".turn.assistant").count()
     page.press("#message", "Enter")
@@ -222,6 +223,29 @@ def test_chat_caption_route_note_error_and_screenshot(server: str, page: Any, tm
     page.screenshot(path=str(shot), full_page=True)
     print(f"chat page screenshot: {shot}")
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 20_000
+
+
+def test_chat_with_several_images(server: str, page: Any, tmp_path: Path) -> None:
+    """Two images in one message go to LLaVA; a model that takes one image per prompt says which can."""
+    coffee = str(Path(_cat()).with_name("coffee.png"))
+    page.goto(server + "/chat")
+    page.fill("#max-tokens", "8")
+    with page.expect_request("**/v1/chat/completions") as sent:
+        reply = _send(page, "llava", "what differs between these?", [_cat(), coffee])
+    parts = json.loads(sent.value.post_data)["messages"][0]["content"]
+    assert [p["type"] for p in parts] == ["image_url", "image_url", "text"]
+    assert reply.get_attribute("data-state") == "done" and reply.locator(".text").inner_text()
+    assert page.locator(".turn.user").first.locator("img.thumb").count() == 2
+    assert page.locator("#attached").is_hidden()  # sent: the next message starts with none
+
+    page.click("#new-chat")
+    reply = _send(page, "blip-vqa", "what colour is it?", [_cat(), coffee])
+    assert reply.get_attribute("data-state") == "error"
+    assert "takes one image per prompt; the request has 2; models that take several: llava" in reply.locator(".problem").inner_text()
+    page.wait_for_function("() => [...document.querySelectorAll('.thumb')].every(i => i.complete && i.naturalWidth)")
+    shot = tmp_path / "chat-two-images.png"
+    page.screenshot(path=str(shot), full_page=True)
+    print(f"chat with two images: {shot}")
 
 
 def test_chat_stop_button_ends_the_stream(server: str, page: Any) -> None:

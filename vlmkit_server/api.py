@@ -557,7 +557,7 @@ def create_api_app(
         if chat.model == "auto":
             try:
                 route = choose_route(config.routes, texts=chat.last_texts, turns=chat.assistant_turns, max_tokens=chat.max_tokens,
-                                     can={n: e.tasks for n, e in served.items()})
+                                     can={n: e.tasks for n, e in served.items()}, images=len(chat.images))
             except LookupError as exc:
                 raise ApiError(400, f"{exc}; served: {_abilities(served)}") from None
         else:
@@ -567,13 +567,21 @@ def create_api_app(
         created = int(time.time())
         completion_id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
         prompt_text = " ".join(p.get("text", "") for m in chat.messages for p in m["content"] if p["type"] == "text")
-        prompt_tokens = entry.tokens(prompt_text)
         tokens = chat.max_tokens or (256 if route.task == "chat" else 30)
+        if route.task == "chat":  # counted as the model builds the prompt: every image's tokens included
+            prompt_tokens = await run(lambda: asyncio.to_thread(entry.model.prompt_tokens, chat.messages))
+        else:
+            prompt_tokens = entry.tokens(prompt_text)
         context = entry.context()
         if route.task == "chat" and context is not None and prompt_tokens + tokens > context:
-            raise ApiError(400, f"the conversation is {prompt_tokens} tokens and {tokens} more were asked for; "
+            counted = f" ({len(chat.images)} image{'s' if len(chat.images) != 1 else ''} included)" if chat.images else ""
+            raise ApiError(400, f"the conversation is {prompt_tokens} tokens{counted} and {tokens} more were asked for; "
                                 f"model {entry.name!r} takes at most {context} in all")
         if route.task in ("ask", "caption"):
+            if len(chat.images) > 1:
+                several = [n for n, e in served.items() if "chat" in e.tasks]
+                where = f"models that take several: {', '.join(several)} (or model 'auto')" if several else "no served model takes several"
+                raise ApiError(400, f"model {entry.name!r} takes one image per prompt; the request has {len(chat.images)}; {where}")
             if len(chat.images) != 1:
                 raise ApiError(400, f"model {entry.name!r} answers about exactly one image; the request has {len(chat.images)}")
             question = " ".join(t.strip() for t in chat.last_texts if t.strip())

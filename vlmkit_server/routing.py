@@ -3,6 +3,8 @@ answers, a conversational generalist for dialogue, open-ended requests and long 
 
 The rules, in order (the first that applies decides; each gives the reason the response reports):
 
+0. several images in the conversation -> conversational, chat only (the models that answer about
+   one image, BLIP, BLIP-2, InstructBLIP, take one per prompt);
 1. an assistant turn in the conversation (multi-turn dialogue) -> conversational;
 2. ``max_tokens`` above ``long_answer_tokens`` -> conversational (a long answer is wanted);
 3. no text, or a caption request ("describe this image", "caption", "what is in the picture") ->
@@ -71,12 +73,16 @@ def _open_ended(words: list[str], i: int, routes: Routes) -> bool:
     return not (words[i] == "how" and i + 1 < len(words) and words[i + 1] in _MEASURE)
 
 
-def choose_route(routes: Routes, *, texts: list[str], turns: int, max_tokens: int | None, can: dict[str, frozenset[str]]) -> Route:
+def choose_route(
+    routes: Routes, *, texts: list[str], turns: int, max_tokens: int | None, can: dict[str, frozenset[str]], images: int = 1
+) -> Route:
     """``texts``: the last user message's text parts; ``turns``: assistant messages so far;
-    ``can``: model name -> the tasks it can do."""
+    ``can``: model name -> the tasks it can do; ``images``: images in the whole conversation."""
     text = " ".join(t.strip() for t in texts if t.strip())
     words = re.findall(r"[a-z']+", text.lower())
-    if turns > 0:
+    if images > 1:
+        wanted, reason = "several-images", f"{images} images in the conversation"
+    elif turns > 0:
         wanted, reason = "conversational", "multi-turn dialogue"
     elif max_tokens is not None and max_tokens > routes.long_answer_tokens:
         wanted, reason = "conversational", f"a long answer (max_tokens {max_tokens} > {routes.long_answer_tokens})"
@@ -89,15 +95,17 @@ def choose_route(routes: Routes, *, texts: list[str], turns: int, max_tokens: in
         wanted, reason = "precise-ask", f"a short question ({len(words)} words)"
     else:
         wanted, reason = "conversational", f"a long request ({len(words)} words)"
-    order = {"conversational": ["chat", "ask", "caption"], "precise-caption": ["caption", "chat"], "precise-ask": ["ask", "chat"]}[wanted]
+    order = {"conversational": ["chat", "ask", "caption"], "several-images": ["chat"], "precise-caption": ["caption", "chat"],
+             "precise-ask": ["ask", "chat"]}[wanted]
+    conversational = wanted in ("conversational", "several-images")
 
     def fits(task: str) -> bool:
-        return not (task == "caption" and wanted == "conversational" and text)  # a caption does not answer a question
+        return not (task == "caption" and conversational and text)  # a caption does not answer a question
 
     if routes.precise is None and routes.conversational is None:
         # No sides configured: the first served model that can do the wanted work, best task first;
         # chat models first for dialogue, specialists (no chat) first for captions and short answers.
-        ranked = sorted(can, key=lambda name: ("chat" in can[name]) != (wanted == "conversational"))
+        ranked = sorted(can, key=lambda name: ("chat" in can[name]) != conversational)
         for task in order:
             for name in ranked:
                 tasks = can[name]
@@ -105,8 +113,8 @@ def choose_route(routes: Routes, *, texts: list[str], turns: int, max_tokens: in
                     note = "" if len(can) == 1 else "; picked by what the served models can do"
                     return Route(name, task, reason + note)  # type: ignore[arg-type]
         raise LookupError(f"no served model can answer {reason}")
-    preferred = routes.conversational if wanted == "conversational" else routes.precise
-    fallback = routes.precise if wanted == "conversational" else routes.conversational
+    preferred = routes.conversational if conversational else routes.precise
+    fallback = routes.precise if conversational else routes.conversational
     for name, note in ((preferred, ""), (fallback, "; the preferred model cannot do it")):
         if name is None or name not in can:
             continue

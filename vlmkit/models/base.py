@@ -321,6 +321,11 @@ class VisionLanguageModel:
         """Reply to OpenAI-style messages (text and image parts); a token iterator when streaming."""
         raise self._unsupported("chat")
 
+    def prompt_tokens(self, messages: list[dict[str, Any]]) -> int:
+        """How many positions of the language model ``messages`` take as :meth:`chat` builds them,
+        each image's tokens included (to check a conversation against the context length)."""
+        raise self._unsupported("chat")
+
 
 class PromptedTasks(VisionLanguageModel):
     """caption / ask / generate for vlmkit's own generative checkpoints (BLIP-2, InstructBLIP,

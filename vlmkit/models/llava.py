@@ -59,6 +59,17 @@ class Llava(PromptedGenerator):
             for p in prompts
         ]
 
+    def _chat_inputs(self, messages: list[dict[str, Any]]) -> dict[str, Any]:
+        """The processor's inputs for a conversation: its template text with every image in order
+        (several images, in one message or across turns, each expand to their image tokens)."""
+        conversation, sources = parse_messages(messages)
+        images = self._load_all(sources) if sources else None
+        text = self.processor.apply_chat_template(conversation, add_generation_prompt=True)
+        return dict(self.processor(images=images, text=[text], return_tensors="pt"))
+
+    def prompt_tokens(self, messages: list[dict[str, Any]]) -> int:
+        return int(self._chat_inputs(messages)["input_ids"].shape[1])
+
     def chat(
         self,
         messages: list[dict[str, Any]],
@@ -69,10 +80,7 @@ class Llava(PromptedGenerator):
         top_p: float = 1.0,
         temperature: float = 1.0,
     ) -> str | Iterator[str]:
-        conversation, sources = parse_messages(messages)
-        images = self._load_all(sources) if sources else None
-        text = self.processor.apply_chat_template(conversation, add_generation_prompt=True)
-        inputs = self._to_device(self.processor(images=images, text=[text], return_tensors="pt"))
+        inputs = self._to_device(self._chat_inputs(messages))
         options = GenerationOptions(max_new_tokens, 1, do_sample, top_p, temperature)
         kwargs = {**inputs, **options.to_hf()}
         if stream:

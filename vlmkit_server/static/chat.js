@@ -13,13 +13,13 @@
   const form = $("composer");
   const fileInput = $("image");
   const attachedBox = $("attached");
-  const attachedPreview = $("attached-preview");
+  const attachedThumbs = $("attached-thumbs");
   const message = $("message");
   const send = $("send");
   const stop = $("stop");
 
   const history = []; // the turns answered so far, sent with every request (multi-turn)
-  let attached = null; // {url, width, height, name}: the shrunk image for the next message
+  let attached = []; // [{url, width, height, name}]: the shrunk images for the next message, in order
   let controller = null; // aborts the reply being streamed
   let generation = 0; // bumped by "New chat": a reply to a forgotten conversation is not kept
 
@@ -59,26 +59,35 @@
     modelSelect.value = ids.includes(previous) ? previous : ids.includes("auto") ? "auto" : ids[0] || "";
   }
 
-  // -- the image to send ----------------------------------------------------------------------------
+  // -- the images to send ---------------------------------------------------------------------------
 
-  async function attach(file) {
+  // Several images may go with one message (models that take one per prompt answer with a clear error).
+  async function attach(files) {
     showError("");
-    try {
-      attached = await ui.shrink(file);
-    } catch (err) {
-      detach();
-      showError(ui.describe(err));
-      return;
+    for (const file of files) {
+      let image;
+      try {
+        image = await ui.shrink(file);
+      } catch (err) {
+        showError(ui.describe(err));
+        continue;
+      }
+      attached.push(image);
+      const thumb = document.createElement("img");
+      thumb.className = "attached-preview";
+      thumb.src = image.url;
+      thumb.alt = `image ${attached.length} to send`;
+      thumb.title = `${image.name}, sent at ${image.width}×${image.height}`;
+      attachedThumbs.append(thumb);
     }
-    attachedPreview.src = attached.url;
-    attachedPreview.title = `${attached.name}, sent at ${attached.width}×${attached.height}`;
-    attachedBox.hidden = false;
+    fileInput.value = ""; // choosing the same file again attaches it again
+    attachedBox.hidden = attached.length === 0;
   }
 
   function detach() {
-    attached = null;
+    attached = [];
     fileInput.value = "";
-    attachedPreview.removeAttribute("src");
+    attachedThumbs.replaceChildren();
     attachedBox.hidden = true;
   }
 
@@ -93,9 +102,9 @@
     return item;
   }
 
-  function addUserTurn(text, image) {
+  function addUserTurn(text, images) {
     const item = bubble("user");
-    if (image) {
+    for (const image of images) {
       const thumb = document.createElement("img");
       thumb.className = "thumb";
       thumb.src = image.url;
@@ -184,15 +193,15 @@
       showError("No model to talk to: the model list did not load.");
       return;
     }
-    if (!text && !attached) {
+    if (!text && !attached.length) {
       showError("Type a message or attach an image.");
       return;
     }
     showError("");
     const parts = [];
-    if (attached) parts.push({ type: "image_url", image_url: { url: attached.url } });
+    for (const image of attached) parts.push({ type: "image_url", image_url: { url: image.url } });
     if (text) parts.push({ type: "text", text });
-    const userMessage = { role: "user", content: parts.length === 1 && !attached ? text : parts };
+    const userMessage = { role: "user", content: parts.length === 1 && !attached.length ? text : parts };
     addUserTurn(text, attached);
     message.value = "";
     detach();
@@ -286,13 +295,13 @@
   $("detach").addEventListener("click", detach);
   modelSelect.addEventListener("change", () => ui.remember("vlmkit.chatModel", modelSelect.value));
   fileInput.addEventListener("change", () => {
-    if (fileInput.files && fileInput.files.length) attach(fileInput.files[0]);
+    if (fileInput.files && fileInput.files.length) attach([...fileInput.files]);
   });
   message.addEventListener("paste", (event) => {
-    const file = [...(event.clipboardData ? event.clipboardData.files : [])].find((f) => f.type.startsWith("image/"));
-    if (file) {
+    const files = [...(event.clipboardData ? event.clipboardData.files : [])].filter((f) => f.type.startsWith("image/"));
+    if (files.length) {
       event.preventDefault();
-      attach(file);
+      attach(files);
     }
   });
   document.addEventListener("dragover", (event) => {
@@ -305,8 +314,8 @@
   document.addEventListener("drop", (event) => {
     event.preventDefault();
     document.body.classList.remove("dragging");
-    const file = event.dataTransfer && event.dataTransfer.files[0];
-    if (file) attach(file);
+    const files = event.dataTransfer ? [...event.dataTransfer.files] : [];
+    if (files.length) attach(files);
   });
   loadModels();
 })();
