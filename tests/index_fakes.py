@@ -1,4 +1,5 @@
-"""A deterministic fake embedder for index tests, and helpers that draw small test images.
+"""A deterministic fake embedder for index tests, a fake captioner for dataset captioning, and
+helpers that draw small test images.
 
 Images embed as their mean colour (plus a little texture), texts as colour words: "red" is the
 direction of a pure red image, so searches have known right answers and run in milliseconds.
@@ -13,6 +14,8 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
+
+from vlmkit.models.kinds import ModelKind
 
 DIM = 8
 COLOURS = {
@@ -91,3 +94,33 @@ def solid(path: Path, colour: str | tuple[int, int, int], size: tuple[int, int] 
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(np.clip(array, 0, 255).astype(np.uint8)).save(path)
     return path
+
+
+class FakeCaptioner:
+    """Captions an image as its mean colour ("rgb 255 0 0"); ``stop_after`` calls, it raises
+    KeyboardInterrupt (a user's Ctrl-C, or a kill, in the middle of a run)."""
+
+    kind = ModelKind("fake", "FakeCaptioner", frozenset({"caption", "ask"}), "mean colour in words")
+    name = "fake-captioner"
+    image_size = None
+
+    def __init__(self, stop_after: int | None = None) -> None:
+        self.calls: list[int] = []
+        self.stop_after = stop_after
+
+    def require(self, task: str) -> None:
+        assert task in self.kind.tasks
+
+    def _words(self, image: Any) -> str:
+        mean = np.asarray(image, np.float32).reshape(-1, 3).mean(axis=0)
+        return "rgb " + " ".join(str(round(c)) for c in mean)
+
+    def caption(self, images: list[Any], prompt: str | None = None, *, batch_size: int = 8, **options: Any) -> list[str]:
+        if self.stop_after is not None and len(self.calls) >= self.stop_after:
+            raise KeyboardInterrupt
+        self.calls.append(len(images))
+        return [(prompt or "") + self._words(image) for image in images]
+
+    def ask(self, images: list[Any], questions: list[str], *, batch_size: int = 8, **options: Any) -> list[str]:
+        self.calls.append(len(images))
+        return [f"{q} {self._words(image)}" for image, q in zip(images, questions, strict=True)]

@@ -92,7 +92,7 @@ def test_dual_encoder_parity_and_batching(tiny, paths, pils, name, arch):
     match = model.match(paths[0], texts)
     assert match.kind == "cosine"
     assert_close(match.scores, (ref_img[:1] @ ref_txt.T)[0], rtol=DEEP, what="match")  # the image alone, not in a batch of 3
-    with pytest.raises(UnsupportedTaskError, match=r"cannot 'caption'.*blip2 \(Blip2ForConditionalGeneration\)"):
+    with pytest.raises(UnsupportedTaskError, match=r"cannot 'caption'.*blip2 \(Blip2ForConditionalGeneration, VlmkitBlip2\)"):
         model.caption(paths)
 
 

@@ -152,3 +152,21 @@ def finish(out: Output, total: int) -> int:
         print(f"vlmkit: {len(out.failures)} of {total} inputs failed", file=sys.stderr)
         return 1
     return 0
+
+
+def readable_sources(inputs: list[str]) -> list[str]:
+    """Folders and files (image files, .txt lists, .parquet tables, .tar shards) that exist and can be
+    read, checked before any model loads or anything is written; the others are reported. None left
+    is an error."""
+    good = []
+    for raw in inputs:
+        problem = file_problem(os.path.expanduser(raw), folders=True)
+        if problem is None:
+            good.append(raw)
+        elif len(inputs) == 1:
+            raise CommandError(f"{raw}: {problem}")
+        else:
+            print(f"vlmkit: skipped {raw}: {problem}", file=sys.stderr)
+    if not good:
+        raise CommandError(f"none of the {len(inputs)} inputs can be read (listed above)")
+    return good

@@ -7,10 +7,9 @@ import argparse
 import json
 import re
 import sys
-from pathlib import Path
 from typing import Any
 
-from .common import CommandError, _positive_int, require
+from .common import CommandError, _positive_int, readable_sources, require
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b)?\s*$", re.IGNORECASE)
 
@@ -102,7 +101,7 @@ def run_index(args: argparse.Namespace) -> int:
         return _status(index, args)
     if not args.inputs:
         raise CommandError("give folders or files to index (or --status)")
-    inputs = _readable_inputs(args.inputs)
+    inputs = readable_sources(args.inputs)
     unreadable = len(args.inputs) - len(inputs)  # reported already
     model = _model(args, index)
     if not args.reindex:
@@ -156,25 +155,6 @@ def run_index(args: argparse.Namespace) -> int:
         print(f"vlmkit: {len(report.skipped) + unreadable} files could not be indexed (listed above); the rest are in the index", file=sys.stderr)
         return 1
     return 0
-
-
-def _readable_inputs(inputs: list[str]) -> list[str]:
-    """The inputs that exist and can be read, checked before the model loads or the index is touched;
-    the others are reported. None left is an error (and no index is created)."""
-    from vlmkit.images import file_problem
-
-    good = []
-    for raw in inputs:
-        problem = file_problem(Path(raw).expanduser(), folders=True)
-        if problem is None:
-            good.append(raw)
-        elif len(inputs) == 1:
-            raise CommandError(f"{raw}: {problem}")
-        else:
-            print(f"vlmkit: skipped {raw}: {problem}", file=sys.stderr)
-    if not good:
-        raise CommandError(f"none of the {len(inputs)} inputs can be read (listed above)")
-    return good
 
 
 def _status(index: Any, args: argparse.Namespace) -> int:

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import json
+import sys
+from pathlib import Path
 
 from vlmkit.errors import ImageError
 from vlmkit.images import load_image
@@ -17,6 +20,8 @@ from .common import (
     finish,
     image_batches,
     load_model,
+    progress,
+    readable_sources,
     require,
 )
 
@@ -30,7 +35,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--sample", action="store_true", help="sample instead of greedy/beam decoding")
     p.add_argument("--top-p", type=float, default=1.0, help="with --sample: nucleus sampling mass (default: 1.0, all tokens)")
     p.add_argument("--temperature", type=float, default=1.0, help="with --sample: softmax temperature (default: 1.0)")
-    add_common(p)
+    dataset = p.add_argument_group(
+        "a whole dataset", "IMAGE may then be a folder, a .txt file list, a .parquet path table or a WebDataset .tar shard; "
+        "a killed run, run again, continues where it stopped"
+    )
+    dataset.add_argument("--out", default=None, metavar="FILE", help="write rows to FILE.jsonl or FILE.parquet (resumable)")
+    dataset.add_argument("--sidecar", action="store_true", help="write photo.txt beside each photo.jpg (kept if it exists)")
+    dataset.add_argument("--overwrite", action="store_true", help="with --sidecar or --shards-out: replace existing outputs")
+    dataset.add_argument("--shards-out", default=None, metavar="DIR", help="WebDataset shards in: write new shards to DIR with a .txt member per image")
+    dataset.add_argument("--ask", default=None, metavar="QUESTION", help="answer QUESTION about every image instead of captioning (VQA)")
+    dataset.add_argument("--engine", choices=("local", "ray"), default="local", help="this process (default) or a Ray cluster, as vlmkit index")
+    dataset.add_argument("--address", default=None, help="with --engine ray: the cluster's address (default: start a local one)")
+    add_common(p, batch_size=16)
     p.set_defaults(run=run_caption)
 
     p = sub.add_parser("ask", help="answer questions about an image (VQA)")
@@ -63,6 +79,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_caption(args: argparse.Namespace) -> int:
+    if args.out is not None or args.sidecar or args.shards_out is not None:
+        return _caption_dataset(args)
+    if args.ask is not None:
+        raise CommandError("--ask answers over a dataset: give --out FILE, --sidecar or --shards-out DIR (or use `vlmkit ask IMAGE QUESTION`)")
+    if args.overwrite or args.engine != "local":
+        raise CommandError(f"{'--overwrite' if args.overwrite else '--engine'} goes with --out FILE, --sidecar or --shards-out DIR")
     out = Output(args.json)
     images = check_inputs(args.images, out)
     model = load_model(args)
@@ -82,6 +104,72 @@ def run_caption(args: argparse.Namespace) -> int:
         for (path, _), caption in zip(batch, captions, strict=True):
             out.emit({"image": path, "caption": caption, "model": model.name}, f"{path}: {caption}" if many else caption)
     return finish(out, len(args.images))
+
+
+def _caption_dataset(args: argparse.Namespace) -> int:
+    """`vlmkit caption DIR... --out F | --sidecar | --shards-out DIR`: :func:`vlmkit.captioning.caption_dataset`."""
+    from vlmkit.captioning import caption_dataset
+
+    outputs = sum((args.out is not None, args.sidecar, args.shards_out is not None))
+    if outputs > 1:
+        raise CommandError("give one output: --out FILE, --sidecar or --shards-out DIR")
+    if args.out is not None and Path(args.out).suffix.lower() not in (".jsonl", ".parquet"):
+        raise CommandError(f"--out {args.out}: give a file ending in .jsonl or .parquet")
+    inputs = readable_sources(args.images)
+    model = load_model(args)
+    require(model, "ask" if args.ask is not None else "caption")
+    if args.ask is not None:
+        generation = {"max_new_tokens": args.max_new_tokens, "num_beams": args.num_beams}
+    else:
+        generation = {"max_new_tokens": args.max_new_tokens, "num_beams": args.num_beams, "do_sample": args.sample,
+                      "top_p": args.top_p, "temperature": args.temperature}
+    bar = None
+
+    def on_plan(total: int) -> None:
+        nonlocal bar
+        bar = progress(total, args, "answering" if args.ask is not None else "captioning", leave=True)
+
+    engine = None
+    if args.engine == "ray":
+        import functools
+
+        import vlmkit
+        from vlmkit.index.ray_engine import RayEngine
+
+        # Each Ray actor loads its own copy of the model.
+        engine = RayEngine(functools.partial(vlmkit.load, model.name, device=args.device, dtype=args.dtype), address=args.address)
+    try:
+        report = caption_dataset(
+            model, inputs, out=args.out, sidecar=args.sidecar, shards_out=args.shards_out, overwrite=args.overwrite,
+            question=args.ask, prompt=args.prompt, generation=generation, batch_size=args.batch_size,
+            max_pixels=args.max_pixels, progress=lambda n: bar.update(n) if bar is not None else None, on_plan=on_plan,
+            engine=engine,
+        )
+    finally:
+        if bar is not None:
+            bar.close()
+    for skipped in report.skipped:
+        print(f"vlmkit: skipped {skipped.path}: {skipped.reason}", file=sys.stderr)
+    unreadable = len(args.images) - len(inputs)
+    if args.json:
+        print(json.dumps({"output": report.output, "kind": report.kind, "found": report.found, "done": report.done,
+                          "already": report.already, "seconds": round(report.seconds, 3),
+                          "skipped": [{"path": s.path, "reason": s.reason} for s in report.skipped]}))
+    else:
+        print(f"{report.output}: {report.summary()}")
+        follow = {
+            "jsonl": f"one JSON row per image ({{\"image\", \"{'answer' if args.ask else 'caption'}\", ...}}); read it with pandas.read_json(..., lines=True)",
+            "parquet": "one row per image; read it with pandas.read_parquet or pyarrow",
+            "sidecar": "each image's text is in the .txt file of the same name",
+            "shards": f"the new shards are in {report.output}; they read as the dataset spec wds:SHARD (or a brace pattern, "
+                      f"wds:{report.output}/shard-{{000..009}}.tar), e.g. in `vlmkit eval caption --data`",
+        }[report.kind]
+        print(f"vlmkit: {follow}; run the same command again to continue after an interruption or to add new images", file=sys.stderr)
+    if report.skipped or unreadable:
+        failed = len(report.skipped) + unreadable
+        print(f"vlmkit: {failed} file{'s' if failed != 1 else ''} could not be read (listed above); the rest are done", file=sys.stderr)
+        return 1
+    return 0
 
 
 def _one_image(path: str, args: argparse.Namespace, model: object) -> object:

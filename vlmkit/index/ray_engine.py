@@ -1,6 +1,7 @@
 """Indexing on a Ray cluster (``pip install 'vlmkit[ray]'``): the same update as the local engine,
 with decoding on Ray Data CPU tasks and embedding in a pool of batched actors (one GPU each when
-the cluster has GPUs).
+the cluster has GPUs). The same path runs any other per-image model call
+(:meth:`RayEngine.map_images`: captioning a dataset, ``vlmkit caption DIR --out F --engine ray``).
 
 The driver plans the update (which files are new or changed), streams the actors' results back and
 commits them in batches of ``commit_every`` files through the index's single writer, so the
@@ -109,6 +110,23 @@ class _Embed:
         return out
 
 
+class _Apply:
+    """Ray Data actor: holds one model and applies ``call(model, images)`` to the decoded images of
+    each batch (one result per image)."""
+
+    def __init__(self, factory: Callable[[], Any], call: Callable[[Any, list[Any]], list[Any]]) -> None:
+        self.model = factory()
+        self.call = call
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+        has = [bool(h) for h in batch["has_image"]]
+        images = [batch["image"][i] for i, h in enumerate(has) if h]
+        outputs = iter(self.call(self.model, images) if images else [])
+        out = {k: v for k, v in batch.items() if k != "image"}
+        out["result"] = [next(outputs) if h else None for h in has]
+        return out
+
+
 class RayEngine:
     """Decode on Ray CPU tasks and embed in ``num_actors`` batched actors, each holding the model that
     ``model_factory()`` builds (a GPU per actor when the cluster has GPUs). ``address`` is a Ray
@@ -143,25 +161,9 @@ class RayEngine:
         self, entries: Sequence[Entry], model: Embedder, known: frozenset[str], *, batch_size: int, max_pixels: int | None
     ) -> Iterator[Embedded]:
         ray = self._init()
-        resources = ray.cluster_resources()
-        gpus = self.num_gpus_per_actor if self.num_gpus_per_actor is not None else (1.0 if resources.get("GPU", 0) >= 1 else 0.0)
-        cpus = int(resources.get("CPU", 1))
-        # On CPUs, half the cores embed and the rest decode; on GPUs, one actor per GPU.
-        actors = self.num_actors or (max(1, int(resources.get("GPU", 0) / gpus)) if gpus else max(1, cpus // 2))
+        gpus, actors = self._pool(ray)
         draft = self.draft_size if self.draft_size is not None else getattr(model, "image_size", None)
-        items = [{"path": e.path, "size": e.size, "mtime_ns": e.mtime_ns, "root": e.root} for e in entries]
-        blocks = max(1, min(len(items) // max(1, batch_size), 200))
-        context = ray.data.DataContext.get_current()
-        context.enable_progress_bars = False
-        context.print_on_execution_start = False
-        ds = ray.data.from_items(items, override_num_blocks=blocks)
-        ds = ds.map_batches(
-            _decode_batch,
-            fn_kwargs={"known_ref": ray.put(known), "draft_size": draft, "max_pixels": max_pixels},
-            batch_size=batch_size,
-            num_cpus=0.5,  # differs from the actors' request, so Ray keeps decoding in separate tasks
-            batch_format="numpy",
-        )
+        ds = self._decoded(ray, entries, known, draft, max_pixels, batch_size)
         ds = ds.map_batches(
             _Embed,
             fn_constructor_kwargs={"factory": self.model_factory, "batch_size": batch_size},
@@ -184,3 +186,52 @@ class RayEngine:
             )
             vector = row["vector"]
             yield Embedded(decoded, None if vector is None else np.asarray(vector, np.float32), row["caption"] if vector is not None else None)
+
+    def _pool(self, ray: Any) -> tuple[float, int]:
+        """(GPUs per actor, actors): on CPUs half the cores run models and the rest decode; on GPUs
+        one actor per GPU."""
+        resources = ray.cluster_resources()
+        gpus = self.num_gpus_per_actor if self.num_gpus_per_actor is not None else (1.0 if resources.get("GPU", 0) >= 1 else 0.0)
+        actors = self.num_actors or (max(1, int(resources.get("GPU", 0) / gpus)) if gpus else max(1, int(resources.get("CPU", 1)) // 2))
+        return gpus, actors
+
+    def _decoded(self, ray: Any, entries: Sequence[Entry], known: frozenset[str], draft: int | None, max_pixels: int | None,
+                 batch_size: int) -> Any:
+        """The Ray dataset of decoded entries: read, hash and decode on CPU tasks."""
+        items = [{"path": e.path, "size": e.size, "mtime_ns": e.mtime_ns, "root": e.root} for e in entries]
+        blocks = max(1, min(len(items) // max(1, batch_size), 200))
+        context = ray.data.DataContext.get_current()
+        context.enable_progress_bars = False
+        context.print_on_execution_start = False
+        ds = ray.data.from_items(items, override_num_blocks=blocks)
+        return ds.map_batches(
+            _decode_batch,
+            fn_kwargs={"known_ref": ray.put(known), "draft_size": draft, "max_pixels": max_pixels},
+            batch_size=batch_size,
+            num_cpus=0.5,  # differs from the actors' request, so Ray keeps decoding in separate tasks
+            batch_format="numpy",
+        )
+
+    def map_images(
+        self, entries: Sequence[Entry], call: Callable[[Any, list[Any]], list[Any]], *, batch_size: int,
+        max_pixels: int | None, draft_size: int | None = None,
+    ) -> Iterator[tuple[str, Any, str]]:
+        """``call(model, images)`` on every entry's image, in the actors (each with the model
+        ``model_factory()`` builds), ``batch_size`` images at a time: yields (path, the call's result
+        or None, the reason the file could not be read or "") as results arrive, in no fixed order.
+        ``call`` must be picklable (a module-level function or a ``functools.partial`` of one)."""
+        ray = self._init()
+        gpus, actors = self._pool(ray)
+        draft = self.draft_size if self.draft_size is not None else draft_size
+        ds = self._decoded(ray, entries, frozenset(), draft, max_pixels, batch_size)
+        ds = ds.map_batches(
+            _Apply,
+            fn_constructor_kwargs={"factory": self.model_factory, "call": call},
+            batch_size=batch_size,
+            compute=ray.data.ActorPoolStrategy(size=actors),
+            num_cpus=0 if gpus else 1,
+            num_gpus=gpus,
+            batch_format="numpy",
+        )
+        for row in ds.iter_rows():
+            yield str(row["path"]), row["result"], str(row["error"])
