@@ -22,9 +22,9 @@ def test_reads_real_photos(photos):
     "name, reason",
     [
         ("missing", "no such file"),
-        ("dir", "is a directory"),
+        ("dir", "a directory, not an image file"),
         ("text", "not an image"),
-        ("empty", "not an image"),
+        ("empty", "empty file"),
         ("truncated", "truncated"),
         ("bomb", "over the limit"),
     ],

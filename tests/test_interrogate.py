@@ -327,8 +327,8 @@ def test_cli_missing_image_still_does_the_good_one(capsys, photos, bad_images):
 @pytest.mark.parametrize(
     "extra, message",
     [
-        (["--ranker", "{blip}"], "cannot 'embed'; models that can: clip (CLIPModel)"),
-        (["--model", "{blip}"], "give a ranker that can: clip (CLIPModel)"),
+        (["--ranker", "{blip}"], "cannot 'embed'; models that can: clip (CLIPModel, "),
+        (["--model", "{blip}"], "give a ranker that can: clip (CLIPModel, "),
         (["--ranker", "not a model!!"], "unknown model"),
         (["--model", "{clip}"], "cannot 'caption'"),
     ],
