@@ -160,19 +160,8 @@ class RayEngine:
     def embed(
         self, entries: Sequence[Entry], model: Embedder, known: frozenset[str], *, batch_size: int, max_pixels: int | None
     ) -> Iterator[Embedded]:
-        ray = self._init()
-        gpus, actors = self._pool(ray)
-        draft = self.draft_size if self.draft_size is not None else getattr(model, "image_size", None)
-        ds = self._decoded(ray, entries, known, draft, max_pixels, batch_size)
-        ds = ds.map_batches(
-            _Embed,
-            fn_constructor_kwargs={"factory": self.model_factory, "batch_size": batch_size},
-            batch_size=batch_size,
-            compute=ray.data.ActorPoolStrategy(size=actors),
-            num_cpus=0 if gpus else 1,
-            num_gpus=gpus,
-            batch_format="numpy",
-        )
+        draft = getattr(model, "image_size", None)
+        ds = self._pipeline(entries, known, draft, max_pixels, batch_size, _Embed, {"factory": self.model_factory, "batch_size": batch_size})
         for row in ds.iter_rows():
             error = str(row["error"])
             taken = float(row["taken"])
@@ -187,28 +176,36 @@ class RayEngine:
             vector = row["vector"]
             yield Embedded(decoded, None if vector is None else np.asarray(vector, np.float32), row["caption"] if vector is not None else None)
 
-    def _pool(self, ray: Any) -> tuple[float, int]:
-        """(GPUs per actor, actors): on CPUs half the cores run models and the rest decode; on GPUs
-        one actor per GPU."""
+    def _pipeline(self, entries: Sequence[Entry], known: frozenset[str], draft_size: int | None, max_pixels: int | None,
+                  batch_size: int, actor: type, actor_kwargs: dict[str, Any]) -> Any:
+        """The Ray dataset: entries read, hashed and decoded on CPU tasks (contents in ``known`` are
+        not decoded), then ``actor(**actor_kwargs)`` on each batch in a pool of actors: on CPUs half
+        the cores run models and the rest decode; on GPUs one actor per GPU."""
+        ray = self._init()
         resources = ray.cluster_resources()
         gpus = self.num_gpus_per_actor if self.num_gpus_per_actor is not None else (1.0 if resources.get("GPU", 0) >= 1 else 0.0)
         actors = self.num_actors or (max(1, int(resources.get("GPU", 0) / gpus)) if gpus else max(1, int(resources.get("CPU", 1)) // 2))
-        return gpus, actors
-
-    def _decoded(self, ray: Any, entries: Sequence[Entry], known: frozenset[str], draft: int | None, max_pixels: int | None,
-                 batch_size: int) -> Any:
-        """The Ray dataset of decoded entries: read, hash and decode on CPU tasks."""
+        draft = self.draft_size if self.draft_size is not None else draft_size
         items = [{"path": e.path, "size": e.size, "mtime_ns": e.mtime_ns, "root": e.root} for e in entries]
         blocks = max(1, min(len(items) // max(1, batch_size), 200))
         context = ray.data.DataContext.get_current()
         context.enable_progress_bars = False
         context.print_on_execution_start = False
         ds = ray.data.from_items(items, override_num_blocks=blocks)
-        return ds.map_batches(
+        ds = ds.map_batches(
             _decode_batch,
             fn_kwargs={"known_ref": ray.put(known), "draft_size": draft, "max_pixels": max_pixels},
             batch_size=batch_size,
             num_cpus=0.5,  # differs from the actors' request, so Ray keeps decoding in separate tasks
+            batch_format="numpy",
+        )
+        return ds.map_batches(
+            actor,
+            fn_constructor_kwargs=actor_kwargs,
+            batch_size=batch_size,
+            compute=ray.data.ActorPoolStrategy(size=actors),
+            num_cpus=0 if gpus else 1,
+            num_gpus=gpus,
             batch_format="numpy",
         )
 
@@ -220,18 +217,6 @@ class RayEngine:
         ``model_factory()`` builds), ``batch_size`` images at a time: yields (path, the call's result
         or None, the reason the file could not be read or "") as results arrive, in no fixed order.
         ``call`` must be picklable (a module-level function or a ``functools.partial`` of one)."""
-        ray = self._init()
-        gpus, actors = self._pool(ray)
-        draft = self.draft_size if self.draft_size is not None else draft_size
-        ds = self._decoded(ray, entries, frozenset(), draft, max_pixels, batch_size)
-        ds = ds.map_batches(
-            _Apply,
-            fn_constructor_kwargs={"factory": self.model_factory, "call": call},
-            batch_size=batch_size,
-            compute=ray.data.ActorPoolStrategy(size=actors),
-            num_cpus=0 if gpus else 1,
-            num_gpus=gpus,
-            batch_format="numpy",
-        )
+        ds = self._pipeline(entries, frozenset(), draft_size, max_pixels, batch_size, _Apply, {"factory": self.model_factory, "call": call})
         for row in ds.iter_rows():
             yield str(row["path"]), row["result"], str(row["error"])
