@@ -46,7 +46,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     dataset.add_argument("--ask", default=None, metavar="QUESTION", help="answer QUESTION about every image instead of captioning (VQA)")
     dataset.add_argument("--engine", choices=("local", "ray"), default="local", help="this process (default) or a Ray cluster, as vlmkit index")
     dataset.add_argument("--address", default=None, help="with --engine ray: the cluster's address (default: start a local one)")
-    add_common(p, batch_size=16)
+    add_common(p)  # 8 images per call: larger batches were not faster for the built-in (bench/caption_dataset.py)
     p.set_defaults(run=run_caption)
 
     p = sub.add_parser("ask", help="answer questions about an image (VQA)")
