@@ -236,7 +236,7 @@ def caption_dataset(
     question: str | None = None,
     prompt: str | None = None,
     generation: dict[str, Any] | None = None,
-    batch_size: int = 16,
+    batch_size: int = 8,
     max_pixels: int | None = None,
     progress: Callable[[int], None] | None = None,
     on_plan: Callable[[int], None] | None = None,
