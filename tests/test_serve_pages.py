@@ -248,6 +248,26 @@ def test_chat_with_several_images(server: str, page: Any, tmp_path: Path) -> Non
     print(f"chat with two images: {shot}")
 
 
+def test_chat_message_sent_while_its_image_is_read_waits_for_it(server: str, page: Any) -> None:
+    """Enter pressed right after choosing an image: the message goes with the image, not without it."""
+    page.add_init_script("""
+        const read = window.createImageBitmap.bind(window);
+        window.createImageBitmap = (...args) => new Promise((done) => setTimeout(done, 1500)).then(() => read(...args));
+    """)
+    page.goto(server + "/chat")
+    page.wait_for_selector("#model option[value='default']", state="attached")
+    page.select_option("#model", "default")
+    page.set_input_files("#image", _cat())
+    page.fill("#message", "describe this image")
+    with page.expect_request("**/v1/chat/completions") as sent:
+        page.press("#message", "Enter")
+    parts = json.loads(sent.value.post_data)["messages"][0]["content"]
+    assert [p["type"] for p in parts] == ["image_url", "text"]
+    reply = page.locator(".turn.assistant").first
+    reply.and_(page.locator(":not([data-state=streaming])")).wait_for(timeout=30_000)
+    assert reply.locator(".text").inner_text().startswith("a photo of")
+
+
 def test_chat_stop_button_ends_the_stream(server: str, page: Any) -> None:
     page.goto(server + "/chat")
     page.wait_for_selector("#model option[value='llava']", state="attached")

@@ -62,7 +62,15 @@
   // -- the images to send ---------------------------------------------------------------------------
 
   // Several images may go with one message (models that take one per prompt answer with a clear error).
-  async function attach(files) {
+  let reading = Promise.resolve(); // the images being read: a message sent meanwhile waits for them
+  let waiting = false; // a message is waiting for them
+
+  function attach(files) {
+    reading = reading.then(() => readAll(files));
+    return reading;
+  }
+
+  async function readAll(files) {
     showError("");
     for (const file of files) {
       let image;
@@ -192,6 +200,13 @@
     if (!model) {
       showError("No model to talk to: the model list did not load.");
       return;
+    }
+    if (waiting) return;
+    waiting = true; // an image chosen just before Enter is still being read: send once it is
+    try {
+      await reading;
+    } finally {
+      waiting = false;
     }
     if (!text && !attached.length) {
       showError("Type a message or attach an image.");
