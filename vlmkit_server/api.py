@@ -568,10 +568,10 @@ def create_api_app(
         completion_id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
         prompt_text = " ".join(p.get("text", "") for m in chat.messages for p in m["content"] if p["type"] == "text")
         tokens = chat.max_tokens or (256 if route.task == "chat" else 30)
-        if route.task == "chat":  # counted as the model builds the prompt: every image's tokens included
-            prompt_tokens = await run(lambda: asyncio.to_thread(entry.model.prompt_tokens, chat.messages))
-        else:
-            prompt_tokens = entry.tokens(prompt_text)
+        prompt_tokens = entry.tokens(prompt_text)
+        if route.task == "chat":  # counted as the model builds the prompt, every image's tokens included
+            with contextlib.suppress(UnsupportedTaskError):  # a chat family without its own count: the text's
+                prompt_tokens = await asyncio.to_thread(entry.model.prompt_tokens, chat.messages)
         context = entry.context()
         if route.task == "chat" and context is not None and prompt_tokens + tokens > context:
             counted = f" ({len(chat.images)} image{'s' if len(chat.images) != 1 else ''} included)" if chat.images else ""
