@@ -32,8 +32,6 @@ import torch
 
 
 def main() -> None:
-    from transformers import GPT2Config, GPT2LMHeadModel, get_cosine_schedule_with_warmup
-
     from vlmkit.data import make_split
     from vlmkit.data.shapes import question_type
     from vlmkit_train import lm
@@ -52,17 +50,7 @@ def main() -> None:
     tokenizer = lm.train_tokenizer(texts, config.vocab_size)
     rows = lm._encode(tokenizer, texts, config.n_positions, loss_on=config.loss_on)
     special = tokenizer.eos_token_id
-    torch.manual_seed(config.seed)
-    model = GPT2LMHeadModel(GPT2Config(
-        vocab_size=len(tokenizer), n_positions=config.n_positions, n_embd=config.n_embd, n_layer=config.n_layer,
-        n_head=config.n_head, resid_pdrop=config.dropout, embd_pdrop=config.dropout, attn_pdrop=config.dropout,
-        bos_token_id=special, eos_token_id=special, pad_token_id=special,
-    ))
-    model.generation_config.pad_token_id = special
-    decay = [p for p in model.parameters() if p.ndim >= 2]
-    no_decay = [p for p in model.parameters() if p.ndim < 2]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=config.lr)
-    scheduler = get_cosine_schedule_with_warmup(optimizer, config.warmup_steps, config.max_steps)
+    model, optimizer, scheduler = lm.new_lm(config, tokenizer)
     print(json.dumps({"overrides": args.overrides, "texts": len(texts), "parameters": sum(p.numel() for p in model.parameters())}), flush=True)
 
     def score(lm_dir: Path, examples: list[Any]) -> dict[str, float]:

@@ -368,6 +368,29 @@ def _fingerprint(train: list[str], heldout: list[str]) -> dict[str, Any]:
 # -- training --------------------------------------------------------------------------------------
 
 
+def new_lm(config: LMConfig, tokenizer: Any) -> tuple[Any, torch.optim.Optimizer, Any]:
+    """A freshly initialised GPT-2 LM for ``config`` (seeded by ``config.seed``), its AdamW (no decay
+    on norms and biases) and its warm-up + cosine schedule: what ``train_lm`` trains."""
+    from transformers import GPT2Config, GPT2LMHeadModel, get_cosine_schedule_with_warmup
+
+    special = tokenizer.eos_token_id
+    torch.manual_seed(config.seed)
+    model = GPT2LMHeadModel(
+        GPT2Config(
+            vocab_size=len(tokenizer), n_positions=config.n_positions, n_embd=config.n_embd, n_layer=config.n_layer,
+            n_head=config.n_head, resid_pdrop=config.dropout, embd_pdrop=config.dropout, attn_pdrop=config.dropout,
+            bos_token_id=special, eos_token_id=special, pad_token_id=special,
+        )
+    )
+    model.generation_config.pad_token_id = special
+    decay = [p for p in model.parameters() if p.ndim >= 2]
+    no_decay = [p for p in model.parameters() if p.ndim < 2]
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=config.lr
+    )
+    return model, optimizer, get_cosine_schedule_with_warmup(optimizer, config.warmup_steps, config.max_steps)
+
+
 def train_lm(
     config: LMConfig,
     texts: Sequence[str],
@@ -380,7 +403,7 @@ def train_lm(
     """Train a tokenizer and a GPT-2-architecture LM from scratch on ``texts``. ``resume`` continues
     from ``out_dir/state`` (same config and texts); ``stop_after`` ends the run early after that many
     steps (with a resumable state saved and no ``lm/``)."""
-    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel, get_cosine_schedule_with_warmup
+    from transformers import AutoTokenizer
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -402,22 +425,7 @@ def train_lm(
     train_rows = _encode(tokenizer, train_texts, config.n_positions, loss_on=config.loss_on)
     heldout_rows = _encode(tokenizer, heldout_texts, config.n_positions, loss_on=config.loss_on)
 
-    torch.manual_seed(config.seed)
-    model = GPT2LMHeadModel(
-        GPT2Config(
-            vocab_size=len(tokenizer), n_positions=config.n_positions, n_embd=config.n_embd, n_layer=config.n_layer,
-            n_head=config.n_head, resid_pdrop=config.dropout, embd_pdrop=config.dropout, attn_pdrop=config.dropout,
-            bos_token_id=special, eos_token_id=special, pad_token_id=special,
-        )
-    )
-    model.generation_config.pad_token_id = special
-    decay = [p for p in model.parameters() if p.ndim >= 2]
-    no_decay = [p for p in model.parameters() if p.ndim < 2]
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=config.lr
-    )
-    scheduler = get_cosine_schedule_with_warmup(optimizer, config.warmup_steps, config.max_steps)
-    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    model, optimizer, scheduler = accelerator.prepare(*new_lm(config, tokenizer))
 
     start = 0
     if resume:
