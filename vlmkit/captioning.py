@@ -11,8 +11,8 @@
 Every output is resumable: a killed run, run again with the same arguments, continues where it
 stopped and never writes a row twice (images already in the output are not captioned again; a
 line cut off by the kill is dropped). Files that cannot be read are skipped and listed with the
-reason, as the image index does. Decoding runs on worker threads while the model captions the
-previous batch.
+reason, as the image index does: files are read and decoded by the index's reader, on worker
+threads while the model captions the previous batch.
 """
 
 from __future__ import annotations
@@ -23,16 +23,14 @@ import json
 import os
 import tarfile
 import time
-from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from .errors import ImageError, InputError
-from .images import EMPTY_FILE, load_image, os_reason
-from .index.sources import TAR_SEPARATOR, Entry, Skipped, read_bytes, scan
+from .index.pipeline import decode_entry, default_workers, ordered_map
+from .index.sources import TAR_SEPARATOR, Entry, Skipped, scan
 
 __all__ = ["CaptionReport", "caption_dataset", "OUTPUT_KINDS"]
 
@@ -179,50 +177,23 @@ def _answer(model: Any, images: list[Any], *, question: str | None, prompt: str 
 
 def _local_results(model: Any, entries: Sequence[Entry], call: Callable[[Any, list[Any]], list[str]], *, batch_size: int,
                    max_pixels: int | None) -> Iterator[tuple[Entry, Any]]:
-    """(entry, its text or the ImageError reading it raised), ``batch_size`` images per model call,
-    decoding ahead on threads."""
+    """(entry, its text or the ImageError reading it raised), ``batch_size`` images per model call.
+    Entries are read and decoded ahead on threads by the index's own reader (``decode_entry``, as
+    the Ray engine's tasks do), so both engines see the same pixels."""
+    draft = getattr(model, "image_size", None)
+    decoded = ordered_map(lambda e: decode_entry(e, lambda _: False, draft_size=draft, max_pixels=max_pixels), entries,
+                          workers=default_workers(), prefetch=max(4 * batch_size, 32))
     batch: list[tuple[Entry, Any]] = []
-    for entry, image in _decode(entries, max_pixels=max_pixels, draft_size=getattr(model, "image_size", None)):
-        if isinstance(image, ImageError):
-            yield entry, image
+    for d in decoded:
+        if d.error is not None:
+            yield d.entry, d.error
             continue
-        batch.append((entry, image))
+        batch.append((d.entry, d.image))
         if len(batch) >= batch_size:
             yield from zip([e for e, _ in batch], call(model, [i for _, i in batch]), strict=True)
             batch = []
     if batch:
         yield from zip([e for e, _ in batch], call(model, [i for _, i in batch]), strict=True)
-
-
-def _decode(entries: Sequence[Entry], *, max_pixels: int | None, draft_size: int | None, workers: int = 2,
-            prefetch: int = 64) -> Iterator[tuple[Entry, Any]]:
-    """(entry, PIL image or the ImageError reading it raised), in order, decoded ahead on threads."""
-
-    def read(entry: Entry) -> Any:
-        try:
-            data = read_bytes(entry.path)
-        except OSError as exc:
-            return ImageError(entry.path, os_reason(exc, entry.path))
-        if not data:
-            return ImageError(entry.path, EMPTY_FILE)
-        try:
-            return load_image(data, max_pixels=max_pixels, draft_size=draft_size)
-        except ImageError as exc:
-            return ImageError(entry.path, exc.reason)
-
-    with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="vlmkit-caption-decode") as pool:
-        pending: deque[tuple[Entry, Future[Any]]] = deque()
-        todo = iter(entries)
-        for entry in todo:
-            pending.append((entry, pool.submit(read, entry)))
-            if len(pending) >= prefetch:
-                break
-        while pending:
-            entry, future = pending.popleft()
-            nxt = next(todo, None)
-            if nxt is not None:
-                pending.append((nxt, pool.submit(read, nxt)))
-            yield entry, future.result()
 
 
 def caption_dataset(

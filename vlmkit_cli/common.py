@@ -60,14 +60,15 @@ def require(model: vlmkit.VisionLanguageModel, task: str) -> None:
         raise CommandError(f"{exc}; or train one offline with `vlmkit train` (`vlmkit train --help` lists the recipes)") from None
 
 
-def input_problem(source: str) -> str | None:
-    """Why an image argument cannot be read, checked before any model loads (see
-    :func:`vlmkit.images.file_problem`); data: URLs are left to the decoder."""
+def input_problem(source: str, *, folders: bool = False) -> str | None:
+    """Why an input argument cannot be read, checked before any model loads (see
+    :func:`vlmkit.images.file_problem`; ``folders`` where a folder is an input); data: URLs are
+    left to the decoder."""
     if source.startswith("data:"):
         return None
     if source.startswith(("http://", "https://")):
         return "remote image URLs are not fetched; download the file first"
-    return file_problem(os.path.expanduser(source))
+    return file_problem(os.path.expanduser(source), folders=folders)
 
 
 def check_input(source: str) -> None:
@@ -77,12 +78,13 @@ def check_input(source: str) -> None:
         raise CommandError(f"{source}: {problem}")
 
 
-def check_inputs(sources: list[str], out: Output) -> list[str]:
-    """Several image arguments: those that cannot be read are reported (and counted as failed)
-    before any model loads; the rest are returned. Nothing readable is an error."""
+def check_inputs(sources: list[str], out: Output, *, folders: bool = False) -> list[str]:
+    """Several input arguments (image files; with ``folders``, also folders, file lists and shards):
+    those that cannot be read are reported (and counted as failed) before any model loads; the rest
+    are returned. One bad input, or nothing readable, is an error."""
     good = []
     for source in sources:
-        problem = input_problem(source)
+        problem = input_problem(source, folders=folders)
         if problem is None:
             good.append(source)
         elif len(sources) > 1:
@@ -153,20 +155,3 @@ def finish(out: Output, total: int) -> int:
         return 1
     return 0
 
-
-def readable_sources(inputs: list[str]) -> list[str]:
-    """Folders and files (image files, .txt lists, .parquet tables, .tar shards) that exist and can be
-    read, checked before any model loads or anything is written; the others are reported. None left
-    is an error."""
-    good = []
-    for raw in inputs:
-        problem = file_problem(os.path.expanduser(raw), folders=True)
-        if problem is None:
-            good.append(raw)
-        elif len(inputs) == 1:
-            raise CommandError(f"{raw}: {problem}")
-        else:
-            print(f"vlmkit: skipped {raw}: {problem}", file=sys.stderr)
-    if not good:
-        raise CommandError(f"none of the {len(inputs)} inputs can be read (listed above)")
-    return good

@@ -9,7 +9,7 @@ import re
 import sys
 from typing import Any
 
-from .common import CommandError, _positive_int, readable_sources, require
+from .common import CommandError, Output, _positive_int, check_inputs, require
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b)?\s*$", re.IGNORECASE)
 
@@ -101,8 +101,8 @@ def run_index(args: argparse.Namespace) -> int:
         return _status(index, args)
     if not args.inputs:
         raise CommandError("give folders or files to index (or --status)")
-    inputs = readable_sources(args.inputs)
-    unreadable = len(args.inputs) - len(inputs)  # reported already
+    unread = Output(as_json=False)
+    inputs = check_inputs(args.inputs, unread, folders=True)  # the unreadable ones are reported already
     model = _model(args, index)
     if not args.reindex:
         index.check_model(model)
@@ -151,8 +151,8 @@ def run_index(args: argparse.Namespace) -> int:
         print(json.dumps(record))
     else:
         print(f"{index.path}: {report.summary()}")
-    if report.skipped or unreadable:
-        print(f"vlmkit: {len(report.skipped) + unreadable} files could not be indexed (listed above); the rest are in the index", file=sys.stderr)
+    if report.skipped or unread.failures:
+        print(f"vlmkit: {len(report.skipped) + len(unread.failures)} files could not be indexed (listed above); the rest are in the index", file=sys.stderr)
         return 1
     return 0
 

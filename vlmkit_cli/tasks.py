@@ -21,7 +21,6 @@ from .common import (
     image_batches,
     load_model,
     progress,
-    readable_sources,
     require,
 )
 
@@ -115,7 +114,8 @@ def _caption_dataset(args: argparse.Namespace) -> int:
         raise CommandError("give one output: --out FILE, --sidecar or --shards-out DIR")
     if args.out is not None and Path(args.out).suffix.lower() not in (".jsonl", ".parquet"):
         raise CommandError(f"--out {args.out}: give a file ending in .jsonl or .parquet")
-    inputs = readable_sources(args.images)
+    unread = Output(as_json=False)
+    inputs = check_inputs(args.images, unread, folders=True)  # the unreadable ones are reported already
     model = load_model(args)
     require(model, "ask" if args.ask is not None else "caption")
     if args.ask is not None:
@@ -150,7 +150,6 @@ def _caption_dataset(args: argparse.Namespace) -> int:
             bar.close()
     for skipped in report.skipped:
         print(f"vlmkit: skipped {skipped.path}: {skipped.reason}", file=sys.stderr)
-    unreadable = len(args.images) - len(inputs)
     if args.json:
         print(json.dumps({"output": report.output, "kind": report.kind, "found": report.found, "done": report.done,
                           "already": report.already, "seconds": round(report.seconds, 3),
@@ -165,8 +164,8 @@ def _caption_dataset(args: argparse.Namespace) -> int:
                       f"wds:{report.output}/shard-{{000..009}}.tar), e.g. in `vlmkit eval caption --data`",
         }[report.kind]
         print(f"vlmkit: {follow}; run the same command again to continue after an interruption or to add new images", file=sys.stderr)
-    if report.skipped or unreadable:
-        failed = len(report.skipped) + unreadable
+    if report.skipped or unread.failures:
+        failed = len(report.skipped) + len(unread.failures)
         print(f"vlmkit: {failed} file{'s' if failed != 1 else ''} could not be read (listed above); the rest are done", file=sys.stderr)
         return 1
     return 0
