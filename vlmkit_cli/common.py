@@ -155,3 +155,11 @@ def finish(out: Output, total: int) -> int:
         return 1
     return 0
 
+
+def ray_engine(args: argparse.Namespace, model: vlmkit.VisionLanguageModel) -> Any:
+    """``--engine ray [--address A]``: a Ray engine whose actors each load their own copy of ``model``."""
+    import functools
+
+    from vlmkit.index.ray_engine import RayEngine
+
+    return RayEngine(functools.partial(vlmkit.load, model.name, device=args.device, dtype=args.dtype), address=args.address)

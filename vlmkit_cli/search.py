@@ -9,7 +9,7 @@ import re
 import sys
 from typing import Any
 
-from .common import CommandError, Output, _positive_int, check_inputs, require
+from .common import CommandError, Output, _positive_int, check_inputs, ray_engine, require
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b)?\s*$", re.IGNORECASE)
 
@@ -130,13 +130,7 @@ def run_index(args: argparse.Namespace) -> int:
         on_plan=on_plan,
     )
     if args.engine == "ray":
-        import functools
-
-        import vlmkit
-        from vlmkit.index.ray_engine import RayEngine
-
-        # Each Ray actor loads its own copy of the model.
-        options["engine"] = RayEngine(functools.partial(vlmkit.load, model.name, device=args.device, dtype=args.dtype), address=args.address)
+        options["engine"] = ray_engine(args, model)
     try:
         report = index.update(inputs, model, **options)
     finally:

@@ -21,6 +21,7 @@ from .common import (
     image_batches,
     load_model,
     progress,
+    ray_engine,
     require,
 )
 
@@ -129,15 +130,7 @@ def _caption_dataset(args: argparse.Namespace) -> int:
         nonlocal bar
         bar = progress(total, args, "answering" if args.ask is not None else "captioning", leave=True)
 
-    engine = None
-    if args.engine == "ray":
-        import functools
-
-        import vlmkit
-        from vlmkit.index.ray_engine import RayEngine
-
-        # Each Ray actor loads its own copy of the model.
-        engine = RayEngine(functools.partial(vlmkit.load, model.name, device=args.device, dtype=args.dtype), address=args.address)
+    engine = ray_engine(args, model) if args.engine == "ray" else None
     try:
         report = caption_dataset(
             model, inputs, out=args.out, sidecar=args.sidecar, shards_out=args.shards_out, overwrite=args.overwrite,
