@@ -74,7 +74,8 @@ def frozen_lm(out: Path, data: Data, steps: int) -> Path:
 def token_features(data: Data, split: str, root: Path) -> Any:
     """The frozen EfficientNet-Lite0 tokens of ``data``'s ``split`` ("train" or "test"), cached once
     in ``root/features_<data>_<split><n>/`` so every recipe bench beside it reuses them. The training
-    split's key is the one the recipes' own ``feature_cache`` uses, so ``features_dir`` can point there."""
+    split's key is the one the recipes' own cache uses (``vlmkit_train.data.images_key``), so ``features_dir``
+    can point there."""
     from vlmkit.feature_cache import FeatureCache
     from vlmkit.models.image_encoders import load_image_encoder
 

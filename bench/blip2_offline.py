@@ -18,7 +18,7 @@ Steps (each a vlmkit_train recipe, run in-process):
    questions, beside its own LM ceiling.
 
 Seeds change the Q-Former's initialisation, the batch order and the sampling; every run trains on
-the same scenes (``data_seed=0``). Figures over seeds are mean and standard deviation (n-1). An
+the same scenes (``data.seed=0``). Figures over seeds are mean and standard deviation (n-1). An
 ablation goes the paper's way ("reproduced") when the full recipe's mean beats the ablated one's by
 more than the larger of the two standard deviations; the opposite is "reversed"; anything between
 is "within noise".
@@ -269,15 +269,16 @@ def run(scale_name: str, out: Path, lm_root: Path | None = None, seeds: int | No
     show("shapes_lm_ceiling_vqa")
 
     test_features = timed("test_features", lambda: _features([e.image for e in test], out / "test_features"))
-    data = [f"train_size={scale.train}", f"features_dir={out / 'features'}"]
+    # Every seed trains on the same scenes (data.seed=0); run.seed varies the rest.
+    data = [f"train_size={scale.train}", "data.seed=0", f"features_dir={out / 'features'}"]
 
     def stage1(name: str, seed: int, extra: list[str]) -> Path:
-        config = stage1_config("shapes", [*QFORMER, *data, f"seed={seed}", f"max_steps={scale.stage1_steps}", "log_every=50", *extra])
+        config = stage1_config("shapes", [*QFORMER, *data, f"run.seed={seed}", f"max_steps={scale.stage1_steps}", "log_every=50", *extra])
         timed(name, lambda: train_stage1(config, out / name, progress=True))
         return out / name
 
     def stage2(name: str, seed: int, stage1_dir: str) -> Any:
-        overrides = [*QFORMER, *data, f"seed={seed}", f"max_steps={scale.stage2_steps}", f"language_model={lm_dir}",
+        overrides = [*QFORMER, *data, f"run.seed={seed}", f"max_steps={scale.stage2_steps}", f"language_model={lm_dir}",
                      f"stage1={stage1_dir}", "log_every=50"]
         timed(name, lambda: train_stage2(stage2_config("shapes", overrides), out / name, progress=True))
         return vlmkit.load(out / name / "model")

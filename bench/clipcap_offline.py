@@ -79,7 +79,8 @@ def _key(image: Any) -> Any:
 
 def _embeddings(data: Data, out: Path) -> Path:
     """The training runs' embedding cache of ``data``, filled from the shared token features."""
-    from vlmkit_train.clipcap import clipcap_config, embedding_cache, images_key
+    from vlmkit_train.clipcap import clipcap_config, embedding_cache
+    from vlmkit_train.data import images_key
 
     directory = out / f"embeddings_{data.name}"
     images = [e.image for e in data.train]
@@ -111,7 +112,7 @@ def _train_and_score(name: str, data: Data, out: Path, lm_dir: Path, steps: int,
     model.embedder = _Pooled([e.image for e in data.test], test, fallback=model.embedder)
     rows = [json.loads(line) for line in (out / name / "metrics.jsonl").read_text().splitlines()]
     return {
-        "final_loss": result.final_loss,
+        "final_loss": result.final_losses["loss"],
         "steps": result.steps,
         "steps_per_s": round(rows[-1]["step"] / rows[-1]["seconds"], 2),
         "mapper_parameters": sum(p.numel() for p in model.net.mapper.parameters()),

@@ -163,7 +163,7 @@ def _train(name: str, data: Data, out: Path, scale: Scale, lm_dir: Path, stage1_
     overrides = [*MIXED, f"data={data.name}", f"train_size={len(data.train)}", f"features_dir={out / f'features_{data.name}'}",
                  f"stage1={stage1_dir}", f"language_model={lm_dir}", f"max_steps={scale.instruct_steps}", "log_every=50", *extra]
     result = timer(name, lambda: train_instruct(instruct_config("shapes", overrides), out / name))
-    return _encode_once(vlmkit.load(out / name / "model")), result.final_loss
+    return _encode_once(vlmkit.load(out / name / "model")), result.final_losses["loss"]
 
 
 def _stage1(name: str, data: Data, out: Path, scale: Scale, given: str | None, timer: Timer) -> Path:

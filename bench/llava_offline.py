@@ -96,9 +96,9 @@ def _recipe(data: Data, out: Path, scale: Scale, vision: Path, lm: Path, timer: 
     ]), out / f"{name}_stage2"))
     model = vlmkit.load(out / f"{name}_stage2" / "model", dtype=EVAL_DTYPE)
     figures: dict[str, Any] = {
-        "stage1_loss": round(first.final_loss, 4), "stage2_loss": round(second.final_loss, 4),
-        "stage1_samples": first.samples, "stage1_skipped": first.skipped,
-        "stage2_samples": second.samples, "stage2_skipped": second.skipped,
+        "stage1_loss": round(first.final_losses["loss"], 4), "stage2_loss": round(second.final_losses["loss"], 4),
+        "stage1_samples": first.final_record["samples"], "stage1_skipped": first.final_record["skipped"],
+        "stage2_samples": second.final_record["samples"], "stage2_skipped": second.final_record["skipped"],
     }
     figures.update(timer(f"{name}_score", lambda: score(model, data, ("vqa", "caption"))))
     return figures

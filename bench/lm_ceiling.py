@@ -35,7 +35,7 @@ def train(out: Path, examples: list[Any], steps: int, seed: int = 0, extra: tupl
     from vlmkit_train.lm import lm_config, lm_texts, train_lm
 
     if not (out / "lm").is_dir():
-        config = lm_config("shapes", [f"max_steps={steps}", f"seed={seed}", "log_every=100", *extra])
+        config = lm_config("shapes", [f"max_steps={steps}", f"run.seed={seed}", "log_every=100", *extra])
         train_lm(config, lm_texts(config, examples), out, progress=True)
     return out / "lm"
 

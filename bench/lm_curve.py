@@ -32,9 +32,13 @@ import torch
 
 
 def main() -> None:
+    from transformers import get_cosine_schedule_with_warmup
+
     from vlmkit.data import make_split
     from vlmkit.data.shapes import question_type
     from vlmkit_train import lm
+    from vlmkit_train.config import data_seed
+    from vlmkit_train.loop import adamw
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
@@ -44,13 +48,17 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     config = lm.lm_config("shapes", args.overrides)
+    run = config.run
     train_examples = make_split(4000, 0, "train")
     probes = {"test": make_split(1000, 0, "test")[: args.scenes], "train": train_examples[: args.scenes]}
-    texts, _ = lm.split_heldout(lm.lm_texts(config, train_examples), config.heldout_fraction, config.seed)
+    texts, _ = lm.split_heldout(lm.lm_texts(config, train_examples), config.heldout_fraction, data_seed(config))
     tokenizer = lm.train_tokenizer(texts, config.vocab_size)
     rows = lm._encode(tokenizer, texts, config.n_positions, loss_on=config.loss_on)
     special = tokenizer.eos_token_id
-    model, optimizer, scheduler = lm.new_lm(config, tokenizer)
+    torch.manual_seed(run.seed)
+    model = lm.new_lm(config, tokenizer)
+    optimizer = adamw(model, lr=run.lr, weight_decay=run.weight_decay)
+    scheduler = get_cosine_schedule_with_warmup(optimizer, run.warmup_steps, run.max_steps)
     print(json.dumps({"overrides": args.overrides, "texts": len(texts), "parameters": sum(p.numel() for p in model.parameters())}), flush=True)
 
     def score(lm_dir: Path, examples: list[Any]) -> dict[str, float]:
@@ -63,13 +71,13 @@ def main() -> None:
         model.train()
         return {kind: round(100 * sum(hits) / len(hits), 1) for kind, hits in sorted(groups.items())}
 
-    rng = random.Random(config.seed)
+    rng = random.Random(run.seed)
     start, running = time.perf_counter(), 0.0
     with tempfile.TemporaryDirectory() as tmp:
         lm_dir = Path(tmp) / "lm"
         tokenizer.save_pretrained(lm_dir)
-        for step in range(1, config.max_steps + 1):
-            ids, mask, labels = lm._batch([rows[rng.randrange(len(rows))] for _ in range(config.batch_size)], special)
+        for step in range(1, run.max_steps + 1):
+            ids, mask, labels = lm._batch([rows[rng.randrange(len(rows))] for _ in range(run.batch_size)], special)
             with torch.autocast("cpu", dtype=torch.bfloat16):
                 loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
             loss.backward()
@@ -77,7 +85,7 @@ def main() -> None:
             scheduler.step()
             optimizer.zero_grad()
             running = loss.item() if step == 1 else 0.98 * running + 0.02 * loss.item()
-            if step % config.log_every == 0 or step == config.max_steps:
+            if step % run.log_every == 0 or step == run.max_steps:
                 record = {"step": step, "loss": round(running, 4), "minutes": round((time.perf_counter() - start) / 60, 1)}
                 record.update({name: score(lm_dir, examples) for name, examples in probes.items()})
                 print(json.dumps(record), flush=True)

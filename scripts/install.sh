@@ -2,8 +2,7 @@
 # Install vlmkit into the active Python (>= 3.11) environment: `bash scripts/install.sh [EXTRAS]`.
 #
 # torch goes first and pinned: left to pip's resolver, a plain `torch` requirement pulls a CUDA
-# build of several GB onto CPU machines. timm is installed without its dependencies because vlmkit
-# only reads its ImageNet class-name files, and its torchvision requirement would replace torch.
+# build of several GB onto CPU machines.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python3}"
@@ -15,10 +14,6 @@ if [ -n "${1:-}" ]; then
 else
   "$PYTHON" -m pip install --disable-pip-version-check -q -e .
 fi
-# timm only for its ImageNet class-name files, into a private directory off sys.path: importable
-# without torchvision it would break tools that probe for it (accelerate's CLI imports it).
-TIMM_DIR="${VLMKIT_TIMM_DIR:-$("$PYTHON" -c 'import platformdirs; print(platformdirs.user_data_dir("vlmkit"))')/timm}"
-"$PYTHON" -m pip install --disable-pip-version-check -q --no-deps --upgrade --target "$TIMM_DIR" "timm>=1.0.15"
 # pyenv only exposes new console scripts (`vlmkit`) after a rehash.
 if command -v pyenv >/dev/null 2>&1; then pyenv rehash || true; fi
 # The browser tests drive Debian's chromium through Playwright (`playwright install` needs a download);

@@ -14,6 +14,7 @@ from typing import Any, Literal
 import pytest
 from PIL import Image
 
+from vlmkit import resources
 from vlmkit.data import (
     Example,
     VqaAnnotation,
@@ -30,8 +31,7 @@ from vlmkit.data import (
     read_vqa_annotations,
     read_webdataset,
 )
-from vlmkit.errors import InputError, VlmkitError
-from vlmkit.models import conse
+from vlmkit.errors import InputError
 
 # ---------------------------------------------------------------------------------------------------
 # Helpers
@@ -829,7 +829,7 @@ def test_image_classes_names_wordnet_folders_from_timm(
     (info / "imagenet_synset_to_lemma.txt").write_text(
         "n01440764\ttench, Tinca tinca\nn02012849\tcrane\nn03126707\tcrane\n"
     )
-    monkeypatch.setattr(conse, "_timm_info_dir", lambda: info)
+    monkeypatch.setattr(resources, "imagenet_info_dir", lambda: info)
     root = _wordnet_folders(tmp_path / "val")
     names, examples = read_image_classes(root)
     assert names == ["tench, Tinca tinca", "crane (n02012849)", "crane (n03126707)", "n99999999"]
@@ -843,14 +843,10 @@ def test_image_classes_names_wordnet_folders_from_timm(
         "N99999999",
     ]  # class_names wins over timm
 
-    def missing() -> Path:
-        raise VlmkitError("timm's files are not installed")
-
-    monkeypatch.setattr(conse, "_timm_info_dir", missing)
-    assert _error(lambda: read_image_classes(root)) == (
-        f"{root}: the class folders are WordNet ids; their names come from timm's ImageNet descriptions, "
-        "which were not found (timm's files are not installed); or pass class_names="
-    )
+    monkeypatch.setattr(resources, "imagenet_info_dir", lambda: tmp_path / "gone")
+    message = _error(lambda: read_image_classes(root))
+    assert message.startswith(f"{root}: the class folders are WordNet ids, and the ImageNet descriptions cannot be read (")
+    assert message.endswith("; pass class_names=")
 
 
 def _synsets(root: Path) -> list[str]:
@@ -858,10 +854,11 @@ def _synsets(root: Path) -> list[str]:
 
 
 def test_image_classes_real_timm_descriptions(tmp_path: Path) -> None:
-    try:
-        conse._timm_info_dir()
-    except VlmkitError:
-        pytest.skip("timm's ImageNet info files are not installed")
+    """The class files vlmkit ships: 1,000 ids in classifier order, every one with a description."""
+    synsets = (resources.imagenet_info_dir() / "imagenet_synsets.txt").read_text().split()
+    assert len(synsets) == len(set(synsets)) == 1000 and synsets[0] == "n01440764"
+    assert set(resources.imagenet_lemmas()) == set(synsets)
+    assert resources.imagenet_class_names()[281] == ["tabby", "tabby cat"]
     names, _ = read_image_classes(_wordnet_folders(tmp_path))
     assert names == ["tench, Tinca tinca", "crane (n02012849)", "crane (n03126707)", "n99999999"]
 

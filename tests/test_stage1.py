@@ -8,8 +8,8 @@ import math
 import pytest
 import torch
 
-from vlmkit.losses import TEMPERATURE_RANGE, blip2_stage1_losses
 from vlmkit.models.qformer import QFormer, QFormerConfig
+from vlmkit.objectives import TEMPERATURE_RANGE, blip2_stage1_losses
 
 
 def tiny_batch(seed: int = 0, batch: int = 4):

@@ -298,7 +298,7 @@ def test_invalid_samples_refuse_or_skip(tmp_path, vision, llama):
     assert "4 of 10 samples" in message and "truncated: 1, masking: 1, placeholders: 1, unsupervised: 1" in message
     assert (tmp_path / "refused" / "validation.json").is_file() and not (tmp_path / "refused" / "model").exists()
     result = train_stage1(stage1_config("tiny", [*args, "on_invalid=skip"]), tmp_path / "skipped")
-    assert (result.samples, result.skipped, result.steps) == (6, 4, 4)
+    assert (result.final_record["samples"], result.final_record["skipped"], result.steps) == (6, 4, 4)
     assert json.loads((tmp_path / "skipped" / "validation.json").read_text())["invalid"] == 4
 
 
@@ -336,7 +336,7 @@ def test_stage1_trains_only_the_projector(stage1_run, vision, llama):
 def test_stage2_trains_the_lm_and_exports_what_it_trained(tmp_path, stage1_run, lora):
     out = tmp_path / "s2"
     result = train_stage2(stage2_config("tiny", [f"stage1={stage1_run}", f"lora_r={lora}"]), out)
-    assert result.steps == 4 and result.skipped == 0
+    assert result.steps == 4 and result.final_record["skipped"] == 0
     before, after = _split(_state(stage1_run / "model")), _split(_state(out / "model"))
     assert _equal(before["tower"], after["tower"])
     assert not _equal(before["projector"], after["projector"]) and not _equal(before["lm"], after["lm"])

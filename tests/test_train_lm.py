@@ -76,7 +76,7 @@ def test_packed_segments_share_one_description():
         assert len(own) == math.ceil(len(singles) / 5) and all(len(t.split(SPECIAL_TOKEN)) <= 5 for t in own)
         assert all(t.startswith(("Question: ", "a photo of ")) for t in own)
     assert packed != corpus_texts(examples, context=True, segments=5, seed=2)  # the order is seeded
-    assert lm_texts(lm_config("tiny", ["segments_per_text=5", "seed=1"]), examples) == packed
+    assert lm_texts(lm_config("tiny", ["segments_per_text=5", "run.seed=1"]), examples) == packed
     with pytest.raises(InputError, match="segments"):
         corpus_texts(examples, segments=0)
 
@@ -154,9 +154,9 @@ def test_tiny_run_through_the_cli(tmp_path, capsys):
     assert code == 0, capsys.readouterr().err
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     config = lm_config("tiny")
-    assert summary["steps"] == config.max_steps and math.isfinite(summary["heldout_ppl"])
+    assert summary["steps"] == config.run.max_steps and math.isfinite(summary["heldout_ppl"])
     rows = read_metrics(tmp_path / "run" / "metrics.jsonl")
-    assert [r["step"] for r in rows] == list(range(1, config.max_steps + 1))
+    assert [r["step"] for r in rows] == list(range(1, config.run.max_steps + 1))
     assert rows[-1]["loss"] < rows[0]["loss"] - 0.3
     assert rows[-1]["heldout_ppl"] == pytest.approx(summary["heldout_ppl"])
 
@@ -175,10 +175,10 @@ def test_resume_continues_exactly(tmp_path):
     texts = training_texts(config)
     straight = train_lm(config, texts, tmp_path / "straight")
     stopped = train_lm(config, texts, tmp_path / "interrupted", stop_after=4)
-    assert stopped.steps == 4 and stopped.heldout_ppl is None
+    assert stopped.steps == 4 and stopped.final_record.get("heldout_ppl") is None
     assert not (tmp_path / "interrupted" / "lm").exists()
     resumed = train_lm(config, texts, tmp_path / "interrupted", resume=True)
-    assert resumed.heldout_ppl == straight.heldout_ppl
+    assert resumed.final_record["heldout_ppl"] == straight.final_record["heldout_ppl"]
     keys = ("step", "lr", "loss")
     rows = [read_metrics(tmp_path / name / "metrics.jsonl") for name in ("straight", "interrupted")]
     assert [[r[k] for k in keys] for r in rows[1]] == [[r[k] for k in keys] for r in rows[0]]

@@ -79,7 +79,7 @@ def test_corpus_vocabulary_is_learnt_saved_and_used(tmp_path):
 def test_bert_vocabulary_for_a_bert_initialised_qformer(tmp_path):
     train_stage1(stage1_config("tiny", ["max_steps=1", "tokenizer=minilm"]), tmp_path / "run")
     assert QFormer.from_pretrained(tmp_path / "run" / "qformer").config.vocab_size == 30523  # BERT's + [DEC]
-    with pytest.raises(InputError, match="tokenizer=corpus needs qformer_init=scratch"):
+    with pytest.raises(InputError, match="tokenizer=corpus needs qformer.init=scratch"):
         stage1_config("tiny", ["qformer_init=minilm"])
 
 

@@ -16,8 +16,7 @@ from .errors import (
 from .images import load_image
 from .loading import DEFAULT_MODEL, ModelInfo, list_models, load
 from .models import KINDS, TASKS, GenerationOptions, LabelScore, MatchResult, ModelKind, VisionLanguageModel
-
-__version__ = "0.1.0"
+from .version import __version__
 
 __all__ = [
     "__version__",

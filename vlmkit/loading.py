@@ -16,7 +16,8 @@ from typing import Any
 
 import torch
 
-from .errors import InputError, ModelNotFoundError, OfflineError, VlmkitError
+from . import hub
+from .errors import InputError, ModelNotFoundError, VlmkitError
 from .models.base import VisionLanguageModel
 from .models.kinds import DEFAULT_ARCHITECTURE, KINDS, ModelKind
 
@@ -26,9 +27,6 @@ DEFAULT_MODEL = "conse-lite0-minilm"
 _ALIASES = {"default": DEFAULT_MODEL}
 
 # Files a checkpoint needs; pickled weights (*.bin, *.pt) are never fetched.
-_HUB_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model", "*.jinja", "*.tiktoken"]
-
-
 @dataclass(frozen=True)
 class ModelInfo:
     name: str
@@ -129,43 +127,9 @@ def _resolve_device(device: str | torch.device) -> torch.device:
     return resolved
 
 
-def _looks_like_path(name: str) -> bool:
-    return name.startswith((".", "/", "~")) or name.count("/") > 1 or (os.sep != "/" and os.sep in name)
-
-
 def checkpoint_dir(name: str) -> Path:
     """A local checkpoint directory for ``name``: the directory itself, or the hub snapshot."""
-    path = Path(name).expanduser()
-    if path.exists():
-        if not path.is_dir():
-            raise ModelNotFoundError(f"{name}: is a file; give a checkpoint directory holding config.json")
-        if not (path / "config.json").is_file():
-            raise ModelNotFoundError(f"{name}: no config.json in this directory, so it is not a checkpoint")
-        return path
-    if _looks_like_path(name):
-        raise ModelNotFoundError(f"{name}: no such directory")
-
-    import huggingface_hub
-    from huggingface_hub import errors as hub_errors
-
-    try:
-        return Path(huggingface_hub.snapshot_download(name, allow_patterns=_HUB_PATTERNS))
-    except hub_errors.HFValidationError:
-        raise ModelNotFoundError(
-            f"unknown model {name!r}: not a built-in ({', '.join(_BUILTINS)}), a directory, or a hub id; "
-            "see `vlmkit models`"
-        ) from None
-    except (hub_errors.RepositoryNotFoundError, hub_errors.GatedRepoError, hub_errors.RevisionNotFoundError):
-        raise ModelNotFoundError(
-            f"unknown model {name!r}: no such model on the hub (or it needs a login); see `vlmkit models`"
-        ) from None
-    except hub_errors.LocalEntryNotFoundError:
-        offline = bool(getattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False))
-        how = "HF_HUB_OFFLINE is set" if offline else "the hub cannot be reached"
-        raise OfflineError(
-            f"model {name!r} is not in the local Hugging Face cache and {how}; download it once with a "
-            "network connection, or pass a local checkpoint directory"
-        ) from None
+    return hub.checkpoint_dir(name, builtins=tuple(_BUILTINS))
 
 
 def _model_type(where: Path) -> str | None:

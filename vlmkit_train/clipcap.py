@@ -8,7 +8,8 @@ the LM write each image's captions after "a photo of" and, for a ``qa_fraction``
 answer one of its questions after "Question: {} Answer:". The LM is a directory from ``vlmkit train
 lm`` (or any hub causal LM); ``train_lm=true`` fine-tunes it too (the paper's MLP variant).
 
-Outputs in ``out_dir``: ``model/`` (loads with ``vlmkit.load``: caption / ask / generate),
+The run goes through the shared driver (:func:`vlmkit_train.driver.train`). Outputs in ``out_dir``:
+``model/`` (loads with ``vlmkit.load``: caption / ask / generate),
 ``metrics.jsonl``, ``loss.png`` (with matplotlib), ``state/`` for exact resume, ``embeddings/`` and
 ``config.json``.
 """
@@ -28,20 +29,21 @@ from safetensors.torch import save_file
 from vlmkit.errors import InputError
 from vlmkit.models.clipcap import EFFICIENTNET_EMBEDDER, ClipCap, ClipCapConfig, ImageEmbedder, load_embedder
 
-from .config import check_at_least, preset_config
-from .loop import StepLoop, batch_rows, open_metrics, plot_losses, run_steps, start_run
-from .stage1 import _examples
-from .state import load_training_state
+from .config import DataConfig, RunConfig, data_seed
+from .data import images_key, training_examples
+from .driver import MODEL_DIR, Plan, Recipe, Run
+from .loop import batch_rows
 
-__all__ = ["ClipCapTrainConfig", "PRESETS", "ClipCapResult", "clipcap_config", "train_clipcap", "embedding_cache", "images_key"]
+__all__ = ["ClipCapTrainConfig", "PRESETS", "RECIPE", "clipcap_config", "train_clipcap", "embedding_cache"]
+
+#: The recipe's own optimisation defaults: lr 2e-5, weight decay 0.01, 1,000 steps.
+RUN = RunConfig(lr=2e-5, weight_decay=0.01, max_steps=1000)
 
 
 @dataclass(frozen=True)
 class ClipCapTrainConfig:
-    data: Literal["shapes", "easy-vqa"] = "shapes"
-    train_size: int = 2000
-    image_size: int = 64
-    seed: int = 0
+    run: RunConfig = RUN
+    data: DataConfig = DataConfig()
     #: The frozen LM: a directory (e.g. from ``vlmkit train lm``) or a hub id. Required.
     language_model: str = ""
     #: "efficientnet-lite0", or a vlmkit model name / directory with ``embed_images`` (a CLIP checkpoint).
@@ -58,27 +60,13 @@ class ClipCapTrainConfig:
     train_lm: bool = False
     #: Share of training samples that are question-answer pairs (the rest are captions).
     qa_fraction: float = 0.5
-    batch_size: int = 32
-    grad_accum: int = 1
-    lr: float = 2e-5
-    weight_decay: float = 0.01
-    warmup_steps: int = 50
-    max_steps: int = 1000
-    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
     #: Where the embedding cache lives; "" is ``out/embeddings``. Runs on the same images and
     #: embedder can share one (it is rebuilt when either differs).
     embeddings_dir: str = ""
-    save_every: int = 0
-    log_every: int = 10
 
     def __post_init__(self) -> None:
-        check_at_least(self, ("train_size", "batch_size", "grad_accum", "max_steps", "log_every"))
         if not 0.0 <= self.qa_fraction <= 1.0:
             raise InputError(f"qa_fraction must be in [0, 1], got {self.qa_fraction}")
-        if self.lr <= 0:
-            raise InputError(f"lr must be positive, got {self.lr}")
-        if self.warmup_steps < 0 or self.save_every < 0:
-            raise InputError("warmup_steps and save_every must not be negative")
         self.model_config(1)  # the model's own checks (sizes, mapper)
 
     def model_config(self, embed_dim: int) -> ClipCapConfig:
@@ -88,24 +76,20 @@ class ClipCapTrainConfig:
 
 PRESETS: dict[str, ClipCapTrainConfig] = {
     # The offline recipe (see bench/clipcap_offline.py): a 4-layer transformer mapper.
-    "shapes": ClipCapTrainConfig(mapper_layers=4, lr=1e-3, max_steps=1000),
-    # A few seconds on a laptop CPU: for tests and for trying the pipeline.
+    "shapes": ClipCapTrainConfig(run=dataclasses.replace(RUN, lr=1e-3), mapper_layers=4),
     "tiny": ClipCapTrainConfig(
-        train_size=16, batch_size=4, max_steps=6, prefix_length=4, clip_length=4, mapper_layers=1, mapper_heads=4,
-        mapper_width=32, warmup_steps=2, log_every=1, lr=1e-3,
+        run=dataclasses.replace(RUN, batch_size=4, max_steps=6, warmup_steps=2, log_every=1, lr=1e-3),
+        data=DataConfig(train_size=16),
+        prefix_length=4, clip_length=4, mapper_layers=1, mapper_heads=4, mapper_width=32,
     ),
 }
-
-
-def clipcap_config(preset: str = "shapes", overrides: list[str] | None = None) -> ClipCapTrainConfig:
-    return preset_config(PRESETS, preset, overrides)
-
-
-@dataclass(frozen=True)
-class ClipCapResult:
-    out_dir: Path
-    steps: int
-    final_loss: float
+#: What each preset is for and roughly what it costs (``vlmkit train --help``).
+PRESET_NOTES: dict[str, str] = {
+    "shapes": "the offline recipe: a 4-layer transformer mapper into the frozen LM on 2,000 shapes scenes, 1,000 steps of batch 32; "
+              "cost not measured alone (bench/clipcap_offline.py, three runs of 500 and 400 steps with bf16 plus its LMs and "
+              "scoring, took 21 min on a shared 2-core CPU)",
+    "tiny": "smoke test: 6 steps of batch 4 on 16 scenes (a 1-layer mapper), seconds; needs --set language_model=DIR",
+}
 
 
 _FILE = "embeddings.safetensors"
@@ -135,11 +119,6 @@ def embedding_cache(embedder: ImageEmbedder, images: list[Any], directory: Path,
     return vectors
 
 
-def images_key(config: ClipCapTrainConfig, count: int) -> str:
-    """The name of a run's training image set in its embedding cache."""
-    return f"{config.data}:seed={config.seed}:n={count}:size={config.image_size}"
-
-
 def _sample(example: Any, rng: np.random.Generator, qa_fraction: float, config: ClipCapConfig) -> tuple[str, str]:
     """One (prompt, target) pair: an answer to one of the image's questions, or one of its captions."""
     if example.qa and (not example.captions or rng.random() < qa_fraction):
@@ -154,77 +133,64 @@ def _embedder_name(name: str) -> str:
     return str(path.resolve()) if name != EFFICIENTNET_EMBEDDER and path.is_dir() else name
 
 
-def train_clipcap(
-    config: ClipCapTrainConfig,
-    out_dir: str | Path,
-    *,
-    resume: bool = False,
-    progress: bool = False,
-    stop_after: int | None = None,
-) -> ClipCapResult:
-    """Train the mapper (and, with ``train_lm``, the LM); ``out_dir/model`` is the result."""
-    from transformers import get_cosine_schedule_with_warmup
-
+def _check(config: ClipCapTrainConfig) -> None:
     if not config.language_model:
         raise InputError("language_model is required: a directory (see `vlmkit train lm`) or a hub id")
-    out, accelerator = start_run(config, out_dir, resume)
 
-    examples = _examples(config)
+
+def build(config: ClipCapTrainConfig, run: Run) -> Plan:
+    """The mapper (and, with ``train_lm``, the LM) learning the LM loss from cached image embeddings."""
+    seed = config.run.seed
+    examples = training_examples(config.data, data_seed(config))
     embedder_name = _embedder_name(config.embedder)
-    cache_dir = Path(config.embeddings_dir) if config.embeddings_dir else out / "embeddings"
-    key = images_key(config, len(examples))
-    if accelerator.is_main_process:
-        embedding_cache(load_embedder(embedder_name), [e.image for e in examples], cache_dir, key, progress=progress)
-    accelerator.wait_for_everyone()
+    cache_dir = Path(config.embeddings_dir) if config.embeddings_dir else run.out / "embeddings"
+    if run.is_main:
+        embedding_cache(load_embedder(embedder_name), [e.image for e in examples], cache_dir, images_key(config, len(examples)),
+                        progress=run.progress)
+    run.wait()
     with safe_open(str(cache_dir / _FILE), framework="pt") as f:
         embeddings = f.get_tensor("embeddings")  # (N, E)
 
-    torch.manual_seed(config.seed)
+    # Seeded again: whatever loading the embedder drew, the mapper starts from the same weights.
+    torch.manual_seed(seed)
     model_config = dataclasses.replace(config.model_config(int(embeddings.shape[1])), embedder=embedder_name)
     model = ClipCap.from_parts(model_config, lm_path=config.language_model, train_lm=config.train_lm)
-    decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=config.lr
-    )
-    scheduler = get_cosine_schedule_with_warmup(optimizer, config.warmup_steps, config.max_steps)
-    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
 
-    def state_model() -> torch.nn.Module:
-        return _TrainableView(accelerator.unwrap_model(model))
-
-    start = 0
-    if resume:
-        start = load_training_state(out / "state", model=state_model(), optimizer=optimizer, scheduler=scheduler)
-    world, rank = accelerator.num_processes, accelerator.process_index
-    metrics_path, end = open_metrics(out, accelerator, resume=resume, max_steps=config.max_steps, stop_after=stop_after)
-
-    def micro_step(index: int) -> dict[str, torch.Tensor]:
-        rows = batch_rows(config.seed, index, dataset_size=len(examples), batch_size=config.batch_size, world=world, rank=rank)
-        rng = np.random.default_rng([config.seed, index, rank])
+    def micro_step(model: torch.nn.Module, index: int) -> dict[str, torch.Tensor]:
+        rows = batch_rows(seed, index, dataset_size=len(examples), batch_size=config.run.batch_size, world=run.world, rank=run.rank)
+        rng = np.random.default_rng([seed, index, run.rank])
         pairs = [_sample(examples[i], rng, config.qa_fraction, model_config) for i in rows]
-        batch = embeddings[torch.from_numpy(rows)].to(accelerator.device)  # (B, E)
+        batch = embeddings[torch.from_numpy(rows)].to(run.device)  # (B, E)
         return {"loss": model(batch, [p for p, _ in pairs], [t for _, t in pairs])}
 
-    losses = run_steps(
-        StepLoop(config.max_steps, config.grad_accum, config.log_every, config.save_every, "clipcap", loss_key="loss"),
-        accelerator=accelerator, model=model, optimizer=optimizer, scheduler=scheduler, state_model=state_model,
-        micro_step=micro_step, out=out, start=start, end=end, progress=progress,
-    )
-    if accelerator.is_main_process and end == config.max_steps:
-        accelerator.unwrap_model(model).save_pretrained(out / "model")
-        plot_losses(metrics_path, out / "loss.png", ("loss",), f"ClipCap ({config.mapper} mapper)")
-    return ClipCapResult(out_dir=out, steps=end, final_loss=losses.get("loss", float("nan")))
+    def export(model: torch.nn.Module, out: Path) -> Path:
+        assert isinstance(model, ClipCap)
+        model.save_pretrained(out / MODEL_DIR)
+        return out / MODEL_DIR
+
+    return Plan(model, micro_step, export, state=_TrainableView)
 
 
 class _TrainableView(torch.nn.Module):
     """What a resumable state stores: the mapper, and the LM's body when it learns too (its head is
     tied to the token embeddings, and safetensors refuses one tensor under two names)."""
 
-    def __init__(self, model: ClipCap) -> None:
+    def __init__(self, model: torch.nn.Module) -> None:
         super().__init__()
+        assert isinstance(model, ClipCap)
         self.mapper = model.mapper
         if model.train_lm:
             self.lm = model.lm.base_model
             if not getattr(model.lm.config, "tie_word_embeddings", False):
                 self.lm_head = model.lm.get_output_embeddings()
+
+
+RECIPE = Recipe(
+    name="clipcap", summary="ClipCap: image embedding -> frozen LM prefix", title="ClipCap", presets=PRESETS,
+    preset_notes=PRESET_NOTES, build=build, next_step=lambda model_dir: f"vlmkit caption IMAGE --model {model_dir}",
+    check=_check,
+)
+
+
+clipcap_config = RECIPE.config  # (preset="shapes", overrides) -> the checked config
+train_clipcap = RECIPE.train  # (config, out_dir, *, resume, progress, stop_after) -> TrainResult

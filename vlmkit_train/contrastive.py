@@ -23,12 +23,14 @@ exported with ``save_pretrained`` beside a ``VisionTextDualEncoderProcessor``: t
 ``vlmkit.load`` both read ``out/model``. With EfficientNet-Lite0 the export is vlmkit's own layout
 (:mod:`vlmkit.models.dual_encoder`).
 
-Outputs in ``out_dir``: ``model/``, ``metrics.jsonl``, ``loss.png``, ``state/`` for exact resume,
-``features/`` (the locked tower's cache) and ``config.json``.
+The run goes through the shared driver (:func:`vlmkit_train.driver.train`). Outputs in ``out_dir``:
+``model/``, ``metrics.jsonl``, ``loss.png``, ``state/`` for exact resume, ``features/`` (the locked
+tower's cache) and ``config.json``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,24 +43,26 @@ from torch import nn
 from vlmkit.errors import InputError
 from vlmkit.losses import clamp_logit_scale, clip_loss, siglip_loss
 
-from .config import check_at_least, preset_config
-from .loop import StepLoop, batch_rows, caption_batch, open_metrics, plot_losses, run_steps, start_run
-from .state import load_training_state
+from .config import DataConfig, RunConfig, check_at_least, data_seed
+from .data import frozen_features, training_examples
+from .driver import MODEL_DIR, Plan, Recipe, Run
+from .loop import batch_rows, caption_batch
 
-__all__ = ["ContrastiveConfig", "PRESETS", "ContrastiveResult", "contrastive_config", "train_contrastive"]
+__all__ = ["ContrastiveConfig", "PRESETS", "RECIPE", "contrastive_config", "train_contrastive"]
 
 CLIP_SCALE_INIT = math.log(1 / 0.07)
 SIGLIP_SCALE_INIT = math.log(10.0)
 SIGLIP_BIAS_INIT = -10.0
 MINILM_VOCAB = 30522  # all-MiniLM-L6-v2's (BERT's uncased) WordPiece vocabulary, which every text tower reads
 
+#: The recipe's own optimisation defaults: batch 64, lr 1e-3, weight decay 0.1, 20 warm-up steps.
+RUN = RunConfig(batch_size=64, lr=1e-3, weight_decay=0.1, warmup_steps=20)
+
 
 @dataclass(frozen=True)
 class ContrastiveConfig:
-    data: Literal["shapes", "easy-vqa"] = "shapes"
-    train_size: int = 4000
-    image_size: int = 64
-    seed: int = 0
+    run: RunConfig = RUN
+    data: DataConfig = DataConfig(train_size=4000)
     image_tower: Literal["vit", "efficientnet-lite0"] = "vit"
     text_tower: Literal["minilm", "scratch"] = "scratch"
     #: Which pretrained tower stays frozen (LiT): "image" needs efficientnet-lite0, "text" minilm.
@@ -73,7 +77,7 @@ class ContrastiveConfig:
     #: contrastive targets spread over them. False: one-hot (the papers').
     group_negatives: bool = True
     embed_dim: int = 128
-    # The scratch ViT (CLIPVisionModel): image_size / patch_size patches plus a class token.
+    # The scratch ViT (CLIPVisionModel): data.image_size / patch_size patches plus a class token.
     patch_size: int = 8
     vit_hidden: int = 128
     vit_layers: int = 4
@@ -86,28 +90,15 @@ class ContrastiveConfig:
     #: tokens, as MiniLM was trained; vlmkit's own export only, so efficientnet-lite0 only).
     text_pooling: Literal["pooler", "mean"] = "pooler"
     max_text_length: int = 32
-    batch_size: int = 64  # per process
-    grad_accum: int = 1
-    lr: float = 1e-3
-    weight_decay: float = 0.1
-    warmup_steps: int = 20
-    max_steps: int = 500
     #: Where the locked image tower's feature cache lives; "" is ``out/features``.
     features_dir: str = ""
-    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
-    save_every: int = 0  # steps between resumable checkpoints; 0 saves only at the end
-    log_every: int = 10
 
     def __post_init__(self) -> None:
-        check_at_least(self, ("train_size", "image_size", "embed_dim", "patch_size", "vit_hidden", "vit_layers", "vit_heads",
-                     "text_hidden", "text_layers", "text_heads", "max_text_length", "batch_size", "grad_accum", "max_steps", "log_every"))
-        if self.lr <= 0:
-            raise InputError(f"lr must be positive, got {self.lr}")
-        if self.warmup_steps < 0 or self.save_every < 0 or self.weight_decay < 0:
-            raise InputError("warmup_steps, save_every and weight_decay must not be negative")
+        check_at_least(self, ("embed_dim", "patch_size", "vit_hidden", "vit_layers", "vit_heads", "text_hidden", "text_layers",
+                              "text_heads", "max_text_length"))
         if self.image_tower == "vit":
-            if self.image_size % self.patch_size:
-                raise InputError(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
+            if self.data.image_size % self.patch_size:
+                raise InputError(f"image_size {self.data.image_size} is not a multiple of patch_size {self.patch_size}")
             if self.vit_hidden % self.vit_heads:
                 raise InputError(f"vit_hidden {self.vit_hidden} is not a multiple of vit_heads {self.vit_heads}")
             if self.lock == "image":
@@ -127,31 +118,31 @@ PRESETS: dict[str, ContrastiveConfig] = {
     "shapes": ContrastiveConfig(),
     # LiT: EfficientNet-Lite0 locked, MiniLM tuned to read it out.
     "lit": ContrastiveConfig(
-        image_tower="efficientnet-lite0", text_tower="minilm", lock="image", text_pooling="mean", embed_dim=256, lr=3e-4,
-        weight_decay=0.01, max_text_length=24, max_steps=200,
+        run=dataclasses.replace(RUN, lr=3e-4, weight_decay=0.01, max_steps=200),
+        image_tower="efficientnet-lite0", text_tower="minilm", lock="image", text_pooling="mean", embed_dim=256, max_text_length=24,
     ),
     # LiT the other way round: MiniLM locked, the ViT trained to meet it.
     "lit-text": ContrastiveConfig(text_tower="minilm", lock="text", embed_dim=256),
     # CLIP from scratch with SigLIP's sigmoid loss, its bias starting at about -ln(batch - 1): from the
     # paper's -10, 200 steps only raise every similarity together and stay on the collapsed plateau.
     "siglip": ContrastiveConfig(loss="siglip", siglip_bias_init=-4.0),
-    # A few seconds on a laptop CPU: for tests and for trying the pipeline.
     "tiny": ContrastiveConfig(
-        train_size=16, batch_size=4, max_steps=6, warmup_steps=2, log_every=1, embed_dim=16, patch_size=8, vit_hidden=32,
-        vit_layers=1, vit_heads=2, text_hidden=32, text_layers=1, text_heads=2, max_text_length=16,
+        run=dataclasses.replace(RUN, batch_size=4, max_steps=6, warmup_steps=2, log_every=1),
+        data=DataConfig(train_size=16),
+        embed_dim=16, patch_size=8, vit_hidden=32, vit_layers=1, vit_heads=2, text_hidden=32, text_layers=1, text_heads=2,
+        max_text_length=16,
     ),
 }
-
-
-def contrastive_config(preset: str = "shapes", overrides: list[str] | None = None) -> ContrastiveConfig:
-    return preset_config(PRESETS, preset, overrides)
-
-
-@dataclass(frozen=True)
-class ContrastiveResult:
-    out_dir: Path
-    steps: int
-    final_losses: dict[str, float]
+#: What each preset is for and roughly what it costs (``vlmkit train --help``).
+PRESET_NOTES: dict[str, str] = {
+    "shapes": "CLIP from scratch (a 4-layer ViT and a 2-layer BERT) on 4,000 shapes scenes, 500 steps of batch 64; "
+              "cost not measured alone (bench/clip_offline.py, 300 steps of it with bf16 plus three shorter variants "
+              "and scoring, took 15.7 min on a shared 2-core CPU)",
+    "lit": "LiT: EfficientNet-Lite0 locked (features cached once), MiniLM tuned, 200 steps of batch 64; cost not measured alone",
+    "lit-text": "LiT the other way round: MiniLM locked, the scratch ViT trained, 500 steps of batch 64; cost not measured",
+    "siglip": "shapes with SigLIP's sigmoid loss (bias starting at -4), 500 steps of batch 64; cost not measured alone",
+    "tiny": "smoke test: 6 steps of batch 4 on 16 scenes, seconds",
+}
 
 
 # -- the towers ---------------------------------------------------------------------------------
@@ -195,7 +186,7 @@ def _image_processor(config: ContrastiveConfig) -> Any:
     import transformers
 
     cls = getattr(transformers, "CLIPImageProcessorPil", None) or transformers.CLIPImageProcessor
-    side = config.image_size
+    side = config.data.image_size
     return cls(size={"shortest_edge": side}, crop_size={"height": side, "width": side})
 
 
@@ -214,7 +205,7 @@ def _vit_dual_encoder(config: ContrastiveConfig, text_model: Any) -> Any:
 
     vision = CLIPVisionModel(
         CLIPVisionConfig(
-            image_size=config.image_size, patch_size=config.patch_size, hidden_size=config.vit_hidden,
+            image_size=config.data.image_size, patch_size=config.patch_size, hidden_size=config.vit_hidden,
             intermediate_size=4 * config.vit_hidden, num_hidden_layers=config.vit_layers, num_attention_heads=config.vit_heads,
             projection_dim=config.embed_dim,
         )
@@ -246,7 +237,7 @@ class ContrastiveObjective(nn.Module):
     eval mode.
     """
 
-    def __init__(self, model: nn.Module, config: ContrastiveConfig) -> None:
+    def __init__(self, model: Any, config: ContrastiveConfig) -> None:
         super().__init__()
         self.model: Any = model
         self.loss, self.gather, self.lock = config.loss, config.gather, config.lock
@@ -256,7 +247,7 @@ class ContrastiveObjective(nn.Module):
             # VisionTextDualEncoderModel has no bias parameter; the export keeps it in its config.
             self.logit_bias = nn.Parameter(torch.tensor(config.siglip_bias_init))
         if self.lock == "text":
-            for parameter in self.model.text_model.parameters():
+            for parameter in model.text_model.parameters():
                 parameter.requires_grad_(False)
 
     def train(self, mode: bool = True) -> ContrastiveObjective:
@@ -308,7 +299,7 @@ class ContrastiveObjective(nn.Module):
 # -- data -----------------------------------------------------------------------------------------
 
 
-def _pixels(config: ContrastiveConfig, images: list[Any], processor: Any) -> torch.Tensor:
+def _pixels(images: list[Any], processor: Any) -> torch.Tensor:
     """Every training image through the export's image processor, once: (N, 3, S, S) float32."""
     from vlmkit.images import load_image
 
@@ -319,93 +310,58 @@ def _pixels(config: ContrastiveConfig, images: list[Any], processor: Any) -> tor
     return torch.cat(chunks)
 
 
-def _pooled_features(config: ContrastiveConfig, images: list[Any], out: Path, accelerator: Any, progress: bool) -> torch.Tensor:
-    """The locked tower's tokens cached on disk (shared with the BLIP-2 recipe's cache format), then
-    mean-pooled as the model pools them: (N, E) float32."""
+def _pooled_features(config: ContrastiveConfig, examples: list[Any], run: Run) -> torch.Tensor:
+    """The locked tower's tokens cached on disk (the BLIP-2 recipes' cache format,
+    :func:`vlmkit_train.data.frozen_features`), then mean-pooled as the model pools them: (N, E) float32."""
     from vlmkit.models.image_encoders import load_image_encoder
 
-    from .stage1 import feature_cache
-
-    encoder = load_image_encoder(config.image_tower).to(accelerator.device)
-    cache = feature_cache(config, encoder, images, out, accelerator, progress)
-    return torch.cat([cache.batch(np.arange(s, min(s + 256, len(cache)))).mean(dim=1) for s in range(0, len(cache), 256)])
+    features = frozen_features(config, examples, run, encoder=load_image_encoder(config.image_tower), features_dir=config.features_dir)
+    count = len(examples)
+    return torch.cat([features.rows(np.arange(s, min(s + 256, count))).mean(dim=1) for s in range(0, count, 256)])
 
 
-# -- training -------------------------------------------------------------------------------------
+# -- the recipe -----------------------------------------------------------------------------------
 
 
-def train_contrastive(
-    config: ContrastiveConfig,
-    out_dir: str | Path,
-    *,
-    resume: bool = False,
-    progress: bool = False,
-    stop_after: int | None = None,
-) -> ContrastiveResult:
-    """Train a dual encoder contrastively. ``resume`` continues from ``out_dir/state``;
-    ``stop_after`` ends the run early after that many steps (with a resumable state saved)."""
-    from transformers import get_cosine_schedule_with_warmup
-
-    from .stage1 import _examples
-
-    out, accelerator = start_run(config, out_dir, resume)
-    state_dir = out / "state"
-
-    examples = _examples(config)
-    if len(examples) < config.batch_size * accelerator.num_processes:
-        raise InputError(f"{len(examples)} training examples is fewer than one global batch ({config.batch_size} x {accelerator.num_processes})")
+def build(config: ContrastiveConfig, run: Run) -> Plan:
+    """Both towers (or the unlocked one) learning the contrastive loss from pixels or cached features."""
+    seed = config.run.seed
+    examples = training_examples(config.data, data_seed(config))
+    if len(examples) < config.run.batch_size * run.world:
+        raise InputError(f"{len(examples)} training examples is fewer than one global batch ({config.run.batch_size} x {run.world})")
     text_model = _text_tower(config)
     tokenizer = _tokenizer(config, int(text_model.config.max_position_embeddings))
-    images = [e.image for e in examples]
     processor = None
     if config.image_tower == "vit":
         processor = _image_processor(config)
         model = _vit_dual_encoder(config, text_model)
-        inputs = _pixels(config, images, processor)  # (N, 3, S, S)
+        inputs = _pixels([e.image for e in examples], processor)  # (N, 3, S, S)
     else:
         model = _native_dual_encoder(config, text_model, tokenizer)
-        inputs = _pooled_features(config, images, out, accelerator, progress)  # (N, E)
+        inputs = _pooled_features(config, examples, run)  # (N, E)
     objective = ContrastiveObjective(model, config)
 
-    trainable = [(n, p) for n, p in objective.named_parameters() if p.requires_grad]
-    decay = [p for n, p in trainable if p.ndim >= 2 and "embeddings" not in n]
-    no_decay = [p for n, p in trainable if p.ndim < 2 or "embeddings" in n]  # gains, biases, scale, positions
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=config.lr
-    )
-    scheduler = get_cosine_schedule_with_warmup(optimizer, config.warmup_steps, config.max_steps)
-    objective, optimizer, scheduler = accelerator.prepare(objective, optimizer, scheduler)
-
-    start = 0
-    if resume:
-        start = load_training_state(state_dir, model=accelerator.unwrap_model(objective), optimizer=optimizer, scheduler=scheduler)
-    world, rank = accelerator.num_processes, accelerator.process_index
-    metrics_path, end = open_metrics(out, accelerator, resume=resume, max_steps=config.max_steps, stop_after=stop_after)
-    log_scale = accelerator.unwrap_model(objective).model.logit_scale
-
-    def micro_step(index: int) -> dict[str, torch.Tensor]:
-        clamp_logit_scale(log_scale)  # CLIP clips the scale at 100 after every update: here, before each use
-        rows = batch_rows(config.seed, index, dataset_size=len(examples), batch_size=config.batch_size, world=world, rank=rank)
-        captions, groups = caption_batch(examples, rows, config.seed, index, rank, groups=config.group_negatives)
+    def micro_step(model: nn.Module, index: int) -> dict[str, torch.Tensor]:
+        # CLIP clips the scale at 100 after every update: here, before each use.
+        clamp_logit_scale(run.accelerator.unwrap_model(model).model.logit_scale)
+        rows = batch_rows(seed, index, dataset_size=len(examples), batch_size=config.run.batch_size, world=run.world, rank=run.rank)
+        captions, groups = caption_batch(examples, rows, seed, index, run.rank, groups=config.group_negatives)
         text = tokenizer(captions, padding=True, truncation=True, max_length=config.max_text_length, return_tensors="pt")
-        return objective(  # type: ignore[no-any-return]
-            inputs[torch.from_numpy(rows)].to(accelerator.device),
-            text["input_ids"].to(accelerator.device),
-            text["attention_mask"].to(accelerator.device),
-            None if groups is None else groups.to(accelerator.device),
+        return model(  # type: ignore[no-any-return]
+            inputs[torch.from_numpy(rows)].to(run.device),
+            text["input_ids"].to(run.device),
+            text["attention_mask"].to(run.device),
+            None if groups is None else groups.to(run.device),
         )
 
-    losses = run_steps(
-        StepLoop(config.max_steps, config.grad_accum, config.log_every, config.save_every, "clip", loss_key="loss"),
-        accelerator=accelerator, model=objective, optimizer=optimizer, scheduler=scheduler,
-        state_model=lambda: accelerator.unwrap_model(objective), micro_step=micro_step,
-        out=out, start=start, end=end, progress=progress,
-    )
-    if accelerator.is_main_process and end == config.max_steps:
-        clamp_logit_scale(log_scale)
-        _export(accelerator.unwrap_model(objective), tokenizer, processor, out / "model")
-        plot_losses(metrics_path, out / "loss.png", ("loss",), f"{config.loss} loss ({config.image_tower} + {config.text_tower}, lock {config.lock})")
-    return ContrastiveResult(out_dir=out, steps=end, final_losses=losses)
+    def export(model: nn.Module, out: Path) -> Path:
+        assert isinstance(model, ContrastiveObjective)
+        clamp_logit_scale(model.model.logit_scale)
+        _export(model, tokenizer, processor, out / MODEL_DIR)
+        return out / MODEL_DIR
+
+    # No decay on token and position embeddings either (nor on norms, biases and the logit scale).
+    return Plan(objective, micro_step, export, no_decay=("embeddings",))
 
 
 def _export(objective: ContrastiveObjective, tokenizer: Any, processor: Any, directory: Path) -> None:
@@ -420,3 +376,14 @@ def _export(objective: ContrastiveObjective, tokenizer: Any, processor: Any, dir
         model.config.logit_bias = float(objective.logit_bias.detach())  # SigLIP's bias, for sigmoid scores
     model.save_pretrained(directory)
     VisionTextDualEncoderProcessor(image_processor=processor, tokenizer=tokenizer).save_pretrained(directory)
+
+
+RECIPE = Recipe(
+    name="clip", summary="CLIP / LiT / SigLIP contrastive learning", title="CLIP / LiT / SigLIP contrastive loss",
+    presets=PRESETS, preset_notes=PRESET_NOTES, build=build,
+    next_step=lambda model_dir: f"vlmkit classify IMAGE --labels 'a red circle,a blue square' --model {model_dir}",
+)
+
+
+contrastive_config = RECIPE.config  # (preset="shapes", overrides) -> the checked config
+train_contrastive = RECIPE.train  # (config, out_dir, *, resume, progress, stop_after) -> TrainResult

@@ -9,40 +9,39 @@ held-in templates and task types of :mod:`vlmkit.data.instructions` only, so the
 measure zero-shot generalisation. ``instruction_aware=false`` trains the same mixture with a plain
 BLIP-2 Q-Former (the paper's ablation).
 
-Outputs in ``out_dir``: ``model/`` (``vlmkit.load`` answers caption / ask / generate; its default
-prompts are the first held-in templates), ``metrics.jsonl``, ``loss.png``, ``state/``, ``features/``
-(unless ``features_dir``) and ``config.json``.
+The run goes through the shared driver (:func:`vlmkit_train.driver.train`). Outputs in ``out_dir``:
+``model/`` (``vlmkit.load`` answers caption / ask / generate; its default prompts are the first
+held-in templates), ``metrics.jsonl``, ``loss.png``, ``state/``, ``features/`` (unless
+``features_dir``) and ``config.json``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal, cast
 
 import numpy as np
 import torch
+from torch import nn
 
 from vlmkit.data.instructions import HELD_IN_TASKS, HELD_IN_TEMPLATES, sample_instruction
 from vlmkit.errors import InputError
 from vlmkit.models.blip2_native import Blip2Config, NativeBlip2
-from vlmkit.models.image_encoders import load_image_encoder
 
-from .config import check_at_least, preset_config
-from .loop import StepLoop, adamw, batch_rows, open_metrics, plot_losses, run_steps, start_run
-from .stage1 import _examples, _qformer, _tokenizer, check_vocabulary, feature_cache
-from .stage2 import _stage1_qformer, _trainable_view
-from .state import load_training_state
+from .config import DataConfig, RunConfig, check_at_least, data_seed
+from .data import frozen_features, text_tokenizer, training_examples
+from .driver import MODEL_DIR, Plan, Recipe, Run
+from .loop import batch_rows
+from .qformer_setup import QFormerSetup, TrainableParts, new_qformer, stage1_qformer
 
-__all__ = ["InstructConfig", "PRESETS", "InstructResult", "train_instruct", "instruct_config"]
+__all__ = ["InstructConfig", "PRESETS", "RECIPE", "train_instruct", "instruct_config"]
 
 
 @dataclass(frozen=True)
 class InstructConfig:
-    data: Literal["shapes", "easy-vqa"] = "shapes"
-    train_size: int = 2000
-    image_size: int = 64
-    seed: int = 0
+    run: RunConfig = RunConfig()
+    data: DataConfig = DataConfig()
     #: A BLIP-2 stage-1 run directory (its ``qformer/``) or a Q-Former directory; "" starts fresh.
     stage1: str = ""
     #: The frozen LM: a directory (e.g. from ``vlmkit train lm``) or a hub id. Required.
@@ -56,87 +55,56 @@ class InstructConfig:
     instruction_aware: bool = True
     #: Instructions are cut to this many Q-Former tokens.
     max_instruction_length: int = 48
-    # Used only when stage1 is "" (a fresh Q-Former, as in stage 1's options).
-    qformer_init: str = "minilm"
-    tokenizer: Literal["minilm", "corpus"] = "minilm"
-    scratch_layers: int = 2
-    scratch_hidden: int = 128
-    num_query_tokens: int = 8
-    cross_attention_frequency: int = 2
+    #: Used only when stage1 is "" (a fresh Q-Former, as in stage 1).
+    qformer: QFormerSetup = QFormerSetup()
     #: Share of samples that are questions (of the held-in task types); the rest are captions.
     qa_fraction: float = 0.6
-    batch_size: int = 32
-    grad_accum: int = 1
-    lr: float = 1e-4
-    weight_decay: float = 0.05
-    warmup_steps: int = 50
-    max_steps: int = 500
-    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
     #: As in stage 1: "" is ``out/features``; a stage-1 run's ``features/`` can be shared.
     features_dir: str = ""
-    save_every: int = 0
-    log_every: int = 10
 
     def __post_init__(self) -> None:
-        check_at_least(self, ("train_size", "batch_size", "grad_accum", "max_steps", "max_instruction_length", "num_query_tokens"))
-        if self.lr <= 0:
-            raise InputError(f"lr must be positive, got {self.lr}")
+        check_at_least(self, ("max_instruction_length",))
         if not 0.0 <= self.qa_fraction <= 1.0:
             raise InputError(f"qa_fraction must be in [0, 1], got {self.qa_fraction}")
-        check_vocabulary(self)
 
 
 PRESETS: dict[str, InstructConfig] = {
     # The offline recipe (see bench/instructblip_offline.py): from a stage-1 run of the shapes preset.
-    "shapes": InstructConfig(qformer_init="scratch", tokenizer="corpus", lr=1e-3, max_steps=1200),
-    # A few seconds on a laptop CPU: for tests and for trying the pipeline.
+    "shapes": InstructConfig(run=RunConfig(lr=1e-3, max_steps=1200), qformer=QFormerSetup(init="scratch", tokenizer="corpus")),
     "tiny": InstructConfig(
-        train_size=16, batch_size=4, max_steps=6, qformer_init="scratch", tokenizer="corpus", scratch_layers=2, scratch_hidden=32,
-        num_query_tokens=4, warmup_steps=2, log_every=1, lr=1e-3, max_instruction_length=24,
+        run=RunConfig(batch_size=4, max_steps=6, warmup_steps=2, log_every=1, lr=1e-3),
+        data=DataConfig(train_size=16),
+        qformer=QFormerSetup(init="scratch", tokenizer="corpus", layers=2, hidden=32, num_query_tokens=4),
+        max_instruction_length=24,
     ),
+}
+#: What each preset is for and roughly what it costs (``vlmkit train --help``).
+PRESET_NOTES: dict[str, str] = {
+    "shapes": "the offline recipe (bench/instructblip_offline.py): from a stage-1 run, 1,200 steps of batch 32 through the "
+    "offline LM; cost not measured on its own",
+    "tiny": "smoke test: 6 steps on 16 scenes, seconds",
 }
 
 
-def instruct_config(preset: str = "shapes", overrides: list[str] | None = None) -> InstructConfig:
-    return preset_config(PRESETS, preset, overrides)
-
-
-@dataclass(frozen=True)
-class InstructResult:
-    out_dir: Path
-    steps: int
-    final_loss: float
-
-
-def train_instruct(
-    config: InstructConfig,
-    out_dir: str | Path,
-    *,
-    resume: bool = False,
-    progress: bool = False,
-    stop_after: int | None = None,
-) -> InstructResult:
-    """Instruction-tune the Q-Former and projection through the frozen LM; ``out_dir/model`` is the
-    result. ``resume`` continues from ``out_dir/state``; ``stop_after`` ends early (resumable)."""
-    from transformers import get_cosine_schedule_with_warmup
-
+def check(config: InstructConfig) -> None:
     if not config.language_model:
         raise InputError("language_model is required: a directory (see `vlmkit train lm`) or a hub id")
-    out, accelerator = start_run(config, out_dir, resume)
-    state_dir = out / "state"
 
-    examples = _examples(config)
-    encoder = load_image_encoder(config.encoder, layer=config.encoder_layer)
-    cache = feature_cache(config, encoder, [e.image for e in examples], out, accelerator, progress)
 
+def build(config: InstructConfig, run: Run) -> Plan:
+    """The Q-Former (stage 1's or fresh), reading the instruction, and a new projection, learning
+    through the frozen LM on the held-in instruction mixture."""
+    seed = config.run.seed
+    examples = training_examples(config.data, data_seed(config))
+    features = frozen_features(config, examples, run, features_dir=config.features_dir)
     if config.stage1:
-        qformer, tokenizer = _stage1_qformer(config.stage1)
-        if qformer.config.encoder_hidden_size != encoder.hidden_size:
+        qformer, tokenizer = stage1_qformer(config.stage1)
+        if qformer.config.encoder_hidden_size != features.width:
             raise InputError(f"stage1={config.stage1!r}: its Q-Former reads {qformer.config.encoder_hidden_size}-wide features, "
-                             f"{config.encoder} gives {encoder.hidden_size}")
+                             f"{config.encoder} gives {features.width}")
     else:
-        tokenizer = _tokenizer(config, examples, out, accelerator, resume)
-        qformer = _qformer(config, encoder.hidden_size, tokenizer)
+        tokenizer = text_tokenizer(config.qformer.tokenizer, examples, run)
+        qformer = new_qformer(config.qformer, features.width, tokenizer)
     blip2 = Blip2Config(
         image_encoder=config.encoder, encoder_layer=config.encoder_layer, language_model=config.language_model,
         # The defaults that caption / ask use: the first held-in template of each family.
@@ -145,32 +113,27 @@ def train_instruct(
         visual_position=config.visual_position,
     )
     model = NativeBlip2.from_parts(blip2, qformer, lm_path=config.language_model, qformer_tokenizer=tokenizer)
-    # As in stage 1: no decay on norms, biases and the learned queries.
-    optimizer = adamw(model, lr=config.lr, weight_decay=config.weight_decay, no_decay=("query_tokens",))
-    scheduler = get_cosine_schedule_with_warmup(optimizer, config.warmup_steps, config.max_steps)
-    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
 
-    start = 0
-    if resume:
-        start = load_training_state(state_dir, model=_trainable_view(accelerator.unwrap_model(model)), optimizer=optimizer, scheduler=scheduler)
-    world, rank = accelerator.num_processes, accelerator.process_index
-    metrics_path, end = open_metrics(out, accelerator, resume=resume, max_steps=config.max_steps, stop_after=stop_after)
-
-    def micro_step(index: int) -> dict[str, torch.Tensor]:
-        rows = batch_rows(config.seed, index, dataset_size=len(examples), batch_size=config.batch_size, world=world, rank=rank)
-        rng = np.random.default_rng([config.seed, index, rank])
+    def micro_step(model: nn.Module, index: int) -> dict[str, torch.Tensor]:
+        rows = batch_rows(seed, index, dataset_size=len(examples), batch_size=config.run.batch_size, world=run.world, rank=run.rank)
+        rng = np.random.default_rng([seed, index, run.rank])
         pairs = [sample_instruction(examples[i], rng, HELD_IN_TEMPLATES, HELD_IN_TASKS, config.qa_fraction) for i in rows]
-        loss = model(cache.batch(rows).to(accelerator.device), [p.instruction for p in pairs], [p.target for p in pairs])
-        return {"loss": loss}
+        return {"loss": model(features.rows(rows).to(run.device), [p.instruction for p in pairs], [p.target for p in pairs])}
 
-    losses = run_steps(
-        StepLoop(config.max_steps, config.grad_accum, config.log_every, config.save_every, "instructblip", loss_key="loss"),
-        accelerator=accelerator, model=model, optimizer=optimizer, scheduler=scheduler,
-        state_model=lambda: _trainable_view(accelerator.unwrap_model(model)), micro_step=micro_step,
-        out=out, start=start, end=end, progress=progress,
-    )
-    if accelerator.is_main_process and end == config.max_steps:
-        final: Any = accelerator.unwrap_model(model)
-        final.save_pretrained(out / "model")  # with the Q-Former's tokenizer in model/qformer
-        plot_losses(metrics_path, out / "loss.png", ("loss",), "InstructBLIP instruction tuning")
-    return InstructResult(out_dir=out, steps=end, final_loss=losses.get("loss", float("nan")))
+    def export(model: nn.Module, out: Path) -> Path:
+        cast(NativeBlip2, model).save_pretrained(out / MODEL_DIR)  # with the Q-Former's tokenizer in model/qformer
+        return out / MODEL_DIR
+
+    # As in stage 1: no decay on norms, biases and the learned queries.
+    return Plan(model, micro_step, export, no_decay=("query_tokens",), state=TrainableParts)
+
+
+RECIPE = Recipe(
+    name="instructblip", summary="InstructBLIP instruction tuning", title="InstructBLIP instruction tuning",
+    presets=PRESETS, preset_notes=PRESET_NOTES, build=build,
+    next_step=lambda model_dir: f'vlmkit ask IMAGE "what colour is the circle?" --model {model_dir}', check=check,
+)
+
+
+instruct_config = RECIPE.config  # (preset="shapes", overrides) -> the checked config
+train_instruct = RECIPE.train  # (config, out_dir, *, resume, progress, stop_after) -> TrainResult

@@ -17,7 +17,11 @@ which count towards ``max_length``); only the assistant turns' tokens, their end
 are labelled. A validation pass first checks every sample for truncation, masking mismatches,
 placeholder/image count mismatches and samples with nothing to learn; it writes
 ``out/validation.json`` and refuses to train (``on_invalid=error``) or trains without the offending
-samples (``on_invalid=skip``), never dropping one silently. The frozen tower's features are cached.
+samples (``on_invalid=skip``), never dropping one silently (the last metrics row and the result's
+``final_record`` give ``samples`` trained on and ``skipped``). The frozen tower's features are cached.
+
+Both stages run on the shared driver (:func:`vlmkit_train.driver.train`), with the recipes' own
+defaults: no weight decay, a short warm-up, stage 1's learning rate 1e-3 and stage 2's 2e-4.
 
 Outputs in ``out_dir``: ``model/`` (llava-hf layout: ``LlavaForConditionalGeneration`` +
 ``LlavaProcessor``; ``vlmkit.load`` and ``from_pretrained`` read it), ``data/`` (the conversations
@@ -30,7 +34,8 @@ from __future__ import annotations
 import hashlib
 import json
 import sys
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -50,16 +55,18 @@ from vlmkit.feature_cache import FeatureCache
 from vlmkit.models.image_encoders import FrozenImageEncoder
 from vlmkit.models.llava import LLAVA_CHAT_TEMPLATE
 
-from .config import check_at_least, config_from_dict, dumps, preset_config
-from .loop import StepLoop, batch_rows, check_resume, make_accelerator, open_metrics, plot_losses, run_steps
-from .state import load_training_state
+from .config import DataConfig, RunConfig, check_at_least, config_from_dict, data_seed
+from .data import training_examples
+from .driver import MODEL_DIR, Plan, Recipe, Run
+from .loop import batch_rows
 
 __all__ = [
     "LlavaStage1Config",
     "LlavaStage2Config",
     "PRESETS1",
     "PRESETS2",
-    "LlavaResult",
+    "RECIPE_STAGE1",
+    "RECIPE_STAGE2",
     "LLAVA_CHAT_TEMPLATE",
     "PROBLEMS",
     "Problem",
@@ -88,18 +95,24 @@ PROBLEMS = {
 
 # -- configs ---------------------------------------------------------------------------------------
 
+# The recipes' own defaults: LLaVA's projector learns fast (stage 1's 1e-3, stage 2's 2e-4) and
+# trains without weight decay, as in LLaVA-1.5, with a short warm-up.
+_RUN1 = RunConfig(lr=1e-3, weight_decay=0.0, warmup_steps=20, max_steps=300)
+_RUN2 = RunConfig(batch_size=16, lr=2e-4, weight_decay=0.0, warmup_steps=20, max_steps=500)
+_DATA = DataConfig(train_size=4000)
+_TINY_RUN = RunConfig(batch_size=2, max_steps=4, warmup_steps=1, log_every=1, lr=1e-2, weight_decay=0.0)
+_TINY_DATA = DataConfig(train_size=8, image_size=32)
+
 
 @dataclass(frozen=True)
 class LlavaStage1Config:
+    run: RunConfig = _RUN1
     #: Built-in data turned into caption conversations; ignored when ``conversations`` is given.
-    data: Literal["shapes", "easy-vqa"] = "shapes"
+    data: DataConfig = _DATA
     #: A conversation JSON in LLaVA's format; "" builds one from ``data`` in ``out/data``.
     conversations: str = ""
     #: Where the JSON's image paths point; "" is the JSON's own folder.
     image_folder: str = ""
-    train_size: int = 4000
-    image_size: int = 64
-    seed: int = 0
     #: A CLIPVisionModel directory, or a dual encoder's (CLIP, VisionTextDualEncoderModel) whose vision
     #: model is taken. Required. Its image processor must be saved beside it.
     vision_tower: str = ""
@@ -109,18 +122,9 @@ class LlavaStage1Config:
     vision_feature_layer: int = -2
     max_length: int = 128
     on_invalid: Literal["error", "skip"] = "error"
-    batch_size: int = 32
-    grad_accum: int = 1
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    warmup_steps: int = 20
-    max_steps: int = 300
-    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
     cache_features: bool = True
     #: "" is ``out/features``; runs on the same images and tower may share one.
     features_dir: str = ""
-    save_every: int = 0
-    log_every: int = 10
 
     def __post_init__(self) -> None:
         _check_common(self)
@@ -128,12 +132,10 @@ class LlavaStage1Config:
 
 @dataclass(frozen=True)
 class LlavaStage2Config:
-    data: Literal["shapes", "easy-vqa"] = "shapes"
+    run: RunConfig = _RUN2
+    data: DataConfig = _DATA
     conversations: str = ""
     image_folder: str = ""
-    train_size: int = 4000
-    image_size: int = 64
-    seed: int = 0
     #: A stage-1 run directory (its ``model/``) or a LLaVA checkpoint directory. When "", the model is
     #: built fresh from ``vision_tower``, ``language_model`` and ``projector`` (no stage 1).
     stage1: str = ""
@@ -153,17 +155,8 @@ class LlavaStage2Config:
     #: last one and learn in this stage.
     max_length: int = 256
     on_invalid: Literal["error", "skip"] = "error"
-    batch_size: int = 16
-    grad_accum: int = 1
-    lr: float = 2e-4
-    weight_decay: float = 0.0
-    warmup_steps: int = 20
-    max_steps: int = 500
-    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
     cache_features: bool = True
     features_dir: str = ""
-    save_every: int = 0
-    log_every: int = 10
 
     def __post_init__(self) -> None:
         _check_common(self)
@@ -179,9 +172,7 @@ class LlavaStage2Config:
 
 
 def _check_common(config: Any) -> None:
-    check_at_least(config, ("train_size", "batch_size", "grad_accum", "max_steps", "max_length", "log_every", "image_size"))
-    if config.lr <= 0:
-        raise InputError(f"lr must be positive, got {config.lr}")
+    check_at_least(config, ("max_length",))
     if config.image_folder and not config.conversations:
         raise InputError("image_folder needs conversations=FILE (the built-in data makes its own folder)")
 
@@ -190,35 +181,39 @@ PRESETS1: dict[str, LlavaStage1Config] = {
     # The offline recipe on the shapes world (see bench/llava_offline.py): give vision_tower and
     # language_model with --set.
     # Measured in bench/llava_offline.py (4,000 scenes, 64 image tokens, the shared GPT-2 LM).
-    "shapes": LlavaStage1Config(lr=3e-3, max_steps=100),
+    "shapes": LlavaStage1Config(run=replace(_RUN1, lr=3e-3, max_steps=100)),
     # A few seconds: for tests and for trying the pipeline.
-    "tiny": LlavaStage1Config(train_size=8, batch_size=2, max_steps=4, warmup_steps=1, log_every=1, lr=1e-2, image_size=32),
+    "tiny": LlavaStage1Config(run=_TINY_RUN, data=_TINY_DATA),
+}
+_BENCH_MINUTES = (
+    "the whole offline bench (both stages on shapes and on easy-VQA, then scoring) took 11.4 min on a shared 2-core CPU"
+    " in bf16 (docs/training.md); this stage alone is not measured"
+)
+#: What each preset is for and roughly what it costs (``vlmkit train --help``).
+PRESET_NOTES1: dict[str, str] = {
+    "shapes": "the offline recipe (bench/llava_offline.py; give vision_tower= and language_model=): the MLP projector alone,"
+    f" 100 steps of batch 32 on 4,000 caption conversations; {_BENCH_MINUTES}",
+    "tiny": "smoke test: 4 steps of batch 2 on 8 scenes, seconds",
 }
 PRESETS2: dict[str, LlavaStage2Config] = {
-    "shapes": LlavaStage2Config(lr=5e-4, max_steps=160, max_questions=2),
-    "tiny": LlavaStage2Config(
-        train_size=8, batch_size=2, max_steps=4, warmup_steps=1, log_every=1, lr=1e-2, image_size=32, two_image_share=0.25,
-    ),
+    "shapes": LlavaStage2Config(run=replace(_RUN2, lr=5e-4, max_steps=160), max_questions=2),
+    "tiny": LlavaStage2Config(run=_TINY_RUN, data=_TINY_DATA, two_image_share=0.25),
+}
+#: What each preset is for and roughly what it costs (``vlmkit train --help``).
+PRESET_NOTES2: dict[str, str] = {
+    "shapes": "the offline recipe (bench/llava_offline.py; give stage1=): projector and the whole LM (or lora_r=),"
+    f" 160 steps of batch 16 on 4,000 multi-turn conversations; {_BENCH_MINUTES}",
+    "tiny": "smoke test: 4 steps of batch 2 on 8 scenes, seconds",
 }
 
 
-def stage1_config(preset: str = "shapes", overrides: list[str] | None = None) -> LlavaStage1Config:
-    return preset_config(PRESETS1, preset, overrides)
-
-
-def stage2_config(preset: str = "shapes", overrides: list[str] | None = None) -> LlavaStage2Config:
-    return preset_config(PRESETS2, preset, overrides)
-
-
-@dataclass(frozen=True)
-class LlavaResult:
-    out_dir: Path
-    steps: int
-    final_loss: float
-    #: Conversations trained on, and those left out by ``on_invalid=skip`` (see validation.json).
-    samples: int
-    skipped: int
-
+def _check_parts(config: Any) -> None:
+    """Refuse a run without the parts it starts from, before anything is written."""
+    if getattr(config, "stage1", ""):
+        return
+    if not config.vision_tower or not config.language_model:
+        need = "vision_tower and language_model" + (" (or stage1=DIR)" if isinstance(config, LlavaStage2Config) else "")
+        raise InputError(f"{need} are required: directories of a vision tower and of a causal LM")
 
 # -- the model from parts --------------------------------------------------------------------------
 
@@ -483,27 +478,26 @@ def _counts_line(summary: dict[str, Any]) -> str:
 # -- data and features -----------------------------------------------------------------------------
 
 
-def _conversations(config: Any, out: Path, stage: int, is_main: bool, wait: Any) -> tuple[list[Conversation], Path]:
+def _conversations(config: Any, run: Run, stage: int) -> tuple[list[Conversation], Path]:
     """The run's conversations and the folder their images are in: the given JSON, or records built
     from ``data`` into ``out/data`` (the same JSON a user could give)."""
     if config.conversations:
         path = Path(config.conversations)
         folder = Path(config.image_folder) if config.image_folder else path.parent
         return read_conversations(path, folder, check_placeholders=False), folder
-    from .stage1 import _examples
-
-    folder = out / "data"
-    if is_main:
-        examples = _examples(config)
+    folder = run.out / "data"
+    if run.is_main:
+        seed = data_seed(config)
+        examples = training_examples(config.data, seed)
         if stage == 1:
-            records = stage1_records(examples, folder / "images", seed=config.seed)
+            records = stage1_records(examples, folder / "images", seed=seed)
         else:
             records = stage2_records(
-                examples, folder / "images", seed=config.seed, max_questions=config.max_questions,
+                examples, folder / "images", seed=seed, max_questions=config.max_questions,
                 caption_share=config.caption_share, two_image_share=config.two_image_share,
             )
         write_conversations(records, folder / "conversations.json")
-    wait()
+    run.wait()
     return read_conversations(folder / "conversations.json", folder / "images", check_placeholders=False), folder / "images"
 
 
@@ -602,12 +596,9 @@ def _prepare(config: Any, stage: int) -> tuple[Any, Any]:
     if stage == 2 and config.stage1:
         model, processor = _load_stage1(config.stage1)
     else:
-        if not config.vision_tower or not config.language_model:
-            need = "vision_tower and language_model" + (" (or stage1=DIR)" if stage == 2 else "")
-            raise InputError(f"{need} are required: directories of a vision tower and of a causal LM")
         model, processor = build_llava(
             config.vision_tower, config.language_model, projector=config.projector,
-            vision_feature_layer=config.vision_feature_layer, seed=config.seed,
+            vision_feature_layer=config.vision_feature_layer, seed=config.run.seed,
         )
     grown = _fit_positions(model, config.max_length, learnable=stage == 2)
     tokenizer = processor.tokenizer
@@ -623,7 +614,7 @@ def _prepare(config: Any, stage: int) -> tuple[Any, Any]:
             from peft.tuners.lora import LoraModel
 
             lm = model.model.language_model
-            torch.manual_seed(config.seed)
+            torch.manual_seed(config.run.seed)
             targets = _lora_targets(lm)
             lora = LoraConfig(
                 r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout, target_modules=[n for n, _ in targets],
@@ -665,26 +656,33 @@ def run_model(out_dir: str | Path) -> tuple[Any, Any]:
 # -- training --------------------------------------------------------------------------------------
 
 
-def _train(config: Any, stage: int, out_dir: str | Path, *, resume: bool, progress: bool, stop_after: int | None) -> LlavaResult:
-    from transformers import get_cosine_schedule_with_warmup
+def _tower_features(config: Any, run: Run, encoder: _TowerEncoder, files: list[Path]) -> Callable[[list[int]], torch.Tensor]:
+    """The frozen tower's states of ``files`` by row, (N, P, E) float32: from a feature cache keyed by
+    the files' contents (a conversation JSON names any images), built once by the main process, or
+    encoded per batch."""
+    if not config.cache_features:
+        from vlmkit.images import load_image
 
-    from vlmkit.images import load_image
+        return lambda rows: encoder.encode([load_image(files[r]) for r in rows]).float().cpu()
+    directory = Path(config.features_dir) if config.features_dir else run.out / "features"
+    if run.is_main:
+        FeatureCache.build(encoder, files, directory, progress=run.progress, images_key=_files_key(files))
+    run.wait()
+    return FeatureCache.open(directory, identity=encoder.identity).batch  # type: ignore[no-any-return]
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    check_resume(out, dumps(config), resume)
-    accelerator = make_accelerator(grad_accum=config.grad_accum, mixed_precision=config.mixed_precision)
-    if accelerator.is_main_process:
-        (out / "config.json").write_text(dumps(config))
 
-    conversations, folder = _conversations(config, out, stage, accelerator.is_main_process, accelerator.wait_for_everyone)
+def _build(config: Any, run: Run, stage: int) -> Plan:
+    """The conversations, checked; the model with only its stage's parts trainable; the tower's
+    features; one micro-batch of labelled conversations per step."""
+    out = run.out
+    conversations, folder = _conversations(config, run, stage)
     model, processor = _prepare(config, stage)
     image_seq_length = int(model.config.image_seq_length)
     samples, summary = validate_conversations(
-        conversations, processor, image_seq_length, config.max_length, out / "validation.json" if accelerator.is_main_process else None
+        conversations, processor, image_seq_length, config.max_length, out / "validation.json" if run.is_main else None
     )
     invalid = summary["invalid"]
-    if accelerator.is_main_process:
+    if run.is_main:
         counts = _counts_line(summary)
         print(f"validation: {len(samples)} samples, {invalid} with problems ({counts}); see {out / 'validation.json'}", file=sys.stderr)
     if invalid and config.on_invalid == "error":
@@ -693,7 +691,7 @@ def _train(config: Any, stage: int, out_dir: str | Path, *, resume: bool, progre
             f"see {out / 'validation.json'}, fix them or set on_invalid=skip"
         )
     kept = [(s, c) for s, c in zip(samples, conversations, strict=True) if not s.problems]
-    if invalid and accelerator.is_main_process:
+    if invalid and run.is_main:
         print(f"validation: skipping {invalid} samples, training on {len(kept)}", file=sys.stderr)
     if not kept:
         raise InputError("no valid samples left to train on; see validation.json")
@@ -702,66 +700,60 @@ def _train(config: Any, stage: int, out_dir: str | Path, *, resume: bool, progre
     files = sorted({folder / name for c in conversations for name in c.images})
     row_of = {file: row for row, file in enumerate(files)}
     image_rows = [[row_of[folder / name] for name in c.images] for _, c in kept]
-    train = [s for s, _ in kept]
-    encoder = _TowerEncoder(model, processor.image_processor)
-    if config.cache_features:
-        directory = Path(config.features_dir) if config.features_dir else out / "features"
-        if accelerator.is_main_process:
-            FeatureCache.build(encoder, files, directory, progress=progress, images_key=_files_key(files))
-        accelerator.wait_for_everyone()
-        cache = FeatureCache.open(directory, identity=encoder.identity)
-
-        def features(rows: list[int]) -> torch.Tensor:
-            return cache.batch(rows)
-    else:
-        def features(rows: list[int]) -> torch.Tensor:
-            return encoder.encode([load_image(files[r]) for r in rows]).float().cpu()
-
-    objective = LlavaObjective(model)
-    trainable = [p for p in objective.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=config.weight_decay)
-    scheduler = get_cosine_schedule_with_warmup(optimizer, config.warmup_steps, config.max_steps)
-    objective, optimizer, scheduler = accelerator.prepare(objective, optimizer, scheduler)
-
-    def view() -> nn.Module:
-        return _TrainableView(accelerator.unwrap_model(objective).model, stage)
-
-    start = 0
-    if resume:
-        start = load_training_state(out / "state", model=view(), optimizer=optimizer, scheduler=scheduler)
-    world, rank = accelerator.num_processes, accelerator.process_index
-    metrics_path, end = open_metrics(out, accelerator, resume=resume, max_steps=config.max_steps, stop_after=stop_after)
+    train_samples = [s for s, _ in kept]
+    features = _tower_features(config, run, _TowerEncoder(model, processor.image_processor), files)
     pad_id = processor.tokenizer.pad_token_id
+    seed = config.run.seed
 
-    def micro_step(index: int) -> dict[str, torch.Tensor]:
-        rows = batch_rows(config.seed, index, dataset_size=len(train), batch_size=config.batch_size, world=world, rank=rank)
-        ids, mask, labels = (t.to(accelerator.device) for t in _collate([train[i] for i in rows], pad_id, config.max_length))
-        states = features([r for i in rows for r in image_rows[i]]).to(accelerator.device)  # (N, P, E)
+    def micro_step(objective: nn.Module, index: int) -> dict[str, torch.Tensor]:
+        rows = batch_rows(seed, index, dataset_size=len(train_samples), batch_size=config.run.batch_size, world=run.world, rank=run.rank)
+        ids, mask, labels = (t.to(run.device) for t in _collate([train_samples[i] for i in rows], pad_id, config.max_length))
+        states = features([r for i in rows for r in image_rows[i]]).to(run.device)  # (N, P, E)
         return {"loss": objective(ids, mask, labels, states)}
 
-    losses = run_steps(
-        StepLoop(config.max_steps, config.grad_accum, config.log_every, config.save_every, f"llava stage {stage}", loss_key="loss"),
-        accelerator=accelerator, model=objective, optimizer=optimizer, scheduler=scheduler, state_model=view,
-        micro_step=micro_step, out=out, start=start, end=end, progress=progress,
+    def export(objective: nn.Module, out: Path) -> Path:
+        _merged(objective.model).eval().save_pretrained(out / MODEL_DIR)
+        processor.save_pretrained(out / MODEL_DIR)
+        return out / MODEL_DIR
+
+    # The objective's trainable parameters are exactly the ones _prepare left trainable: the
+    # projector, and in stage 2 the LM (or its LoRA adapters). Without weight decay (the default)
+    # the driver's two AdamW groups update them as one group would.
+    return Plan(
+        LlavaObjective(model),
+        micro_step,
+        export,
+        state=lambda objective: _TrainableView(objective.model, stage),
+        # Conversations trained on, and those left out by on_invalid=skip (see validation.json).
+        final_record=lambda _: {"samples": len(train_samples), "skipped": invalid},
     )
-    if accelerator.is_main_process and end == config.max_steps:
-        final = _merged(accelerator.unwrap_model(objective).model).eval()
-        final.save_pretrained(out / "model")
-        processor.save_pretrained(out / "model")
-        plot_losses(metrics_path, out / "loss.png", ("loss",), f"LLaVA stage {stage}")
-    return LlavaResult(out_dir=out, steps=end, final_loss=losses.get("loss", float("nan")), samples=len(train), skipped=invalid)
 
 
-def train_stage1(
-    config: LlavaStage1Config, out_dir: str | Path, *, resume: bool = False, progress: bool = False, stop_after: int | None = None
-) -> LlavaResult:
-    """Stage 1, feature alignment: only the projector learns (frozen tower and LM); ``out_dir/model``
-    is the result and the ``stage1`` of a stage-2 run."""
-    return _train(config, 1, out_dir, resume=resume, progress=progress, stop_after=stop_after)
+def build_stage1(config: LlavaStage1Config, run: Run) -> Plan:
+    return _build(config, run, 1)
 
 
-def train_stage2(
-    config: LlavaStage2Config, out_dir: str | Path, *, resume: bool = False, progress: bool = False, stop_after: int | None = None
-) -> LlavaResult:
-    """Stage 2, visual instruction tuning: projector and LM learn (fully, or LoRA merged at export)."""
-    return _train(config, 2, out_dir, resume=resume, progress=progress, stop_after=stop_after)
+def build_stage2(config: LlavaStage2Config, run: Run) -> Plan:
+    return _build(config, run, 2)
+
+
+RECIPE_STAGE1 = Recipe(
+    name="llava-stage1", summary="LLaVA stage 1: projector on image-caption pairs", title="LLaVA stage 1", presets=PRESETS1,
+    preset_notes=PRESET_NOTES1, build=build_stage1,
+    next_step=lambda model_dir: f"vlmkit train llava-stage2 --set stage1={model_dir.parent}", check=_check_parts,
+)
+
+RECIPE_STAGE2 = Recipe(
+    name="llava-stage2", summary="LLaVA stage 2: projector + LM on conversations", title="LLaVA stage 2", presets=PRESETS2,
+    preset_notes=PRESET_NOTES2, build=build_stage2,
+    next_step=lambda model_dir: f"vlmkit chat --model {model_dir} --image IMAGE", check=_check_parts,
+)
+
+
+stage1_config = RECIPE_STAGE1.config  # (preset="shapes", overrides) -> the checked config
+
+stage2_config = RECIPE_STAGE2.config  # (preset="shapes", overrides) -> the checked config
+train_stage1 = RECIPE_STAGE1.train  # (config, out_dir, *, resume, progress, stop_after) -> TrainResult
+
+
+train_stage2 = RECIPE_STAGE2.train  # (config, out_dir, *, resume, progress, stop_after) -> TrainResult

@@ -6,16 +6,18 @@ tokenizer (GPT-2 style, ``<|endoftext|>`` as bos/eos/pad) and a randomly initial
 ``GPT2LMHeadModel`` trained with the next-token loss on the texts stage 2 will ask it to produce
 (:func:`corpus_texts`). With network access any hub LM id can be given to stage 2 instead.
 
-Outputs in ``out_dir``: ``lm/`` (weights, config and tokenizer; loads with
+The run goes through the shared driver (:func:`vlmkit_train.driver.train`). Outputs in ``out_dir``: ``lm/`` (weights, config and tokenizer; loads with
 ``AutoModelForCausalLM.from_pretrained`` and ``AutoTokenizer.from_pretrained`` like a hub LM, and is
 what ``vlmkit train blip2-stage2 --set language_model=OUT/lm`` takes), ``metrics.jsonl`` (the last
-row adds the held-out loss and perplexity), ``loss.png`` (with matplotlib), ``tokenizer/`` (fixed at
+row adds the held-out loss and perplexity, as does the result's ``final_record``), ``loss.png`` (with matplotlib), ``tokenizer/`` (fixed at
 the start so a resumed run uses the same one), ``state/`` for exact resume, ``data.json`` (a
 fingerprint of the texts) and ``config.json``.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import hashlib
 import json
 import math
@@ -32,16 +34,18 @@ from vlmkit.data.records import Example
 from vlmkit.errors import InputError
 from vlmkit.models.blip2_native import CAPTION_PROMPT, VQA_PROMPT
 
-from .config import check_at_least, dumps, preset_config
-from .loop import StepLoop, batch_rows, check_resume, make_accelerator, open_metrics, plot_losses, run_steps
-from .state import load_training_state
+from .config import DataConfig, RunConfig, check_at_least, data_seed
+from .data import CAPTION_TEMPLATE, QA_TEMPLATE, SPECIAL_TOKEN, context_lead, corpus_texts, training_examples
+from .driver import Plan, Recipe, Run, TrainResult, train
+from .loop import batch_rows
 
 __all__ = [
     "LMConfig",
     "PRESETS",
-    "LMResult",
+    "RECIPE",
     "lm_config",
     "train_lm",
+    "new_lm",
     "train_tokenizer",
     "corpus_texts",
     "lm_texts",
@@ -55,21 +59,16 @@ __all__ = [
     "SPECIAL_TOKEN",
 ]
 
-#: GPT-2's one special token, used as bos, eos and pad.
-SPECIAL_TOKEN = "<|endoftext|>"
-# The texts are exactly what stage 2 (:mod:`vlmkit_train.stage2`, through
-# :class:`vlmkit.models.blip2_native.NativeBlip2`) has the frozen LM produce: its prompt, a space,
-# the target. Both prompts come from the model module so the two recipes cannot drift apart.
-#: "a photo of {caption}"
-CAPTION_TEMPLATE = CAPTION_PROMPT + " {caption}"
-#: "Question: {question} Answer: {answer}" (BLIP-2's OPT prompt, then the answer)
-QA_TEMPLATE = VQA_PROMPT.format("{question}") + " {answer}"
+#: The LM's optimisation where a preset does not say otherwise: a larger batch and learning rate
+#: than :class:`RunConfig`'s, and lighter weight decay.
+_RUN = RunConfig(batch_size=64, lr=1e-3, weight_decay=0.01)
 
 
 @dataclass(frozen=True)
 class LMConfig:
-    data: Literal["shapes", "easy-vqa"] = "shapes"
-    train_size: int = 2000  # examples whose texts make the corpus
+    run: RunConfig = _RUN
+    #: The examples whose texts make the corpus (:func:`training_texts`).
+    data: DataConfig = DataConfig()
     #: Start every text with its scene's description (see ``corpus_texts``), so the LM learns to read it.
     context: bool = True
     #: Which tokens carry the next-token loss. "all": every one after bos. "prompts": all but the
@@ -82,7 +81,6 @@ class LMConfig:
     #: segment; more lets one pass over a description teach several answers (the first segment is
     #: always in stage 2's exact layout, see ``corpus_texts``).
     segments_per_text: int = 1
-    seed: int = 0
     #: Upper bound for the BPE vocabulary; a small templated corpus saturates below it.
     vocab_size: int = 2000
     n_layer: int = 4
@@ -92,17 +90,9 @@ class LMConfig:
     dropout: float = 0.0
     #: Share of the distinct texts held out (every copy of them) for the final perplexity.
     heldout_fraction: float = 0.05
-    batch_size: int = 64
-    lr: float = 1e-3
-    weight_decay: float = 0.01
-    warmup_steps: int = 50
-    max_steps: int = 500
-    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
-    save_every: int = 0  # steps between resumable checkpoints; 0 saves only at the end
-    log_every: int = 10
 
     def __post_init__(self) -> None:
-        check_at_least(self, ("train_size", "segments_per_text", "n_layer", "n_embd", "n_head", "n_positions", "batch_size", "max_steps", "log_every"))
+        check_at_least(self, ("segments_per_text", "n_layer", "n_embd", "n_head", "n_positions"))
         if self.n_embd % self.n_head:
             raise InputError(f"n_embd ({self.n_embd}) must be a multiple of n_head ({self.n_head})")
         if self.vocab_size < 257:
@@ -111,8 +101,6 @@ class LMConfig:
             raise InputError(f"heldout_fraction must be in (0, 1), got {self.heldout_fraction}")
         if not 0.0 <= self.dropout < 1.0:
             raise InputError(f"dropout must be in [0, 1), got {self.dropout}")
-        if self.lr <= 0:
-            raise InputError(f"lr must be positive, got {self.lr}")
 
 
 PRESETS: dict[str, LMConfig] = {
@@ -120,72 +108,29 @@ PRESETS: dict[str, LMConfig] = {
     # segments runs to about 240 tokens, hence 256 positions. bench/lm_ceiling.py measures what
     # the LM answers from the true description (README): with packed segments and the loss on the
     # targets alone, easy-VQA went from 93% to 99.99%; held-out shapes stayed near 60%.
-    "shapes": LMConfig(n_positions=256, segments_per_text=6, loss_on="targets", max_steps=1000),
+    "shapes": LMConfig(run=dataclasses.replace(_RUN, max_steps=1000), n_positions=256, segments_per_text=6, loss_on="targets"),
     # A few seconds on a laptop CPU: for tests and for trying the pipeline.
     "tiny": LMConfig(
-        train_size=16, vocab_size=300, n_layer=2, n_embd=32, n_head=4, n_positions=64, heldout_fraction=0.1,
-        batch_size=8, lr=3e-3, warmup_steps=2, max_steps=8, log_every=1,
+        run=dataclasses.replace(_RUN, batch_size=8, lr=3e-3, warmup_steps=2, max_steps=8, log_every=1),
+        data=DataConfig(train_size=16),
+        vocab_size=300, n_layer=2, n_embd=32, n_head=4, n_positions=64, heldout_fraction=0.1,
     ),
 }
-
-
-def lm_config(preset: str = "shapes", overrides: list[str] | None = None) -> LMConfig:
-    return preset_config(PRESETS, preset, overrides)
-
-
-@dataclass(frozen=True)
-class LMResult:
-    out_dir: Path
-    steps: int
-    final_loss: float
-    #: On the held-out texts after the last step; None when the run stopped early (``stop_after``).
-    heldout_loss: float | None
-    heldout_ppl: float | None
+#: What each preset is for and roughly what it costs (``vlmkit train --help``).
+PRESET_NOTES: dict[str, str] = {
+    "shapes": "the offline LM stage 2 freezes: 4 layers, 256 wide, 6 segments a text, loss on the targets; 1,000 steps of "
+              "batch 64; about 29 min on 2 CPU cores with run.mixed_precision=bf16 (README, bench/lm_ceiling.py)",
+    "tiny": "smoke test: 8 steps on 16 scenes, seconds",
+}
 
 
 # -- data ------------------------------------------------------------------------------------------
 
 
-def context_lead(example: Example) -> str:
-    """The text that stands for the image at the start of a corpus text: the example's complete
-    description when its source has one (``Example.description``), else all its captions; each
-    sentence ends with a full stop, and a space follows."""
-    sentences = [example.description] if example.description else list(example.captions)
-    return " ".join(s.strip() if s.strip().endswith(".") else f"{s.strip()}." for s in sentences) + " " if sentences else ""
-
-
-def corpus_texts(examples: Sequence[Example], *, context: bool = False, segments: int = 1, seed: int = 0) -> list[str]:
-    """Every caption (after stage 2's caption prompt) and every question-answer pair (in BLIP-2's OPT
-    prompt) of ``examples``, in order and with repeats: the texts stage 2 uses, see the templates.
-
-    ``segments`` > 1 packs up to that many of one example's segments into a text, in a seeded
-    order, separated by ``<|endoftext|>``, after one description: the LM learns several answers
-    from one pass over a description. Each text's first segment follows the description directly,
-    as stage 2's single prompt does.
-
-    ``context=True`` starts each text with the scene in words (:func:`context_lead`: its complete
-    description, or its captions): the LM then learns, from text alone, to answer a question and to
-    caption from a description in its context, the reading skill a large pretrained LM brings to
-    BLIP-2. Stage 2 teaches the Q-Former to give that description as soft visual prompts, in the
-    same place (``visual_position="after_bos"``). Without it, a small LM only learns each answer's
-    prior."""
-    if not isinstance(segments, int) or segments < 1:
-        raise InputError(f"segments must be a positive integer, not {segments!r}")
-    texts: list[str] = []
-    for index, example in enumerate(examples):
-        lead = context_lead(example) if context else ""
-        parts = [CAPTION_TEMPLATE.format(caption=caption.strip()) for caption in example.captions]
-        parts += [QA_TEMPLATE.format(question=q, answer=a.strip()) for q, a in example.qa]
-        if segments > 1:
-            order = np.random.default_rng([seed, index, 2]).permutation(len(parts))
-            parts = [parts[i] for i in order]
-        texts += [lead + SPECIAL_TOKEN.join(parts[start : start + segments]) for start in range(0, len(parts), segments)]
-    return texts
-
-
 def lm_texts(config: LMConfig, examples: Sequence[Example]) -> list[str]:
-    """The corpus ``config`` trains on from ``examples`` (its ``context`` and ``segments_per_text``)."""
-    return corpus_texts(examples, context=config.context, segments=config.segments_per_text, seed=config.seed)
+    """The corpus ``config`` trains on from ``examples`` (its ``context`` and ``segments_per_text``;
+    the segments' order is drawn with the data seed)."""
+    return corpus_texts(examples, context=config.context, segments=config.segments_per_text, seed=data_seed(config))
 
 
 @torch.no_grad()
@@ -227,15 +172,9 @@ def description_prompt_ids(tokenizer: Any, example: Example, question: str) -> l
 
 
 def training_texts(config: LMConfig) -> list[str]:
-    """The corpus a config names: the texts of the first ``train_size`` training examples of ``data``
-    (the same examples stage 1 and stage 2 train on with the same ``seed``)."""
-    if config.data == "shapes":
-        from vlmkit.data import make_split
-
-        return lm_texts(config, make_split(config.train_size, config.seed, "train"))
-    from vlmkit.data import load_easy_vqa
-
-    return lm_texts(config, load_easy_vqa("train")[: config.train_size])
+    """The corpus a config names: the texts of the first ``data.train_size`` training examples of
+    ``data.name`` (the same examples stage 1 and stage 2 train on with the same ``data`` and seed)."""
+    return lm_texts(config, training_examples(config.data, data_seed(config), captioned=False))
 
 
 def split_heldout(texts: Sequence[str], fraction: float, seed: int) -> tuple[list[str], list[str]]:
@@ -368,13 +307,13 @@ def _fingerprint(train: list[str], heldout: list[str]) -> dict[str, Any]:
 # -- training --------------------------------------------------------------------------------------
 
 
-def new_lm(config: LMConfig, tokenizer: Any) -> tuple[Any, torch.optim.Optimizer, Any]:
-    """A freshly initialised GPT-2 LM for ``config`` (seeded by ``config.seed``), its AdamW (no decay
-    on norms and biases) and its warm-up + cosine schedule: what ``train_lm`` trains."""
-    from transformers import GPT2Config, GPT2LMHeadModel, get_cosine_schedule_with_warmup
+def new_lm(config: LMConfig, tokenizer: Any) -> Any:
+    """A freshly initialised GPT-2 LM for ``config``, drawn from torch's generator (the driver seeds
+    it with ``run.seed``): what ``vlmkit train lm`` trains, with :func:`vlmkit_train.loop.adamw`
+    (decay on its matrices only) and the cosine schedule."""
+    from transformers import GPT2Config, GPT2LMHeadModel
 
     special = tokenizer.eos_token_id
-    torch.manual_seed(config.seed)
     model = GPT2LMHeadModel(
         GPT2Config(
             vocab_size=len(tokenizer), n_positions=config.n_positions, n_embd=config.n_embd, n_layer=config.n_layer,
@@ -383,12 +322,60 @@ def new_lm(config: LMConfig, tokenizer: Any) -> tuple[Any, torch.optim.Optimizer
         )
     )
     model.generation_config.pad_token_id = special
-    decay = [p for p in model.parameters() if p.ndim >= 2]
-    no_decay = [p for p in model.parameters() if p.ndim < 2]
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=config.lr
-    )
-    return model, optimizer, get_cosine_schedule_with_warmup(optimizer, config.warmup_steps, config.max_steps)
+    return model
+
+
+def build(config: LMConfig, run: Run, *, texts: Sequence[str] | None = None) -> Plan:
+    """A byte-level BPE and a fresh GPT-2 LM learning the next token of ``texts`` (default: the
+    corpus the config names, :func:`training_texts`), less a held-out share scored after the last step."""
+    from transformers import AutoTokenizer
+
+    seed = config.run.seed
+    corpus = training_texts(config) if texts is None else list(texts)
+    train_texts, heldout_texts = split_heldout(corpus, config.heldout_fraction, data_seed(config))
+    fingerprint = _fingerprint(train_texts, heldout_texts)
+    data_path, tokenizer_dir = run.out / "data.json", run.out / "tokenizer"
+    if run.resume and data_path.is_file() and json.loads(data_path.read_text()) != fingerprint:
+        raise InputError(f"{run.out}: the run was started on different texts; resume with the same ones")
+    if run.is_main:
+        data_path.write_text(json.dumps(fingerprint, indent=1))
+        if not run.resume:
+            train_tokenizer(train_texts, config.vocab_size).save_pretrained(tokenizer_dir)
+    run.wait()
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    special = tokenizer.eos_token_id
+    train_rows = _encode(tokenizer, train_texts, config.n_positions, loss_on=config.loss_on)
+    heldout_rows = _encode(tokenizer, heldout_texts, config.n_positions, loss_on=config.loss_on)
+
+    def micro_step(model: nn.Module, index: int) -> dict[str, torch.Tensor]:
+        rows = batch_rows(seed, index, dataset_size=len(train_rows), batch_size=config.run.batch_size, world=run.world, rank=run.rank)
+        ids, mask, labels = (t.to(run.device) for t in _batch([train_rows[i] for i in rows], special))
+        return {"loss": model(input_ids=ids, attention_mask=mask, labels=labels).loss}
+
+    def final_record(model: nn.Module) -> dict[str, Any]:
+        heldout = _heldout_loss(model, heldout_rows, special, config.run.batch_size, run.device)
+        return {"heldout_loss": heldout, "heldout_ppl": math.exp(heldout)}
+
+    def export(model: Any, out: Path) -> Path:  # the GPT2LMHeadModel
+        model.save_pretrained(out / "lm")
+        tokenizer.save_pretrained(out / "lm")
+        return out / "lm"
+
+    # The model is transformers' own (its forward returns the loss, not a dict of losses), so that
+    # the export and the held-out loss use it as any hub LM.
+    return Plan(new_lm(config, tokenizer), micro_step, export, state=_StateView, final_record=final_record)
+
+
+RECIPE = Recipe(
+    name="lm", summary="a small GPT-2-style LM to freeze for stage 2", title="GPT-2 LM", presets=PRESETS,
+    preset_notes=PRESET_NOTES, build=build,
+    next_step=lambda model_dir: f"vlmkit train blip2-stage2 --set stage1=STAGE1_DIR --set language_model={model_dir}",
+    resume_needs=("tokenizer",),
+)
+
+
+def lm_config(preset: str = "shapes", overrides: list[str] | None = None) -> LMConfig:
+    return RECIPE.config(preset, overrides)  # type: ignore[no-any-return]
 
 
 def train_lm(
@@ -399,64 +386,10 @@ def train_lm(
     resume: bool = False,
     progress: bool = False,
     stop_after: int | None = None,
-) -> LMResult:
-    """Train a tokenizer and a GPT-2-architecture LM from scratch on ``texts``. ``resume`` continues
-    from ``out_dir/state`` (same config and texts); ``stop_after`` ends the run early after that many
-    steps (with a resumable state saved and no ``lm/``)."""
-    from transformers import AutoTokenizer
-
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    state_dir, config_path, data_path, tokenizer_dir = out / "state", out / "config.json", out / "data.json", out / "tokenizer"
-    train_texts, heldout_texts = split_heldout(list(texts), config.heldout_fraction, config.seed)
-    fingerprint = _fingerprint(train_texts, heldout_texts)
-    check_resume(out, dumps(config), resume, required=("state", "tokenizer"))
-    if resume and data_path.is_file() and json.loads(data_path.read_text()) != fingerprint:
-        raise InputError(f"{out}: the run was started on different texts; resume with the same ones")
-    accelerator = make_accelerator(mixed_precision=config.mixed_precision)
-    if accelerator.is_main_process:
-        config_path.write_text(dumps(config))
-        data_path.write_text(json.dumps(fingerprint, indent=1))
-        if not resume:
-            train_tokenizer(train_texts, config.vocab_size).save_pretrained(tokenizer_dir)
-    accelerator.wait_for_everyone()
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
-    special = tokenizer.eos_token_id
-    train_rows = _encode(tokenizer, train_texts, config.n_positions, loss_on=config.loss_on)
-    heldout_rows = _encode(tokenizer, heldout_texts, config.n_positions, loss_on=config.loss_on)
-
-    model, optimizer, scheduler = accelerator.prepare(*new_lm(config, tokenizer))
-
-    start = 0
-    if resume:
-        start = load_training_state(state_dir, model=_StateView(accelerator.unwrap_model(model)), optimizer=optimizer, scheduler=scheduler)
-    world, rank = accelerator.num_processes, accelerator.process_index
-    metrics_path, end = open_metrics(out, accelerator, resume=resume, max_steps=config.max_steps, stop_after=stop_after)
-    heldout: float | None = None
-
-    def micro_step(index: int) -> dict[str, torch.Tensor]:
-        rows = batch_rows(config.seed, index, dataset_size=len(train_rows), batch_size=config.batch_size, world=world, rank=rank)
-        ids, mask, labels = (t.to(accelerator.device) for t in _batch([train_rows[i] for i in rows], special))
-        return {"loss": model(input_ids=ids, attention_mask=mask, labels=labels).loss}
-
-    def final_record() -> dict[str, Any]:
-        nonlocal heldout
-        heldout = _heldout_loss(accelerator.unwrap_model(model), heldout_rows, special, config.batch_size, accelerator.device)
-        return {"heldout_loss": heldout, "heldout_ppl": math.exp(heldout)}
-
-    losses = run_steps(
-        StepLoop(config.max_steps, 1, config.log_every, config.save_every, "lm", loss_key="loss"),
-        accelerator=accelerator, model=model, optimizer=optimizer, scheduler=scheduler,
-        state_model=lambda: _StateView(accelerator.unwrap_model(model)), micro_step=micro_step,
-        out=out, start=start, end=end, progress=progress, final_record=final_record,
-    )
-    loss_value = losses.get("loss", float("nan"))
-    if accelerator.is_main_process and end == config.max_steps:
-        final = accelerator.unwrap_model(model)
-        final.save_pretrained(out / "lm")
-        tokenizer.save_pretrained(out / "lm")
-        plot_losses(metrics_path, out / "loss.png", ("loss",), "GPT-2 LM")
-    return LMResult(
-        out_dir=out, steps=end, final_loss=loss_value, heldout_loss=heldout,
-        heldout_ppl=None if heldout is None else math.exp(heldout),
-    )
+) -> TrainResult:
+    """Train a tokenizer and a GPT-2-architecture LM from scratch on ``texts``
+    (:func:`vlmkit_train.driver.train`). ``resume`` continues from ``out_dir/state`` (same config and
+    texts); ``stop_after`` ends the run early after that many steps (with a resumable state saved
+    and no ``lm/``). The held-out loss and perplexity are in ``final_record`` once the run ends."""
+    recipe = dataclasses.replace(RECIPE, build=functools.partial(build, texts=texts))
+    return train(recipe, config, out_dir, resume=resume, progress=progress, stop_after=stop_after)

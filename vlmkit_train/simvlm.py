@@ -9,13 +9,15 @@ for VQA), otherwise one of the image's captions split at a random token: with pr
 split point is uniform over the caption's inner token boundaries. Image features come from the same
 float16 cache as the BLIP-2 recipes.
 
-Outputs in ``out_dir``: ``model/`` (a ``vlmkit-simvlm`` checkpoint that ``vlmkit.load`` answers
+The run goes through the shared driver (:func:`vlmkit_train.driver.train`). Outputs in ``out_dir``:
+``model/`` (a ``vlmkit-simvlm`` checkpoint that ``vlmkit.load`` answers
 caption / ask / generate with), ``metrics.jsonl``, ``loss.png`` (with matplotlib), ``state/`` for
 exact resume, ``tokenizer/``, ``features/`` (unless ``features_dir`` is set) and ``config.json``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -26,23 +28,23 @@ from torch import nn
 
 from vlmkit.errors import InputError
 from vlmkit.losses.prefix_lm import IGNORE_INDEX, prefix_lm_loss
-from vlmkit.models.image_encoders import load_image_encoder
 from vlmkit.models.simvlm import VQA_PROMPT, SimVLM, SimVLMConfig
 
-from .config import check_at_least, preset_config
-from .loop import StepLoop, batch_rows, open_metrics, plot_losses, run_steps, start_run
-from .stage1 import _examples, _tokenizer, feature_cache
-from .state import load_training_state
+from .config import DataConfig, RunConfig, check_at_least, data_seed
+from .data import frozen_features, text_tokenizer, training_examples
+from .driver import MODEL_DIR, Plan, Recipe, Run
+from .loop import batch_rows
 
-__all__ = ["SimVLMTrainConfig", "PRESETS", "SimVLMResult", "simvlm_config", "train_simvlm", "make_batch"]
+__all__ = ["SimVLMTrainConfig", "PRESETS", "RECIPE", "simvlm_config", "train_simvlm", "make_batch"]
+
+#: The recipe's own optimisation defaults: lr 1e-3, 700 steps.
+RUN = RunConfig(lr=1e-3, max_steps=700)
 
 
 @dataclass(frozen=True)
 class SimVLMTrainConfig:
-    data: Literal["shapes", "easy-vqa"] = "shapes"
-    train_size: int = 2000
-    image_size: int = 64
-    seed: int = 0
+    run: RunConfig = RUN
+    data: DataConfig = DataConfig()
     encoder: str = "efficientnet-lite0"
     encoder_layer: int = -2
     #: Text vocabulary: "corpus" (a WordPiece of the training texts' words) or "minilm" (BERT's).
@@ -57,21 +59,11 @@ class SimVLMTrainConfig:
     qa_fraction: float = 0.5
     #: Share of caption samples whose text prefix is empty: the model learns to caption from the image.
     empty_prefix: float = 0.25
-    batch_size: int = 32
-    grad_accum: int = 1
-    lr: float = 1e-3
-    weight_decay: float = 0.05
-    warmup_steps: int = 50
-    max_steps: int = 700
-    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
     #: As in the BLIP-2 recipes: "" is ``out/features``; runs on the same images can share one.
     features_dir: str = ""
-    save_every: int = 0
-    log_every: int = 10
 
     def __post_init__(self) -> None:
-        check_at_least(self, ("train_size", "batch_size", "grad_accum", "max_steps", "hidden_size", "num_layers", "num_heads",
-                     "intermediate_size", "image_size"))
+        check_at_least(self, ("hidden_size", "num_layers", "num_heads", "intermediate_size"))
         if self.hidden_size % self.num_heads:
             raise InputError(f"hidden_size {self.hidden_size} is not a multiple of num_heads {self.num_heads}")
         if self.max_text_length < 8:
@@ -81,32 +73,24 @@ class SimVLMTrainConfig:
                 raise InputError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         if not 0.0 <= self.dropout < 1.0:
             raise InputError(f"dropout must be in [0, 1), got {self.dropout}")
-        if self.lr <= 0:
-            raise InputError(f"lr must be positive, got {self.lr}")
-        if self.warmup_steps < 0:
-            raise InputError(f"warmup_steps must be at least 0, got {self.warmup_steps}")
 
 
 PRESETS: dict[str, SimVLMTrainConfig] = {
     # The offline recipe (see bench/simvlm_offline.py).
     "shapes": SimVLMTrainConfig(),
-    # A few seconds on a laptop CPU: for tests and for trying the pipeline.
     "tiny": SimVLMTrainConfig(
-        train_size=16, batch_size=4, max_steps=6, hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64,
-        warmup_steps=2, log_every=1, lr=1e-3, max_text_length=48,
+        run=dataclasses.replace(RUN, batch_size=4, max_steps=6, warmup_steps=2, log_every=1),
+        data=DataConfig(train_size=16),
+        hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64, max_text_length=48,
     ),
 }
-
-
-def simvlm_config(preset: str = "shapes", overrides: list[str] | None = None) -> SimVLMTrainConfig:
-    return preset_config(PRESETS, preset, overrides)
-
-
-@dataclass(frozen=True)
-class SimVLMResult:
-    out_dir: Path
-    steps: int
-    final_loss: float
+#: What each preset is for and roughly what it costs (``vlmkit train --help``).
+PRESET_NOTES: dict[str, str] = {
+    "shapes": "the offline recipe: a 4-layer, 192-wide prefix LM from scratch on 2,000 shapes scenes, 700 steps of batch 32; "
+              "cost not measured alone (bench/simvlm_offline.py, 700 steps of it and 400 on easy-VQA with bf16 plus scoring, "
+              "took 24 min on a shared 2-core CPU)",
+    "tiny": "smoke test: 6 steps of batch 4 on 16 scenes, seconds",
+}
 
 
 @dataclass(frozen=True)
@@ -154,67 +138,49 @@ class PrefixLMObjective(nn.Module):
         return prefix_lm_loss(logits, labels, prefix_lengths)
 
 
-def train_simvlm(
-    config: SimVLMTrainConfig,
-    out_dir: str | Path,
-    *,
-    resume: bool = False,
-    progress: bool = False,
-    stop_after: int | None = None,
-) -> SimVLMResult:
-    """Train a SimVLM from scratch on cached image features; ``out_dir/model`` is the result.
-    ``resume`` continues from ``out_dir/state``; ``stop_after`` ends early with a resumable state."""
-    from transformers import get_cosine_schedule_with_warmup
-
-    out, accelerator = start_run(config, out_dir, resume)
-
-    examples = _examples(config)
-    encoder = load_image_encoder(config.encoder, layer=config.encoder_layer)
-    cache = feature_cache(config, encoder, [e.image for e in examples], out, accelerator, progress)
-    tokenizer = _tokenizer(config, examples, out, accelerator, resume)
+def build(config: SimVLMTrainConfig, run: Run) -> Plan:
+    """A SimVLM from scratch learning the prefix-LM loss on the cached frozen features."""
+    seed = config.run.seed
+    examples = training_examples(config.data, data_seed(config))
+    features = frozen_features(config, examples, run, features_dir=config.features_dir)
+    tokenizer = text_tokenizer(config.tokenizer, examples, run)
+    tokens = int(features.rows(np.arange(1)).shape[1])  # the encoder's image tokens per image
     model_config = SimVLMConfig(
         vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.cls_token_id,
         eos_token_id=tokenizer.sep_token_id, hidden_size=config.hidden_size, num_layers=config.num_layers,
         num_heads=config.num_heads, intermediate_size=config.intermediate_size, dropout=config.dropout,
         max_text_length=config.max_text_length, image_encoder=config.encoder, encoder_layer=config.encoder_layer,
-        image_hidden_size=int(cache.data.shape[2]), num_image_tokens=int(cache.data.shape[1]),
+        image_hidden_size=features.width, num_image_tokens=tokens,
     )
     objective = PrefixLMObjective(SimVLM(model_config))
-    decay = [p for p in objective.parameters() if p.ndim >= 2]
-    no_decay = [p for p in objective.parameters() if p.ndim < 2]
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=config.lr
-    )
-    scheduler = get_cosine_schedule_with_warmup(optimizer, config.warmup_steps, config.max_steps)
-    objective, optimizer, scheduler = accelerator.prepare(objective, optimizer, scheduler)
-
-    start = 0
-    if resume:
-        start = load_training_state(out / "state", model=accelerator.unwrap_model(objective), optimizer=optimizer, scheduler=scheduler)
-    world, rank = accelerator.num_processes, accelerator.process_index
-    metrics_path, end = open_metrics(out, accelerator, resume=resume, max_steps=config.max_steps, stop_after=stop_after)
 
     def tokenize(text: str) -> list[int]:
         return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
-    def micro_step(index: int) -> dict[str, torch.Tensor]:
-        rows = batch_rows(config.seed, index, dataset_size=len(examples), batch_size=config.batch_size, world=world, rank=rank)
-        rng = np.random.default_rng([config.seed, index, rank])
+    def micro_step(model: nn.Module, index: int) -> dict[str, torch.Tensor]:
+        rows = batch_rows(seed, index, dataset_size=len(examples), batch_size=config.run.batch_size, world=run.world, rank=run.rank)
+        rng = np.random.default_rng([seed, index, run.rank])
         pairs = [_split(examples[i], rng, config, tokenize) for i in rows]
         batch = make_batch(pairs, bos=model_config.bos_token_id, eos=model_config.eos_token_id,
                            pad=model_config.pad_token_id, max_length=config.max_text_length)
-        device = accelerator.device
-        loss = objective(cache.batch(rows).to(device), batch.input_ids.to(device), batch.attention_mask.to(device),
-                         batch.prefix_lengths.to(device))
+        device = run.device
+        loss = model(features.rows(rows).to(device), batch.input_ids.to(device), batch.attention_mask.to(device),
+                     batch.prefix_lengths.to(device))
         return {"loss": loss}
 
-    losses = run_steps(
-        StepLoop(config.max_steps, config.grad_accum, config.log_every, config.save_every, "simvlm", loss_key="loss"),
-        accelerator=accelerator, model=objective, optimizer=optimizer, scheduler=scheduler,
-        state_model=lambda: accelerator.unwrap_model(objective), micro_step=micro_step,
-        out=out, start=start, end=end, progress=progress,
-    )
-    if accelerator.is_main_process and end == config.max_steps:
-        accelerator.unwrap_model(objective).model.save_pretrained(out / "model", tokenizer)
-        plot_losses(metrics_path, out / "loss.png", ("loss",), "SimVLM prefix LM")
-    return SimVLMResult(out_dir=out, steps=end, final_loss=losses.get("loss", float("nan")))
+    def export(model: nn.Module, out: Path) -> Path:
+        assert isinstance(model, PrefixLMObjective)
+        model.model.save_pretrained(out / MODEL_DIR, tokenizer)
+        return out / MODEL_DIR
+
+    return Plan(objective, micro_step, export)
+
+
+RECIPE = Recipe(
+    name="simvlm", summary="SimVLM: prefix-LM over image and text", title="SimVLM prefix LM", presets=PRESETS,
+    preset_notes=PRESET_NOTES, build=build, next_step=lambda model_dir: f"vlmkit caption IMAGE --model {model_dir}",
+)
+
+
+simvlm_config = RECIPE.config  # (preset="shapes", overrides) -> the checked config
+train_simvlm = RECIPE.train  # (config, out_dir, *, resume, progress, stop_after) -> TrainResult

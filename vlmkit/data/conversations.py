@@ -254,7 +254,8 @@ def stage2_records(
     ``two_image_share`` of the records the first question is about the second of two images (the
     example's and another one's), so several images per sample are exercised. The images are
     written to ``image_folder``."""
-    from ..models.llava import CAPTION_INSTRUCTION, VQA_SUFFIX
+    from ..prompts import LLAVA_CAPTION_INSTRUCTION as CAPTION_INSTRUCTION
+    from ..prompts import LLAVA_VQA_SUFFIX as VQA_SUFFIX
 
     if max_questions < 1:
         raise InputError(f"max_questions must be at least 1, got {max_questions}")

@@ -55,12 +55,11 @@ Where to get the files (nothing is downloaded by vlmkit):
 - **ImageNet** (zero-shot classification): the ILSVRC2012 validation images from image-net.org (after
   registration), sorted into one folder per WordNet id (``val/n01440764/*.JPEG``); the Kaggle copy's
   ``LOC_synset_mapping.txt`` is a ready ``class_names`` file, and without one the names come from
-  timm's ImageNet class descriptions.
+  the ImageNet-1k class descriptions vlmkit ships (timm's).
 """
 
 from __future__ import annotations
 
-import csv
 import io
 import json
 import os
@@ -76,7 +75,7 @@ from typing import Any, Literal, Self
 
 from PIL import Image, UnidentifiedImageError
 
-from ..errors import InputError, VlmkitError
+from ..errors import InputError
 from .easy_vqa import load_easy_vqa
 from .records import Example
 from .shapes import make_scene, to_example
@@ -586,8 +585,8 @@ def read_image_classes(
     ``FOLDER NAME`` per line (separated by a tab or spaces; the name may contain spaces), such as
     ImageNet's ``LOC_synset_mapping.txt``; it must name every non-empty class folder. Without it the
     folder names are the class names, except that when every folder is a WordNet id (``n01440764``)
-    the names are timm's ImageNet descriptions (``"tench, Tinca tinca"``; ids timm does not know keep
-    the folder name). Names given to several folders (ImageNet's two "crane"s) get the folder name
+    the names are the ImageNet-1k descriptions vlmkit ships (timm's: ``"tench, Tinca tinca"``; other
+    ids keep the folder name). Names given to several folders (ImageNet's two "crane"s) get the folder name
     appended, ``"crane (n02012849)"``, so that the class names stay distinct.
     """
     directory = Path(root)
@@ -604,7 +603,7 @@ def read_image_classes(
 
 
 def _class_names(directory: Path, folders: list[str], class_names: ClassNames | None) -> list[str]:
-    """The name of each folder, from ``class_names``, timm's WordNet descriptions or the folder."""
+    """The name of each folder, from ``class_names``, the ImageNet descriptions or the folder."""
     if class_names is None:
         if all(_WORDNET_ID.fullmatch(f) for f in folders):
             descriptions = _wordnet_descriptions(directory)
@@ -652,23 +651,15 @@ def _read_class_names(file: Path) -> dict[str, str]:
 
 
 def _wordnet_descriptions(directory: Path) -> dict[str, str]:
-    """WordNet id -> description, from the files behind ``timm.data.ImageNetInfo`` (the same text as
-    its ``index_to_description``); located by the helper the built-in model uses."""
-    from ..models import conse  # lazily: torch is only needed by models, and this path is rare
+    """WordNet id -> description for the 1,000 ImageNet-1k ids (the text of timm's
+    ``ImageNetInfo.index_to_description``), from the class files vlmkit ships."""
+    from .. import resources
 
     try:
-        info = conse._timm_info_dir()
-    except VlmkitError as error:
-        raise InputError(
-            f"{directory}: the class folders are WordNet ids; their names come from timm's ImageNet "
-            f"descriptions, which were not found ({error}); or pass class_names="
-        ) from error
-    lemmas = info / "imagenet_synset_to_lemma.txt"
-    try:
-        with lemmas.open(encoding="utf-8", newline="") as handle:
-            return {row[0]: row[1] for row in csv.reader(handle, delimiter="\t") if len(row) >= 2}
+        return resources.imagenet_lemmas()
     except (OSError, UnicodeDecodeError) as error:
-        raise InputError(f"{lemmas}: timm's ImageNet descriptions cannot be read ({error})") from error
+        raise InputError(f"{directory}: the class folders are WordNet ids, and the ImageNet descriptions cannot be read ({error}); "
+                         "pass class_names=") from error
 
 
 def _distinct(folders: list[str], names: list[str]) -> list[str]:

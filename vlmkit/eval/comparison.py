@@ -363,7 +363,7 @@ def _run_task(
 def imagenet_labels() -> list[str]:
     """The 1,000 ImageNet-1k class names, one distinct label each: the first WordNet lemma, or all of
     them where two classes share it ("maillot"), or the class number where even those agree ("crane")."""
-    from ..models.conse import imagenet_class_names
+    from ..resources import imagenet_class_names
 
     lemmas = imagenet_class_names()
     firsts = [names[0] for names in lemmas]
@@ -522,7 +522,7 @@ def compare(
         del model
     _free_memory(torch_device)
 
-    from .. import __version__
+    from ..version import __version__
 
     return CompareReport(
         images=tuple(image_paths),

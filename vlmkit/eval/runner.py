@@ -300,7 +300,7 @@ def _batches(items: Sequence[Any], size: int) -> Iterator[list[Any]]:
 
 
 def _versions() -> dict[str, str]:
-    from .. import __version__
+    from ..version import __version__
 
     found = {"vlmkit": __version__, "python": platform.python_version()}
     for package in ("torch", "transformers", "numpy", "pycocoevalcap"):

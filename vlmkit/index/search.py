@@ -36,6 +36,9 @@ __all__ = ["Term", "Query", "Filters", "Hit", "search", "dedupe", "default_thres
 #: matching photo return nothing and 5 of 10 with one still find it.
 DEFAULT_THRESHOLDS: dict[str, float] = {"conse-lite0-minilm": 0.45}
 RRF_K = 60
+#: Search settings for the approximate index: partitions probed and the exact re-ranking factor.
+ANN_NPROBES = 32
+ANN_REFINE = 10
 
 
 def default_threshold(model_name: str) -> float | None:
@@ -225,8 +228,6 @@ def search(
 
     semantic_query = table.search(vector, vector_column_name="vector").distance_type("cosine").select([*_COLUMNS, "_distance"]).limit(fetch)
     if index._vector_index_name(table) is not None:  # per query: list the indexes, no statistics
-        from .store import ANN_NPROBES, ANN_REFINE
-
         semantic_query = semantic_query.nprobes(ANN_NPROBES).refine_factor(ANN_REFINE)
     if where:
         semantic_query = semantic_query.where(where, prefilter=True)

@@ -34,6 +34,7 @@ import numpy as np
 
 from ..errors import InputError, VlmkitError
 from .pipeline import Decoded, Embedder, decode_entry, default_workers, embed_decoded, ordered_map
+from .search import dedupe, default_threshold, search
 from .sources import Entry, Skipped, scan
 
 __all__ = [
@@ -59,9 +60,6 @@ TABLE = "images"
 ANN_MIN_ROWS = 100_000
 #: Rebuild the approximate index when this fraction of rows has arrived since it was built.
 ANN_STALE_FRACTION = 0.1
-#: Search settings for the approximate index: partitions probed and the exact re-ranking factor.
-ANN_NPROBES = 32
-ANN_REFINE = 10
 #: Superseded table versions are deleted once this old, so readers (a running server) that opened
 #: an older version keep working while an indexing run commits.
 CLEANUP_AFTER = _dt.timedelta(minutes=10)
@@ -627,7 +625,6 @@ class ImageIndex:
             if marker.exists():
                 updated = _dt.datetime.fromtimestamp(marker.stat().st_mtime, _dt.UTC).isoformat(timespec="seconds")
         size = sum(p.stat().st_size for p in self.path.rglob("*") if p.is_file()) if self.path.exists() else 0
-        from .search import default_threshold
 
         return IndexStatus(
             path=str(self.path),
@@ -661,12 +658,10 @@ class ImageIndex:
 
     def search(self, model: Embedder, query: Any, **options: Any) -> list[Any]:
         """:func:`vlmkit.index.search.search` on this index."""
-        from .search import search
 
         return search(self, model, query, **options)
 
     def dedupe(self, **options: Any) -> list[list[tuple[str, float]]]:
         """:func:`vlmkit.index.search.dedupe` on this index."""
-        from .search import dedupe
 
         return dedupe(self, **options)

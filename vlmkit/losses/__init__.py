@@ -13,7 +13,6 @@ from .coca import CoCaLosses, coca_loss
 from .contrastive import LOGIT_SCALE_MAX, clamp_logit_scale, clip_loss, siglip_loss
 from .groups import batch_same_group, gather_groups, group_keys, same_group, soft_targets
 from .prefix_lm import prefix_lm_loss, prefix_lm_mask
-from .stage1 import TEMPERATURE_RANGE, blip2_stage1_losses
 
 __all__ = [
     "ItcOutput",
@@ -23,8 +22,6 @@ __all__ = [
     "itg_loss",
     "sample_hard_negatives",
     "stage1_loss",
-    "blip2_stage1_losses",
-    "TEMPERATURE_RANGE",
     "clip_loss",
     "siglip_loss",
     "clamp_logit_scale",

@@ -17,7 +17,6 @@ InfoNCE then spreads each row's target over its group's columns; SigLIP labels t
 
 from __future__ import annotations
 
-import math
 from typing import Literal
 
 import torch
@@ -25,20 +24,13 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .. import distributed
+from ..layers.logit_scale import LOGIT_SCALE_MAX, clamp_logit_scale
 from .groups import batch_same_group, soft_targets
 
 __all__ = ["LOGIT_SCALE_MAX", "clamp_logit_scale", "clip_loss", "siglip_loss", "gather_features"]
 
-#: CLIP clips its learned temperature so that logits are scaled by at most 100.
-LOGIT_SCALE_MAX = 100.0
 
 Gather = Literal["full", "local"]
-
-
-@torch.no_grad()
-def clamp_logit_scale(log_scale: Tensor, maximum: float = LOGIT_SCALE_MAX) -> None:
-    """Clamp a learned *log* logit scale in place to ``[0, ln(maximum)]``, as CLIP does every step."""
-    log_scale.clamp_(0.0, math.log(maximum))
 
 
 def gather_features(local: Tensor, gather: Gather) -> Tensor:

@@ -2,8 +2,8 @@
 
 A sequence is split into a prefix, read bidirectionally (for SimVLM: the image's patch tokens and the
 first words of the text), and a suffix predicted one token at a time. In a decoder-only transformer
-the split is an attention mask (:func:`prefix_lm_mask`, defined beside the model that applies it
-and re-exported here) and the loss counts only suffix tokens (:func:`prefix_lm_loss`): the prefix
+the split is an attention mask (:func:`prefix_lm_mask`, a building block in ``vlmkit.layers.masks``
+re-exported here) and the loss counts only suffix tokens (:func:`prefix_lm_loss`): the prefix
 is given, never predicted.
 """
 
@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..models.simvlm import prefix_lm_mask
+from ..layers.masks import prefix_lm_mask
 
 __all__ = ["IGNORE_INDEX", "prefix_lm_mask", "prefix_lm_loss"]
 

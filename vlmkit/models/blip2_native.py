@@ -234,7 +234,7 @@ class NativeBlip2(nn.Module):
     # -- checkpoints -----------------------------------------------------------------------------
 
     def save_pretrained(self, directory: str | os.PathLike, *, copy_lm: bool = True) -> None:
-        from vlmkit import __version__
+        from ..version import __version__
 
         path = Path(directory)
         path.mkdir(parents=True, exist_ok=True)

@@ -279,7 +279,7 @@ class ClipCap(nn.Module):
     # -- checkpoints -----------------------------------------------------------------------------
 
     def save_pretrained(self, directory: str | os.PathLike, *, copy_lm: bool = True) -> None:
-        from vlmkit import __version__
+        from ..version import __version__
 
         if self.train_lm and not copy_lm:
             raise InputError("the LM was fine-tuned: save it with the mapper (copy_lm=True)")

@@ -38,6 +38,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from ..errors import InputError, ModelNotFoundError
+from ..layers.logit_scale import logit_scale as clamped_logit_scale
 from .base import GenerationOptions, VisionLanguageModel, as_list, check_texts
 from .image_encoders import FrozenImageEncoder, load_image_encoder
 from .kinds import KINDS
@@ -272,9 +273,7 @@ class CoCa(nn.Module):
 
     def logit_scale(self) -> Tensor:
         """The contrastive logits' multiplier, ``exp`` of the learned log scale clamped to [1, 100]."""
-        from ..losses.contrastive import LOGIT_SCALE_MAX
-
-        return self.log_logit_scale.clamp(0.0, math.log(LOGIT_SCALE_MAX)).exp()
+        return clamped_logit_scale(self.log_logit_scale)
 
     # -- both -----------------------------------------------------------------------------------
 
@@ -382,7 +381,7 @@ class CoCa(nn.Module):
 
     def save_pretrained(self, directory: str | os.PathLike, tokenizer: Any | None = None) -> None:
         """``config.json`` + ``model.safetensors`` (+ the tokenizer's files when given)."""
-        from vlmkit import __version__
+        from ..version import __version__
 
         path = Path(directory)
         path.mkdir(parents=True, exist_ok=True)

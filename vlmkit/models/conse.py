@@ -14,9 +14,7 @@ Interrogator. It has no language decoder, so it cannot ask or chat.
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import importlib.util
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +22,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..errors import VlmkitError
 from ..layers.efficientnet_lite import RESIZE_SIZE, load_pretrained_lite0, preprocess
+from ..resources import imagenet_class_names
 from .base import GenerationOptions, VisionLanguageModel, as_list, check_texts
 from .kinds import KINDS
 
@@ -35,40 +33,6 @@ TOP_T = 10  # classes combined per image, as in the paper's best setting
 CAPTION_PROMPT = "a photo of"
 _CAPTION_MIN_PROB = 0.1  # a class joins the caption's tags when at least this probable
 _CAPTION_MAX_TAGS = 3
-
-
-def _timm_info_dir() -> Path:
-    """timm's ImageNet info files. ``timm.data`` itself needs torchvision, and an importable timm
-    without torchvision breaks other tools that probe for it (``accelerate launch``), so
-    ``scripts/install.sh`` installs timm into a private directory off ``sys.path``
-    (``VLMKIT_TIMM_DIR``, default: the user data directory) and vlmkit only reads its data files.
-    A working, importable timm is used as it is."""
-    import os
-
-    from platformdirs import user_data_dir
-
-    candidates = []
-    spec = importlib.util.find_spec("timm")  # locates the package without importing it
-    if spec is not None and spec.submodule_search_locations:
-        candidates.append(Path(list(spec.submodule_search_locations)[0]))
-    candidates.append(Path(os.environ.get("VLMKIT_TIMM_DIR", Path(user_data_dir("vlmkit")) / "timm")) / "timm")
-    for root in candidates:
-        if (root / "data" / "_info" / "imagenet_synsets.txt").is_file():
-            return root / "data" / "_info"
-    raise VlmkitError(
-        "the built-in model needs ImageNet class names from timm's data files: run scripts/install.sh, "
-        f"or pip install --no-deps --target {candidates[-1].parent} timm"
-    )
-
-
-def imagenet_class_names() -> list[list[str]]:
-    """The 1,000 ImageNet-1k classes in classifier order, each as its WordNet lemmas
-    (e.g. ``["tabby", "tabby cat"]``), from the files behind ``timm.data.ImageNetInfo``."""
-    info = _timm_info_dir()
-    synsets = (info / "imagenet_synsets.txt").read_text().split()
-    with open(info / "imagenet_synset_to_lemma.txt", newline="") as f:
-        lemmas = dict(csv.reader(f, delimiter="\t"))
-    return [[name.strip() for name in lemmas[s].split(",")] for s in synsets]
 
 
 def _article(noun: str) -> str:

@@ -127,7 +127,7 @@ class NativeDualEncoder(nn.Module):
         return {k: v.detach().contiguous().cpu() for k, v in state.items()}
 
     def save_pretrained(self, directory: str | os.PathLike) -> None:
-        from vlmkit import __version__
+        from ..version import __version__
 
         path = Path(directory)
         path.mkdir(parents=True, exist_ok=True)

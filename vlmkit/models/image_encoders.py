@@ -20,6 +20,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from .. import hub
 from ..errors import ModelNotFoundError
 
 __all__ = ["FrozenImageEncoder", "HFVisionEncoder", "EfficientNetEncoder", "load_image_encoder", "EFFICIENTNET_LITE0"]
@@ -136,6 +137,4 @@ def load_image_encoder(
     """``"efficientnet-lite0"`` (built in, offline) or a transformers checkpoint directory / hub id."""
     if os.fspath(name_or_path) == EFFICIENTNET_LITE0:
         return EfficientNetEncoder(dtype=dtype)
-    from ..loading import checkpoint_dir
-
-    return HFVisionEncoder(checkpoint_dir(os.fspath(name_or_path)), layer=layer, dtype=dtype)
+    return HFVisionEncoder(hub.checkpoint_dir(os.fspath(name_or_path)), layer=layer, dtype=dtype)

@@ -11,14 +11,15 @@ from typing import Any
 import torch
 
 from ..chat import parse_messages
+from ..prompts import LLAVA_CAPTION_INSTRUCTION, LLAVA_VQA_SUFFIX
 from ._hf import PromptedGenerator, strip_prompt
 from .base import GenerationOptions
 
 __all__ = ["Llava", "CAPTION_INSTRUCTION", "VQA_SUFFIX", "LLAVA_CHAT_TEMPLATE"]
 
 # The prompts LLaVA-1.5 was evaluated with: COCO captions, and short-answer VQA (VQAv2, GQA).
-CAPTION_INSTRUCTION = "Provide a one-sentence caption for the provided image."
-VQA_SUFFIX = "\nAnswer the question using a single word or phrase."
+CAPTION_INSTRUCTION = LLAVA_CAPTION_INSTRUCTION
+VQA_SUFFIX = LLAVA_VQA_SUFFIX
 
 # LLaVA-1.5's "vicuna_v1" conversation layout: "USER: <image>\n{q} ASSISTANT: {a}</s>USER: {q2} ASSISTANT:".
 # A turn's images come first, one "<image>\n" each; a system message is a plain prefix.

@@ -480,7 +480,7 @@ class QFormer(nn.Module):
 
     def save_pretrained(self, directory: str | os.PathLike) -> None:
         """Write ``model.safetensors`` and ``config.json`` (the config fields plus the vlmkit version)."""
-        from vlmkit import __version__
+        from ..version import __version__
 
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)

@@ -38,6 +38,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ..errors import InputError, ModelNotFoundError
+from ..layers.masks import prefix_lm_mask
 from .base import GenerationOptions, PromptedTasks
 from .image_encoders import FrozenImageEncoder, load_image_encoder
 from .kinds import KINDS
@@ -84,20 +85,6 @@ class SimVLMConfig:
             raise InputError(f"dropout must be in [0, 1), got {self.dropout}")
         if "{}" not in self.vqa_prompt:
             raise InputError(f"vqa_prompt {self.vqa_prompt!r} has no '{{}}' for the question")
-
-
-def prefix_lm_mask(prefix_lengths: torch.Tensor, length: int, key_padding: torch.Tensor | None = None) -> torch.Tensor:
-    """Who may attend to whom, (B, T, T) boolean, True = allowed.
-
-    Query ``i`` of row ``b`` sees key ``j`` when ``j < prefix_lengths[b]`` (the whole prefix, in both
-    directions) or ``j <= i`` (causal after the prefix). ``key_padding`` (B, T), True for real
-    tokens, hides padded keys; the first key stays visible to every query, so no row is empty."""
-    positions = torch.arange(length, device=prefix_lengths.device)
-    query, key = positions[:, None], positions[None, :]  # (T, 1), (1, T)
-    allowed = (key[None] < prefix_lengths[:, None, None]) | (key <= query)[None]  # (B, T, T)
-    if key_padding is not None:
-        allowed = allowed & key_padding[:, None, :].bool()
-    return allowed
 
 
 @dataclass(frozen=True)
@@ -302,7 +289,7 @@ class SimVLM(nn.Module):
 
     def save_pretrained(self, directory: str | os.PathLike, tokenizer: Any | None = None) -> None:
         """``config.json`` + ``model.safetensors`` (+ the tokenizer's files when given)."""
-        from vlmkit import __version__
+        from ..version import __version__
 
         path = Path(directory)
         path.mkdir(parents=True, exist_ok=True)

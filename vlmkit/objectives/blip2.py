@@ -1,7 +1,7 @@
 """The BLIP-2 stage-1 objective: one Q-Former forward per loss, summed as the paper does.
 
 Composes the Q-Former's passes (:mod:`vlmkit.models.qformer`) with the pure loss functions of
-:mod:`vlmkit.losses.blip2`. It runs unchanged in one process and under a process group: ITC
+:mod:`vlmkit.losses.blip2`, which take tensors only; this module is the one place that knows both. It runs unchanged in one process and under a process group: ITC
 negatives and ITM hard negatives come from the global batch through :mod:`vlmkit.distributed`.
 """
 
@@ -13,8 +13,8 @@ import torch
 from torch import Tensor
 
 from .. import distributed
+from ..losses.blip2 import Stage1Losses, itc_loss, itg_loss, itm_loss, sample_hard_negatives, stage1_loss
 from ..models.qformer import QFormer
-from .blip2 import Stage1Losses, itc_loss, itg_loss, itm_loss, sample_hard_negatives, stage1_loss
 
 __all__ = ["blip2_stage1_losses", "TEMPERATURE_RANGE"]
 

@@ -1,0 +1,6 @@
+"""Training objectives: a model's forward passes composed with the pure losses of
+:mod:`vlmkit.losses` (which take tensors, never models). Above both models and losses."""
+
+from .blip2 import TEMPERATURE_RANGE, blip2_stage1_losses
+
+__all__ = ["blip2_stage1_losses", "TEMPERATURE_RANGE"]
