@@ -10,7 +10,7 @@ tower and stage-1 runs the later recipes need are made first with their own pres
 and one step, since a step's cost depends on their size, not on how well they are trained.
 
 Run with nothing else working on the machine: ``python bench/recipe_costs.py [--steps 25] [--skip 5]
-[--only coca,simvlm] [--out DIR]``. Prints one Markdown table: recipe, mixed precision, batch,
+[--only coca,simvlm] [--bf16] [--out DIR]``. Prints one Markdown table: recipe, mixed precision, batch,
 seconds a step (median, and the spread of the middle half), steps in the preset, minutes a preset
 run's steps take.
 """
@@ -31,7 +31,19 @@ def _step_seconds(run: Path, skip: int) -> list[float]:
     return [b - a for a, b in zip(times[skip:], times[skip + 1 :], strict=False)]
 
 
+def _train(name: str, overrides: list[str], out: Path) -> Any:
+    """One run in a process of its own: accelerate allows one mixed-precision setting a process."""
+    from vlmkit_train.recipes import recipe
+
+    declared = recipe(name)
+    config = declared.config(None, overrides)
+    declared.train(config, out)
+    return config.run
+
+
 def main() -> None:
+    import multiprocessing
+
     from vlmkit_train.recipes import RECIPES, recipe
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -39,18 +51,20 @@ def main() -> None:
     parser.add_argument("--skip", type=int, default=5, help="first steps left out (warm-up; default: 5)")
     parser.add_argument("--train-size", type=int, default=256, help="images encoded per recipe (default: 256)")
     parser.add_argument("--only", default="", help="comma-separated recipe names (default: all)")
+    parser.add_argument("--bf16", action="store_true", help="every recipe in bfloat16 autocast (run.mixed_precision=bf16)")
     parser.add_argument("--out", default=None, help="keep the runs here (default: a temporary directory)")
     args = parser.parse_args()
     names = [n for n in args.only.split(",") if n] or list(RECIPES)
     with tempfile.TemporaryDirectory(prefix="vlmkit-costs-") as tmp:
         root = Path(args.out or tmp)
         common = [f"data.train_size={args.train_size}", "run.log_every=1", "run.warmup_steps=2"]
+        common += ["run.mixed_precision=bf16"] if args.bf16 else []
+        spawn = multiprocessing.get_context("spawn")
 
         def run(name: str, steps: int, extra: list[str], where: Path) -> tuple[Path, Any]:
-            declared = recipe(name)
-            config = declared.config(None, [*common, f"run.max_steps={steps}", *extra])
-            declared.train(config, where / name)
-            return where / name, config
+            with spawn.Pool(1) as pool:
+                settings = pool.apply(_train, (name, [*common, f"run.max_steps={steps}", *extra], where / name))
+            return where / name, settings
 
         # What later recipes read: their size matters, their training does not.
         lm_dir = run("lm", 1, [], root / "needs")[0] / "lm"
@@ -72,7 +86,7 @@ def main() -> None:
             quarter = len(seconds) // 4
             median = statistics.median(seconds)
             lines.append(
-                f"| {name} | {config.run.mixed_precision} | {config.run.batch_size} | {median:.3f} ({seconds[quarter]:.3f}-{seconds[-1 - quarter]:.3f}) "
+                f"| {name} | {config.mixed_precision} | {config.batch_size} | {median:.3f} ({seconds[quarter]:.3f}-{seconds[-1 - quarter]:.3f}) "
                 f"| {preset_steps} | {median * preset_steps / 60:.1f} |"
             )
             print(lines[-1], flush=True)

@@ -135,9 +135,7 @@ PRESETS: dict[str, ContrastiveConfig] = {
 }
 #: What each preset is for and roughly what it costs (``vlmkit train --help``).
 PRESET_NOTES: dict[str, str] = {
-    "shapes": "CLIP from scratch (a 4-layer ViT and a 2-layer BERT) on 4,000 shapes scenes, 500 steps of batch 64; "
-              "cost not measured alone (bench/clip_offline.py, 300 steps of it with bf16 plus three shorter variants "
-              "and scoring, took 15.7 min on a shared 2-core CPU)",
+    "shapes": "CLIP from scratch (a 4-layer ViT and a 2-layer BERT) on 4,000 shapes scenes, 500 steps of batch 64: 0.21 s a step, about 2 min (bench/recipe_costs.py on a 2-core CPU)",
     "lit": "LiT: EfficientNet-Lite0 locked (features cached once), MiniLM tuned, 200 steps of batch 64; cost not measured alone",
     "lit-text": "LiT the other way round: MiniLM locked, the scratch ViT trained, 500 steps of batch 64; cost not measured",
     "siglip": "shapes with SigLIP's sigmoid loss (bias starting at -4), 500 steps of batch 64; cost not measured alone",

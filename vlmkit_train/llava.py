@@ -185,14 +185,10 @@ PRESETS1: dict[str, LlavaStage1Config] = {
     # A few seconds: for tests and for trying the pipeline.
     "tiny": LlavaStage1Config(run=_TINY_RUN, data=_TINY_DATA),
 }
-_BENCH_MINUTES = (
-    "the whole offline bench (both stages on shapes and on easy-VQA, then scoring) took 11.4 min on a shared 2-core CPU"
-    " in bf16 (docs/training.md); this stage alone is not measured"
-)
 #: What each preset is for and roughly what it costs (``vlmkit train --help``).
 PRESET_NOTES1: dict[str, str] = {
     "shapes": "the offline recipe (bench/llava_offline.py; give vision_tower= and language_model=): the MLP projector alone,"
-    f" 100 steps of batch 32 on 4,000 caption conversations; {_BENCH_MINUTES}",
+    " 100 steps of batch 32 on 4,000 caption conversations: 0.45 s a step, under a minute (bench/recipe_costs.py on a 2-core CPU)",
     "tiny": "smoke test: 4 steps of batch 2 on 8 scenes, seconds",
 }
 PRESETS2: dict[str, LlavaStage2Config] = {
@@ -202,7 +198,7 @@ PRESETS2: dict[str, LlavaStage2Config] = {
 #: What each preset is for and roughly what it costs (``vlmkit train --help``).
 PRESET_NOTES2: dict[str, str] = {
     "shapes": "the offline recipe (bench/llava_offline.py; give stage1=): projector and the whole LM (or lora_r=),"
-    f" 160 steps of batch 16 on 4,000 multi-turn conversations; {_BENCH_MINUTES}",
+    " 160 steps of batch 16 on 4,000 multi-turn conversations: 0.66 s a step, about 2 min (1 min with run.mixed_precision=bf16) (bench/recipe_costs.py on a 2-core CPU)",
     "tiny": "smoke test: 4 steps of batch 2 on 8 scenes, seconds",
 }
 

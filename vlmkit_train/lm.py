@@ -118,8 +118,7 @@ PRESETS: dict[str, LMConfig] = {
 }
 #: What each preset is for and roughly what it costs (``vlmkit train --help``).
 PRESET_NOTES: dict[str, str] = {
-    "shapes": "the offline LM stage 2 freezes: 4 layers, 256 wide, 6 segments a text, loss on the targets; 1,000 steps of "
-              "batch 64; about 29 min on 2 CPU cores with run.mixed_precision=bf16 (README, bench/lm_ceiling.py)",
+    "shapes": "the offline LM stage 2 freezes: 4 layers, 256 wide, 6 segments a text, loss on the targets; 1,000 steps of batch 64: 3.8 s a step, about 64 min (23 min with run.mixed_precision=bf16) (bench/recipe_costs.py on a 2-core CPU)",
     "tiny": "smoke test: 8 steps on 16 scenes, seconds",
 }
 

@@ -75,7 +75,7 @@ PRESETS: dict[str, Stage1Config] = {
 }
 #: What each preset is for and roughly what it costs (``vlmkit train --help``).
 PRESET_NOTES: dict[str, str] = {
-    "shapes": "the offline recipe: a scratch Q-Former (2 layers, 16 queries), 1,500 steps of batch 32; about 8 min on 2 CPU cores with run.mixed_precision=bf16 (0.31 s/step measured)",
+    "shapes": "the offline recipe: a scratch Q-Former (2 layers, 16 queries), 1,500 steps of batch 32: 0.47 s a step, about 12 min (6 min with run.mixed_precision=bf16) (bench/recipe_costs.py on a 2-core CPU)",
     "shapes-large": "4 layers, 256 wide, 32 queries, batch 64; about 7x a shapes step (2.2 s/step in bf16 measured, 55 min)",
     "tiny": "smoke test: 6 steps on 16 scenes, seconds",
 }

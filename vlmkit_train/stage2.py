@@ -78,8 +78,7 @@ PRESETS: dict[str, Stage2Config] = {
 }
 #: What each preset is for and roughly what it costs (``vlmkit train --help``).
 PRESET_NOTES: dict[str, str] = {
-    "shapes": "the offline recipe: from a stage-1 run (or a fresh scratch Q-Former, 2 layers, 16 queries), 1,000 steps of "
-    "batch 32 through the offline LM; about 3 min on 2 CPU cores with run.mixed_precision=bf16 (0.16 s/step measured)",
+    "shapes": "the offline recipe: from a stage-1 run (or a fresh scratch Q-Former, 2 layers, 16 queries), 1,000 steps of batch 32 through the offline LM: 0.21 s a step, about 4 min (2 min with run.mixed_precision=bf16) (bench/recipe_costs.py on a 2-core CPU)",
     "shapes-large": "a fresh Q-Former of 4 layers, 256 wide, 32 queries, batch 64; cost not measured for stage 2",
     "tiny": "smoke test: 6 steps on 16 scenes, seconds",
 }
