@@ -286,7 +286,7 @@ def run(scale_name: str, out: Path, lm_root: Path | None = None, seeds: int | No
     def stage1_qformer(run_dir: Path) -> tuple[Any, Any]:
         from transformers import AutoTokenizer
 
-        return QFormer.from_pretrained(run_dir / "qformer"), AutoTokenizer.from_pretrained(run_dir / "qformer")
+        return QFormer.from_pretrained(run_dir / "model" / "qformer"), AutoTokenizer.from_pretrained(run_dir / "model" / "qformer")
 
     # 2-4. Per seed: stage 1 with and without ITG; stage 2 from stage 1 and from nothing.
     per_seed: dict[str, list[dict[str, Any]]] = {"stage1": [], "stage1_no_itg": [], "stage2_vqa": [], "no_stage1_vqa": []}

@@ -55,6 +55,6 @@ def test_a_run_ends_by_saying_where_the_model_is_and_what_to_run_next(tmp_path, 
     assert main(["train", "blip2-stage1", "--preset", "tiny", "--out", str(out), "--set", "run.max_steps=2"]) == 0
     captured = capsys.readouterr()
     summary = json.loads(captured.out)
-    assert summary["steps"] == 2 and summary["model_dir"] == str(out / "qformer")
-    assert f"model: {out / 'qformer'}" in captured.err
+    assert summary["steps"] == 2 and summary["model_dir"] == str(out / "model")
+    assert f"model: {out / 'model'}" in captured.err
     assert f"next: vlmkit train blip2-stage2 --set stage1={out}" in captured.err

@@ -231,7 +231,7 @@ def test_instructblip_trains_through_the_cli(tmp_path, frozen_lm, stage1_run, ph
     model = vlmkit.load(tmp_path / "ib" / "model")
     assert model.kind.architecture == "VlmkitInstructBlip"
     assert model.net.config.caption_prompt == HELD_IN_TEMPLATES.caption[0] and model.net.config.vqa_prompt == HELD_IN_TEMPLATES.vqa[0]
-    stage1 = QFormer.from_pretrained(stage1_run / "qformer").state_dict()
+    stage1 = QFormer.from_pretrained(stage1_run / "model" / "qformer").state_dict()
     assert not torch.equal(model.net.qformer.state_dict()["query_tokens"], stage1["query_tokens"])
     paths = [str(photos["cat"]), str(photos["astronaut"])]
     answers = model.ask(paths, ["what colour is the circle?", "how many shapes are there?"], max_new_tokens=3)

@@ -48,7 +48,7 @@ def test_stage2_end_to_end(tmp_path, frozen_lm, stage1_run, photos, capsys):
     # Retrieval uses the stage-1 Q-Former, kept beside the one stage 2 trained for the LM.
     from vlmkit.models.qformer import QFormer
 
-    stage1 = QFormer.from_pretrained(stage1_run / "qformer").state_dict()
+    stage1 = QFormer.from_pretrained(stage1_run / "model" / "qformer").state_dict()
     assert all(torch.equal(model.retrieval.state_dict()[k], v) for k, v in stage1.items())
     assert not torch.equal(model.net.qformer.state_dict()["query_tokens"], stage1["query_tokens"])
     paths = [str(photos["cat"]), str(photos["coffee"]), str(photos["astronaut"])]
@@ -75,7 +75,7 @@ def test_stage2_loss_is_prompt_masked(frozen_lm, stage1_run):
     from vlmkit.models.blip2_native import Blip2Config
     from vlmkit.models.qformer import QFormer
 
-    net = NativeBlip2.from_parts(Blip2Config(language_model=str(frozen_lm)), QFormer.from_pretrained(stage1_run / "qformer"), lm_path=frozen_lm)
+    net = NativeBlip2.from_parts(Blip2Config(language_model=str(frozen_lm)), QFormer.from_pretrained(stage1_run / "model" / "qformer"), lm_path=frozen_lm)
     features = torch.randn(2, 49, 1280)
     loss = net(features, ["a photo of", "Question: what? Answer:"], ["a red circle", "red"])
     assert torch.isfinite(loss)
@@ -94,7 +94,7 @@ def test_generation_uses_the_training_layout(frozen_lm, stage1_run, position):
     from vlmkit.models.qformer import QFormer
 
     config = Blip2Config(language_model=str(frozen_lm), visual_position=position)
-    net = NativeBlip2.from_parts(config, QFormer.from_pretrained(stage1_run / "qformer"), lm_path=frozen_lm).eval()
+    net = NativeBlip2.from_parts(config, QFormer.from_pretrained(stage1_run / "model" / "qformer"), lm_path=frozen_lm).eval()
     seen: list[torch.Tensor] = []
     net.lm.register_forward_pre_hook(lambda _m, _a, kw: seen.append(kw["inputs_embeds"]) if kw.get("inputs_embeds") is not None else None, with_kwargs=True)
     features, prompt = torch.randn(1, 49, 1280), "Question: what colour is it? Answer:"
@@ -129,7 +129,7 @@ def test_visual_prompts_start_at_the_lm_embedding_scale(frozen_lm, stage1_run):
     from vlmkit.models.blip2_native import Blip2Config
     from vlmkit.models.qformer import QFormer
 
-    net = NativeBlip2.from_parts(Blip2Config(language_model=str(frozen_lm)), QFormer.from_pretrained(stage1_run / "qformer"), lm_path=frozen_lm)
+    net = NativeBlip2.from_parts(Blip2Config(language_model=str(frozen_lm)), QFormer.from_pretrained(stage1_run / "model" / "qformer"), lm_path=frozen_lm)
     with torch.no_grad():
         prompts = net.visual_prompts(torch.randn(4, 49, 1280))  # (B, Q, D_lm)
     embedding = net.lm.get_input_embeddings().weight.norm(dim=-1).mean()

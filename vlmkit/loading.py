@@ -77,6 +77,7 @@ _WRAPPERS: dict[str, tuple[str, str]] = {
 _NATIVE: dict[str, str] = {
     "vlmkit-blip2": "vlmkit.models.blip2_native",
     "vlmkit-instructblip": "vlmkit.models.blip2_native",
+    "vlmkit-blip2-retrieval": "vlmkit.models.blip2_native",
     "vlmkit-dual-encoder": "vlmkit.models.dual_encoder",
     "vlmkit-clipcap": "vlmkit.models.clipcap",
     "vlmkit-coca": "vlmkit.models.coca",

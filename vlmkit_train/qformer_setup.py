@@ -69,7 +69,7 @@ def stage1_qformer(path: str) -> tuple[QFormer, Any]:
     from transformers import AutoTokenizer
 
     root = Path(path)
-    for candidate in (root / "qformer", root):
+    for candidate in (root / "model" / "qformer", root / "qformer", root):
         if (candidate / "model.safetensors").is_file():
             qformer = QFormer.from_pretrained(candidate)
             if (candidate / "tokenizer_config.json").is_file():
@@ -78,7 +78,7 @@ def stage1_qformer(path: str) -> tuple[QFormer, Any]:
             if len(tokenizer) != qformer.config.vocab_size:
                 raise InputError(f"stage1={path!r}: no tokenizer beside the Q-Former, and BERT's does not fit its vocabulary")
             return qformer, tokenizer
-    raise InputError(f"stage1={path!r}: no Q-Former there (expected a stage-1 run or a qformer/ directory)")
+    raise InputError(f"stage1={path!r}: no Q-Former there (expected a stage-1 run, its model/, or a qformer/ directory)")
 
 
 class TrainableParts(nn.Module):

@@ -7,8 +7,9 @@ HF accelerate provides the device, mixed precision, gradient accumulation and, w
 of every global batch; ITC and ITM negatives are gathered across processes.
 
 The run goes through the shared driver (:func:`vlmkit_train.driver.train`). Outputs in
-``out_dir``: ``qformer/`` (safetensors + config + tokenizer, loadable with
-``QFormer.from_pretrained``), ``metrics.jsonl``, ``loss.png`` (when matplotlib is installed),
+``out_dir``: ``model/`` (a ``vlmkit-blip2-retrieval`` checkpoint: ``vlmkit.load`` embeds, scores
+and matches with it through the frozen encoder; its ``qformer/`` holds the safetensors, config and
+tokenizer, loadable with ``QFormer.from_pretrained``, and is what stage 2's ``stage1=`` reads), ``metrics.jsonl``, ``loss.png`` (when matplotlib is installed),
 ``state/`` for exact resume, ``features/`` (the cache) and ``config.json``.
 """
 
@@ -20,12 +21,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from vlmkit.models.blip2_native import save_retrieval
 from vlmkit.models.qformer import QFormer
 from vlmkit.objectives import blip2_stage1_losses
 
 from .config import DataConfig, RunConfig, check_at_least, data_seed
 from .data import frozen_features, text_tokenizer, training_examples
-from .driver import Plan, Recipe, Run
+from .driver import MODEL_DIR, Plan, Recipe, Run
 from .loop import batch_rows, caption_batch
 from .qformer_setup import QFormerSetup, new_qformer
 
@@ -123,9 +125,8 @@ def build(config: Stage1Config, run: Run) -> Plan:
 
     def export(model: nn.Module, out: Path) -> Path:
         assert isinstance(model, Stage1Objective)
-        model.qformer.save_pretrained(out / "qformer")
-        tokenizer.save_pretrained(out / "qformer")
-        return out / "qformer"
+        save_retrieval(out / MODEL_DIR, model.qformer, tokenizer, image_encoder=config.encoder, encoder_layer=config.encoder_layer)
+        return out / MODEL_DIR
 
     return Plan(objective, micro_step, export, losses=("total", "itc", "itm", "itg"), no_decay=("query_tokens",))
 
@@ -133,7 +134,8 @@ def build(config: Stage1Config, run: Run) -> Plan:
 RECIPE = Recipe(
     name="blip2-stage1", summary="BLIP-2 stage 1: Q-Former with ITC + ITM + ITG", title="BLIP-2 stage 1", presets=PRESETS,
     preset_notes=PRESET_NOTES, build=build,
-    next_step=lambda model_dir: f"vlmkit train blip2-stage2 --set stage1={model_dir.parent} --set language_model=LM_DIR",
+    next_step=lambda model_dir: f"vlmkit train blip2-stage2 --set stage1={model_dir.parent} --set language_model=LM_DIR"
+    f' (or: vlmkit match IMAGE "a caption" --model {model_dir})',
 )
 
 

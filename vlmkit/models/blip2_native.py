@@ -39,6 +39,7 @@ from .base import (
     GenerationOptions,
     MatchResult,
     PromptedTasks,
+    VisionLanguageModel,
     as_list,
     check_texts,
     pair_up,
@@ -54,6 +55,8 @@ __all__ = [
 
 MODEL_TYPE = "vlmkit-blip2"
 INSTRUCT_MODEL_TYPE = "vlmkit-instructblip"
+#: A stage-1 export: the frozen encoder and the Q-Former with its ITC / ITM heads, no LM.
+RETRIEVAL_MODEL_TYPE = "vlmkit-blip2-retrieval"
 CAPTION_PROMPT = "a photo of"
 VQA_PROMPT = "Question: {} Answer:"  # the paper's OPT prompt; FlanT5 uses "Question: {} Short answer:"
 IGNORE_INDEX = -100
@@ -286,10 +289,7 @@ class NativeBlip2(nn.Module):
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike, *, dtype: torch.dtype = torch.float32) -> NativeBlip2:
         path = Path(directory)
-        try:
-            meta = json.loads((path / "config.json").read_text())
-        except (OSError, ValueError) as exc:
-            raise ModelNotFoundError(f"{path}: cannot read config.json ({exc})") from None
+        meta = _read_config(path)
         model_type = meta.get("model_type")
         if model_type not in (MODEL_TYPE, INSTRUCT_MODEL_TYPE):
             raise ModelNotFoundError(f"{path}: not a {MODEL_TYPE} or {INSTRUCT_MODEL_TYPE} checkpoint")
@@ -310,6 +310,16 @@ class NativeBlip2(nn.Module):
         return model.eval()
 
 
+def _read_config(path: Path) -> dict[str, Any]:
+    try:
+        meta = json.loads((path / "config.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise ModelNotFoundError(f"{path}: cannot read config.json ({exc})") from None
+    if not isinstance(meta, dict):
+        raise ModelNotFoundError(f"{path}: config.json is not an object")
+    return meta
+
+
 @dataclass(frozen=True)
 class _Padded:
     ids: torch.Tensor  # (B, T)
@@ -326,44 +336,32 @@ def _pad(rows: list[list[int]], pad: int, device: torch.device) -> _Padded:
     return _Padded(ids, mask)
 
 
-class NativeBlip2Tasks(PromptedTasks):
-    """A :class:`NativeBlip2` checkpoint behind the vlmkit task interface: generation through the
-    frozen LM, retrieval through the Q-Former's stage-1 heads (ITC max over queries, ITM)."""
+class QFormerRetrieval(VisionLanguageModel):
+    """A frozen image encoder and a Q-Former's stage-1 heads behind the vlmkit task interface:
+    ``embed`` (mean of the normalised query features), ``similarity`` and ``classify`` (ITC, the
+    maximum over queries) and ``match`` (ITM). What ``vlmkit train blip2-stage1`` exports."""
 
     #: The kind (in :data:`KINDS`) this wrapper reports.
-    architecture = "VlmkitBlip2"
+    architecture = "VlmkitBlip2Retrieval"
 
     def __init__(
-        self, name: str, net: NativeBlip2, qformer_tokenizer: Any, device: torch.device, dtype: torch.dtype,
-        retrieval_qformer: QFormer | None = None,
+        self, name: str, encoder: FrozenImageEncoder, retrieval: QFormer, qformer_tokenizer: Any, device: torch.device, dtype: torch.dtype,
     ) -> None:
         super().__init__(name, KINDS[self.architecture], device, dtype)
-        self.net = net.to(device).eval()
+        self.encoder = encoder.to(device, dtype).eval()
+        self.retrieval = retrieval.to(device, dtype).eval()
         self.qformer_tokenizer = qformer_tokenizer
-        #: ITC / ITM come from the stage-1 Q-Former when the checkpoint keeps it: stage 2 trains the
-        #: Q-Former for the LM only, which moves the queries away from the ITC space (BLIP-2 also
-        #: retrieves with its stage-1 model).
-        self.retrieval = (retrieval_qformer or net.qformer).to(device, dtype).eval()
 
     def num_parameters(self) -> int:
-        return sum(p.numel() for p in self.net.parameters())
+        return sum(p.numel() for p in self.encoder.parameters()) + sum(p.numel() for p in self.retrieval.parameters())
 
     def _features(self, images: Any, batch_size: int) -> torch.Tensor:
-        encoder = self.net.encoder
+        encoder = self.encoder
         chunks = [
             encoder(torch.stack(batch).to(self.device, self.dtype))
             for batch in self._load_batches(as_list(images, "images"), batch_size, transform=lambda im: encoder.preprocess([im])[0])
         ]
         return torch.cat(chunks)  # (N, P, E)
-
-    def _generate(self, images: list[Any], prompts: list[str], options: GenerationOptions, batch_size: int) -> list[str]:
-        texts: list[str] = []
-        with torch.inference_mode():
-            for start in range(0, len(images), batch_size):
-                features = self._features(images[start : start + batch_size], batch_size)
-                texts += self.net.generate(features, prompts[start : start + batch_size], **options.to_hf())
-        return texts
-
 
     # -- retrieval through the stage-1 heads ------------------------------------------------------
 
@@ -409,6 +407,71 @@ class NativeBlip2Tasks(PromptedTasks):
                 scores.append(logits.float().softmax(dim=-1)[:, 1].cpu().numpy())
         return MatchResult(scores=np.concatenate(scores).astype(np.float32), kind="itm")
 
+    def save_pretrained(self, directory: str | os.PathLike, *, image_encoder: str, encoder_layer: int) -> None:
+        """The retrieval model as a checkpoint directory ``vlmkit.load`` reads: ``config.json``
+        (which frozen encoder, the kind, the version) and ``qformer/`` (weights and tokenizer)."""
+        save_retrieval(directory, self.retrieval, self.qformer_tokenizer, image_encoder=image_encoder, encoder_layer=encoder_layer)
+
+
+def save_retrieval(directory: str | os.PathLike, qformer: QFormer, tokenizer: Any, *, image_encoder: str, encoder_layer: int) -> None:
+    """Write a stage-1 Q-Former (with its tokenizer) and the name of its frozen image encoder as a
+    ``vlmkit-blip2-retrieval`` checkpoint."""
+    from ..version import __version__
+
+    path = Path(directory)
+    path.mkdir(parents=True, exist_ok=True)
+    qformer.save_pretrained(path / "qformer")
+    tokenizer.save_pretrained(path / "qformer")
+    meta = {"model_type": RETRIEVAL_MODEL_TYPE, "architectures": ["VlmkitBlip2Retrieval"], "vlmkit_version": __version__,
+            "image_encoder": image_encoder, "encoder_layer": encoder_layer}
+    (path / "config.json").write_text(json.dumps(meta, indent=2) + "\n")
+
+
+def _load_retrieval(path: Path, meta: dict[str, Any], *, name: str, device: torch.device, dtype: torch.dtype) -> QFormerRetrieval:
+    import transformers
+
+    unknown = set(meta) - {"model_type", "architectures", "vlmkit_version", "image_encoder", "encoder_layer"}
+    if unknown:
+        raise ModelNotFoundError(f"{path}: unknown keys in config.json: {', '.join(sorted(unknown))}")
+    encoder = load_image_encoder(meta.get("image_encoder", "efficientnet-lite0"), layer=int(meta.get("encoder_layer", -2)), dtype=dtype)
+    qformer = QFormer.from_pretrained(path / "qformer")
+    if encoder.hidden_size != qformer.config.encoder_hidden_size:
+        raise ModelNotFoundError(
+            f"{path}: the Q-Former cross-attends to {qformer.config.encoder_hidden_size}-wide features but "
+            f"{meta.get('image_encoder')} gives {encoder.hidden_size}"
+        )
+    tokenizer = transformers.AutoTokenizer.from_pretrained(path / "qformer")
+    return QFormerRetrieval(name, encoder, qformer, tokenizer, device, dtype)
+
+
+class NativeBlip2Tasks(QFormerRetrieval, PromptedTasks):
+    """A :class:`NativeBlip2` checkpoint behind the vlmkit task interface: generation through the
+    frozen LM, retrieval through the Q-Former's stage-1 heads (ITC max over queries, ITM)."""
+
+    #: The kind (in :data:`KINDS`) this wrapper reports.
+    architecture = "VlmkitBlip2"
+
+    def __init__(
+        self, name: str, net: NativeBlip2, qformer_tokenizer: Any, device: torch.device, dtype: torch.dtype,
+        retrieval_qformer: QFormer | None = None,
+    ) -> None:
+        #: ITC / ITM come from the stage-1 Q-Former when the checkpoint keeps it: stage 2 trains the
+        #: Q-Former for the LM only, which moves the queries away from the ITC space (BLIP-2 also
+        #: retrieves with its stage-1 model).
+        super().__init__(name, net.encoder, retrieval_qformer or net.qformer, qformer_tokenizer, device, dtype)
+        self.net = net.to(device).eval()
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.net.parameters())
+
+    def _generate(self, images: list[Any], prompts: list[str], options: GenerationOptions, batch_size: int) -> list[str]:
+        texts: list[str] = []
+        with torch.inference_mode():
+            for start in range(0, len(images), batch_size):
+                features = self._features(images[start : start + batch_size], batch_size)
+                texts += self.net.generate(features, prompts[start : start + batch_size], **options.to_hf())
+        return texts
+
 
 class NativeInstructBlipTasks(NativeBlip2Tasks):
     """An instruction-aware checkpoint (InstructBLIP): caption, ask and generate, where the prompt
@@ -439,10 +502,14 @@ class NativeInstructBlipTasks(NativeBlip2Tasks):
         raise self._unsupported("match")
 
 
-def load_native(path: str | os.PathLike, *, name: str, device: torch.device, dtype: torch.dtype) -> NativeBlip2Tasks:
-    """Load a ``vlmkit-blip2`` or ``vlmkit-instructblip`` checkpoint directory for the task interface."""
+def load_native(path: str | os.PathLike, *, name: str, device: torch.device, dtype: torch.dtype) -> QFormerRetrieval:
+    """Load a ``vlmkit-blip2``, ``vlmkit-instructblip`` or ``vlmkit-blip2-retrieval`` checkpoint
+    directory for the task interface."""
     import transformers
 
+    meta = _read_config(Path(path))
+    if meta.get("model_type") == RETRIEVAL_MODEL_TYPE:
+        return _load_retrieval(Path(path), meta, name=name, device=device, dtype=dtype)
     net = NativeBlip2.from_pretrained(path, dtype=dtype)
     if net.config.instruction_aware:
         return NativeInstructBlipTasks(name, net, net.qformer_tokenizer, device, dtype)

@@ -62,6 +62,12 @@ KINDS: dict[str, ModelKind] = {
             "vlmkit's own BLIP-2, trained with `vlmkit train blip2-stage1/-stage2`",
         ),
         ModelKind(
+            "blip2",
+            "VlmkitBlip2Retrieval",
+            _RETRIEVAL,
+            "vlmkit's BLIP-2 stage-1 Q-Former (ITC/ITM) on its frozen image encoder, from `vlmkit train blip2-stage1`",
+        ),
+        ModelKind(
             "clip",
             "VisionTextDualEncoderModel",
             _RETRIEVAL,
