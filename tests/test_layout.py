@@ -48,12 +48,8 @@ ALLOWED = {
     "interrogate": {"models", "loading"},
     "eval": {"data", "models", "loading"},
 }
-#: Known exceptions, each with the reason it is still here.
-EXCEPTIONS = {
-    # ClipCap recreates the embedder its checkpoint names with the loader; the fix is for the loader
-    # to hand native families what they need (issue 16, part 2: one table of families).
-    ("vlmkit.models.clipcap", "vlmkit.loading"),
-}
+#: Known exceptions, each with the reason it is still here (none today).
+EXCEPTIONS: set[tuple[str, str]] = set()
 
 
 def _library_imports() -> dict[str, set[str]]:

@@ -73,7 +73,9 @@ _WRAPPERS: dict[str, tuple[str, str]] = {
 }
 
 # vlmkit's own checkpoint formats (``model_type`` in config.json) -> the module whose ``load_native``
-# reads them: the recipes of ``vlmkit train`` whose models have no transformers class.
+# reads them: the recipes of ``vlmkit train`` whose models have no transformers class. Each gets
+# ``load`` (this loader) for the models its checkpoint names (ClipCap's embedder), so model files
+# never import the loader.
 _NATIVE: dict[str, str] = {
     "vlmkit-blip2": "vlmkit.models.blip2_native",
     "vlmkit-instructblip": "vlmkit.models.blip2_native",
@@ -184,7 +186,7 @@ def load(
     native = _NATIVE.get(_model_type(where) or "")
     if native is not None:
         load_native = importlib.import_module(native).load_native
-        return load_native(where, name=name, device=torch_device, dtype=torch_dtype)  # type: ignore[no-any-return]
+        return load_native(where, name=name, device=torch_device, dtype=torch_dtype, load=load)  # type: ignore[no-any-return]
     try:
         config = transformers.AutoConfig.from_pretrained(where)
     except (OSError, ValueError, KeyError) as exc:

@@ -26,6 +26,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+import vlmkit
 from vlmkit.errors import InputError
 from vlmkit.models.clipcap import EFFICIENTNET_EMBEDDER, ClipCap, ClipCapConfig, ImageEmbedder, load_embedder
 
@@ -143,7 +144,7 @@ def build(config: ClipCapTrainConfig, run: Run) -> Plan:
     embedder_name = _embedder_name(config.embedder)
     cache_dir = Path(config.embeddings_dir) if config.embeddings_dir else run.out / "embeddings"
     if run.is_main:
-        embedding_cache(load_embedder(embedder_name), [e.image for e in examples], cache_dir, images_key(config, len(examples)),
+        embedding_cache(load_embedder(embedder_name, load=vlmkit.load), [e.image for e in examples], cache_dir, images_key(config, len(examples)),
                         progress=run.progress)
     run.wait()
     with safe_open(str(cache_dir / _FILE), framework="pt") as f:

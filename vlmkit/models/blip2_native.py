@@ -502,7 +502,7 @@ class NativeInstructBlipTasks(NativeBlip2Tasks):
         raise self._unsupported("match")
 
 
-def load_native(path: str | os.PathLike, *, name: str, device: torch.device, dtype: torch.dtype) -> QFormerRetrieval:
+def load_native(path: str | os.PathLike, *, name: str, device: torch.device, dtype: torch.dtype, load: Any = None) -> QFormerRetrieval:
     """Load a ``vlmkit-blip2``, ``vlmkit-instructblip`` or ``vlmkit-blip2-retrieval`` checkpoint
     directory for the task interface."""
     import transformers

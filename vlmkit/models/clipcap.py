@@ -361,12 +361,10 @@ class PooledEfficientNet(ImageEmbedder):
 
 
 class ModelEmbedder(ImageEmbedder):
-    """Any vlmkit model's ``embed_images`` (L2-normalised vectors)."""
+    """Any vlmkit model's ``embed_images`` (L2-normalised vectors); ``name`` is what it was loaded as."""
 
-    def __init__(self, name: str, device: torch.device | str = "cpu") -> None:
-        from ..loading import load
-
-        self.model = load(name, device=device)
+    def __init__(self, model: Any, name: str) -> None:
+        self.model = model
         self.model.require("embed")
         self.identity = f"vlmkit:{name}"
 
@@ -374,11 +372,15 @@ class ModelEmbedder(ImageEmbedder):
         return torch.from_numpy(self.model.embed_images(list(images), batch_size=batch_size)).float()
 
 
-def load_embedder(name: str, *, device: torch.device | str = "cpu") -> ImageEmbedder:
-    """``"efficientnet-lite0"`` (built in, offline) or a vlmkit model name / directory that embeds images."""
+def load_embedder(name: str, *, device: torch.device | str = "cpu", load: Any = None) -> ImageEmbedder:
+    """``"efficientnet-lite0"`` (built in, offline) or a vlmkit model name / directory that embeds
+    images, loaded with ``load`` (:func:`vlmkit.load`; the loader hands itself to the families it
+    loads, so that this module does not import the loader above it)."""
     if name == EFFICIENTNET_EMBEDDER:
         return PooledEfficientNet(device)
-    return ModelEmbedder(name, device)
+    if load is None:
+        raise InputError(f"embedder {name!r} is a vlmkit model: pass load=vlmkit.load to load it")
+    return ModelEmbedder(load(name, device=device), name)
 
 
 # -- the task interface ---------------------------------------------------------------------------
@@ -421,7 +423,8 @@ class ClipCapTasks(PromptedTasks):
 
 
 
-def load_native(path: str | os.PathLike, *, name: str, device: torch.device, dtype: torch.dtype) -> ClipCapTasks:
-    """Load a ``vlmkit-clipcap`` checkpoint directory for the task interface, with the embedder it names."""
+def load_native(path: str | os.PathLike, *, name: str, device: torch.device, dtype: torch.dtype, load: Any = None) -> ClipCapTasks:
+    """Load a ``vlmkit-clipcap`` checkpoint directory for the task interface, with the embedder it
+    names (a vlmkit model is loaded with ``load``, the loader that called this)."""
     net = ClipCap.from_pretrained(path, dtype=dtype)
-    return ClipCapTasks(name, net, load_embedder(net.config.embedder, device=device), device, dtype)
+    return ClipCapTasks(name, net, load_embedder(net.config.embedder, device=device, load=load), device, dtype)

@@ -507,7 +507,7 @@ class CoCaTasks(VisionLanguageModel):
         return [c.strip() for c in captions]
 
 
-def load_native(path: str | os.PathLike, *, name: str, device: torch.device, dtype: torch.dtype) -> CoCaTasks:
+def load_native(path: str | os.PathLike, *, name: str, device: torch.device, dtype: torch.dtype, load: Any = None) -> CoCaTasks:
     """Load a ``vlmkit-coca`` checkpoint directory for the task interface."""
     from transformers import PreTrainedTokenizerFast
 

@@ -208,6 +208,6 @@ def _normalise(x: torch.Tensor) -> np.ndarray:
     return (x / x.norm(dim=-1, keepdim=True).clamp_min(1e-12)).cpu().numpy().astype(np.float32)
 
 
-def load_native(path: str | os.PathLike, *, name: str, device: torch.device, dtype: torch.dtype) -> DualEncoderTasks:
+def load_native(path: str | os.PathLike, *, name: str, device: torch.device, dtype: torch.dtype, load: Any = None) -> DualEncoderTasks:
     """Load a ``vlmkit-dual-encoder`` checkpoint directory for the task interface."""
     return DualEncoderTasks(name, NativeDualEncoder.from_pretrained(path, dtype=dtype), device, dtype)

@@ -385,7 +385,7 @@ class SimVLMTasks(PromptedTasks):
 
 
 
-def load_native(path: str | os.PathLike, *, name: str, device: torch.device, dtype: torch.dtype) -> SimVLMTasks:
+def load_native(path: str | os.PathLike, *, name: str, device: torch.device, dtype: torch.dtype, load: Any = None) -> SimVLMTasks:
     """Load a ``vlmkit-simvlm`` checkpoint directory for the task interface."""
     import transformers
 
