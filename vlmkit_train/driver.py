@@ -101,7 +101,6 @@ class Recipe:
     resume_needs: tuple[str, ...] = ()
     #: Checks a config once before the run (beyond its own field checks), e.g. required paths.
     check: Callable[[Any], None] | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def config(self, preset: str | None = None, overrides: list[str] | None = None) -> Any:
         """The named preset (default: the first) with checked ``key=value`` overrides."""
