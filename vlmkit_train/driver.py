@@ -137,6 +137,8 @@ def train(
     """Run ``recipe`` with ``config`` into ``out_dir``. ``resume`` continues exactly where
     ``out_dir/state`` left off (same config only); ``stop_after`` ends the run after that many steps
     with a resumable state and no export."""
+    from transformers import get_cosine_schedule_with_warmup
+
     if recipe.check is not None:
         recipe.check(config)
     settings = config.run
@@ -151,8 +153,6 @@ def train(
 
     plan = recipe.build(config, run)
     optimizer = adamw(plan.model, lr=settings.lr, weight_decay=settings.weight_decay, no_decay=plan.no_decay)
-    from transformers import get_cosine_schedule_with_warmup
-
     scheduler = get_cosine_schedule_with_warmup(optimizer, settings.warmup_steps, settings.max_steps)
     model, optimizer, scheduler = accelerator.prepare(plan.model, optimizer, scheduler)
 

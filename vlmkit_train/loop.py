@@ -14,10 +14,9 @@ import torch
 
 from vlmkit.errors import InputError
 
-from .config import dumps
 from .state import save_training_state
 
-__all__ = ["start_run", "open_metrics", "make_accelerator", "batch_rows", "append_metrics", "plot_losses", "check_resume", "StepLoop", "run_steps"]
+__all__ = ["open_metrics", "make_accelerator", "batch_rows", "append_metrics", "plot_losses", "check_resume", "StepLoop", "run_steps"]
 
 
 def _end_process_group() -> None:
@@ -45,20 +44,6 @@ def make_accelerator(*, grad_accum: int = 1, mixed_precision: str = "no") -> Any
     if accelerator.num_processes > 1:
         atexit.register(_end_process_group)
     return accelerator
-
-
-def start_run(config: Any, out_dir: str | Path, resume: bool) -> tuple[Path, Any]:
-    """Open a run directory the way every recipe does: create it, refuse a resume that cannot
-    continue, make the accelerator (``grad_accum`` and ``mixed_precision`` from the config), seed
-    torch with ``config.seed`` and write ``config.json`` (main process). Returns (out, accelerator)."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    check_resume(out, dumps(config), resume)
-    accelerator = make_accelerator(grad_accum=getattr(config, "grad_accum", 1), mixed_precision=config.mixed_precision)
-    torch.manual_seed(config.seed)
-    if accelerator.is_main_process:
-        (out / "config.json").write_text(dumps(config))
-    return out, accelerator
 
 
 def open_metrics(out: Path, accelerator: Any, *, resume: bool, max_steps: int, stop_after: int | None) -> tuple[Path, int]:

@@ -407,10 +407,6 @@ class QFormerRetrieval(VisionLanguageModel):
                 scores.append(logits.float().softmax(dim=-1)[:, 1].cpu().numpy())
         return MatchResult(scores=np.concatenate(scores).astype(np.float32), kind="itm")
 
-    def save_pretrained(self, directory: str | os.PathLike, *, image_encoder: str, encoder_layer: int) -> None:
-        """The retrieval model as a checkpoint directory ``vlmkit.load`` reads: ``config.json``
-        (which frozen encoder, the kind, the version) and ``qformer/`` (weights and tokenizer)."""
-        save_retrieval(directory, self.retrieval, self.qformer_tokenizer, image_encoder=image_encoder, encoder_layer=encoder_layer)
 
 
 def save_retrieval(directory: str | os.PathLike, qformer: QFormer, tokenizer: Any, *, image_encoder: str, encoder_layer: int) -> None:
