@@ -35,6 +35,7 @@ from pathlib import Path
 import torch
 
 import vlmkit
+from vlmkit import GenerationOptions
 from vlmkit.captioning import caption_dataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -43,11 +44,11 @@ from serve_batching import build_blip_caption  # noqa: E402
 
 
 def plain_loop(model: vlmkit.VisionLanguageModel, paths: list[Path], max_new_tokens: int) -> dict[str, str]:
-    return {str(p): model.caption([str(p)], max_new_tokens=max_new_tokens)[0] for p in paths}
+    return {str(p): model.caption([str(p)], options=GenerationOptions(max_new_tokens=max_new_tokens))[0] for p in paths}
 
 
 def dataset_run(model: vlmkit.VisionLanguageModel, folder: Path, out: Path, batch_size: int, max_new_tokens: int) -> dict[str, str]:
-    report = caption_dataset(model, [folder], out=out, batch_size=batch_size, generation={"max_new_tokens": max_new_tokens})
+    report = caption_dataset(model, [folder], out=out, batch_size=batch_size, generation=GenerationOptions(max_new_tokens=max_new_tokens))
     assert not report.skipped and report.done == report.found, report.summary()
     return {r["image"]: r["caption"] for r in map(json.loads, out.read_text().splitlines())}
 

@@ -163,7 +163,10 @@ def model_call(model: Any, kind: str, max_tokens: int) -> Any:
         return lambda items: model.embed_texts(items, batch_size=len(items))
     if kind == "image":
         return lambda items: model.embed_images(items, batch_size=len(items))
-    return lambda items: model.caption(items, prompt=None, max_new_tokens=max_tokens, batch_size=len(items))
+    from vlmkit import GenerationOptions
+
+    options = GenerationOptions(max_new_tokens=max_tokens)
+    return lambda items: model.caption(items, prompt=None, options=options, batch_size=len(items))
 
 
 class _Alone:

@@ -11,6 +11,7 @@ import pytest
 
 import vlmkit
 import vlmkit_cli.common
+from vlmkit import GenerationOptions
 from vlmkit_cli.main import main
 
 _load = vlmkit.load
@@ -156,10 +157,10 @@ def test_commands_on_every_family(capsys, tiny, photos, family, argv, field):
     assert records and all(field in r and r["model"] == str(tiny[family]) for r in records)
     model = vlmkit_cli.common.vlmkit.load(str(tiny[family]), device="cpu", dtype=None)
     if argv[0] == "caption":
-        assert [r["caption"] for r in records] == model.caption(argv[1:-2], max_new_tokens=int(argv[-1]))
+        assert [r["caption"] for r in records] == model.caption(argv[1:-2], options=GenerationOptions(max_new_tokens=int(argv[-1])))
     elif argv[0] == "ask":
         questions = [a for a in argv[2:] if not a.startswith("--") and not a.isdigit()]
-        assert [r["answer"] for r in records] == model.ask([argv[1]] * len(questions), questions, max_new_tokens=int(argv[-1]))
+        assert [r["answer"] for r in records] == model.ask([argv[1]] * len(questions), questions, options=GenerationOptions(max_new_tokens=int(argv[-1])))
     elif argv[0] == "match":
         assert {r["kind"] for r in records} == {"itm"}
 
@@ -178,7 +179,7 @@ def test_chat_streams_turns_from_stdin(tiny, photos):
     model = vlmkit.load(tiny["llava"])
     first = model.chat(
         [{"role": "user", "content": [{"type": "image", "image": str(photos["cat"])}, {"type": "text", "text": "What is it?"}]}],
-        max_new_tokens=5,
+        options=GenerationOptions(max_new_tokens=5)
     )
     assert replies[0]["content"] == first
     done = subprocess.run(base, input=turns, capture_output=True, text=True, env=env, timeout=300)
@@ -196,7 +197,7 @@ def test_chat_with_two_images_in_one_message(capsys, monkeypatch, tiny, photos):
     assert code == 0, err
     expected = vlmkit.load(str(tiny["llava"])).chat([{"role": "user", "content": [
         {"type": "image", "image": str(photos["cat"])}, {"type": "image", "image": str(photos["coffee"])},
-        {"type": "text", "text": "Compare the two pictures."}]}], max_new_tokens=5)
+        {"type": "text", "text": "Compare the two pictures."}]}], options=GenerationOptions(max_new_tokens=5))
     assert [r["content"] for r in lines(out)] == [expected]
 
 

@@ -11,6 +11,7 @@ import transformers
 from safetensors.torch import load_file
 
 import vlmkit
+from vlmkit import GenerationOptions
 from vlmkit.models.clipcap import ClipCap, ClipCapConfig, ClipCapTasks, PooledEfficientNet
 from vlmkit_cli.main import main
 from vlmkit_train.clipcap import clipcap_config, train_clipcap
@@ -176,14 +177,14 @@ def test_cli_tiny_run_trains_and_loads(cli_run, frozen_lm, photos):
     assert isinstance(model, ClipCapTasks) and isinstance(model.embedder, PooledEfficientNet)
     assert model.kind.architecture == "VlmkitClipCap" and model.supports("ask") and not model.supports("embed")
     paths = [str(photos["cat"]), str(photos["coffee"]), str(photos["astronaut"])]
-    captions = model.caption(paths, max_new_tokens=5)
+    captions = model.caption(paths, options=GenerationOptions(max_new_tokens=5))
     assert len(captions) == 3 and all(isinstance(c, str) for c in captions)
-    assert captions == model.caption(paths, max_new_tokens=5, batch_size=1)
+    assert captions == model.caption(paths, options=GenerationOptions(max_new_tokens=5), batch_size=1)
     questions = ["what colour is the circle?", "how many shapes are there?", "is there a star?"]
-    answers = model.ask(paths, questions, max_new_tokens=3)
-    assert answers == model.ask(paths, questions, max_new_tokens=3, batch_size=1)
-    assert model.ask(paths[0], questions, max_new_tokens=3)[0] == answers[0]  # one image, many questions
-    assert len(model.generate(paths[:2], "a photo of", max_new_tokens=3)) == 2
+    answers = model.ask(paths, questions, options=GenerationOptions(max_new_tokens=3))
+    assert answers == model.ask(paths, questions, options=GenerationOptions(max_new_tokens=3), batch_size=1)
+    assert model.ask(paths[0], questions, options=GenerationOptions(max_new_tokens=3))[0] == answers[0]  # one image, many questions
+    assert len(model.generate(paths[:2], "a photo of", options=GenerationOptions(max_new_tokens=3))) == 2
     with pytest.raises(vlmkit.UnsupportedTaskError):
         model.embed_images(paths)
 
@@ -214,7 +215,7 @@ def test_mlp_mapper_with_a_model_embedder(tmp_path, frozen_lm):
     model = vlmkit.load(tmp_path / "run" / "model")
     assert model.embedder.identity == f"vlmkit:{clip.resolve()}"
     assert meta["embed_dim"] == model.embedder.embed([np.zeros((32, 32, 3), dtype=np.uint8)]).shape[1]
-    assert len(model.caption(np.zeros((32, 32, 3), dtype=np.uint8), max_new_tokens=3)) == 1
+    assert len(model.caption(np.zeros((32, 32, 3), dtype=np.uint8), options=GenerationOptions(max_new_tokens=3))) == 1
 
 
 @pytest.mark.parametrize(

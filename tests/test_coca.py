@@ -13,6 +13,7 @@ import pytest
 import torch
 from numerics import DEEP, assert_close
 
+from vlmkit import GenerationOptions
 from vlmkit.errors import InputError
 from vlmkit.losses.coca import coca_loss
 from vlmkit.models.coca import AttentionalPooler, CoCa, CoCaConfig, caption_labels, tokenize
@@ -214,14 +215,14 @@ def test_save_load_round_trip(checkpoint):
     np.testing.assert_allclose(model.embed_images(checkpoint["images"]), image_emb, atol=1e-5)
     np.testing.assert_allclose(model.embed_texts(TEXTS), text_emb, atol=1e-6)
     np.testing.assert_allclose(model.similarity(checkpoint["images"], TEXTS), image_emb @ text_emb.T, atol=1e-5)
-    assert model.caption(checkpoint["images"], max_new_tokens=6) == [c.strip() for c in expected]
-    assert model.caption(checkpoint["images"], max_new_tokens=6, num_beams=3) == [c.strip() for c in expected_beam]
+    assert model.caption(checkpoint["images"], options=GenerationOptions(max_new_tokens=6)) == [c.strip() for c in expected]
+    assert model.caption(checkpoint["images"], options=GenerationOptions(max_new_tokens=6, num_beams=3)) == [c.strip() for c in expected_beam]
     assert model.logit_scale() == pytest.approx(float(original.logit_scale().detach()), rel=1e-6)
     assert len(model.classify(checkpoint["images"][0], ["red", "green", "blue"])[0]) == 3
     assert model.match(checkpoint["images"], TEXTS[0]).kind == "cosine"
-    assert all(c.startswith("a large") for c in model.caption(checkpoint["images"], "a large", max_new_tokens=3))
+    assert all(c.startswith("a large") for c in model.caption(checkpoint["images"], "a large", options=GenerationOptions(max_new_tokens=3)))
     with pytest.raises(InputError, match="sampling"):
-        model.caption(checkpoint["images"], do_sample=True)
+        model.caption(checkpoint["images"], options=GenerationOptions(do_sample=True))
 
 
 def test_batch_size_one_and_many_agree(checkpoint):
@@ -232,8 +233,8 @@ def test_batch_size_one_and_many_agree(checkpoint):
     assert_close(model.embed_images(images, batch_size=1), model.embed_images(images, batch_size=3), rtol=DEEP, what="images")
     assert_close(model.embed_texts(TEXTS, batch_size=1), model.embed_texts(TEXTS, batch_size=4), rtol=DEEP, what="texts")
     for beams in (1, 3):
-        alone = model.caption(images, max_new_tokens=6, num_beams=beams, batch_size=1)
-        assert alone == model.caption(images, max_new_tokens=6, num_beams=beams, batch_size=3)
+        alone = model.caption(images, options=GenerationOptions(max_new_tokens=6, num_beams=beams), batch_size=1)
+        assert alone == model.caption(images, options=GenerationOptions(max_new_tokens=6, num_beams=beams), batch_size=3)
 
 
 # -- `vlmkit train coca` ----------------------------------------------------------------------------
@@ -262,7 +263,7 @@ def test_tiny_run_through_the_cli(tmp_path, capsys):
     assert model.kind.architecture == "VlmkitCoCa" and model.net.config.hidden_size == 32
     images = [e.image for e in make_split(2, 0, "test")]
     assert model.similarity(images, TEXTS).shape == (2, 4)
-    assert len(model.caption(images, max_new_tokens=4)) == 2
+    assert len(model.caption(images, options=GenerationOptions(max_new_tokens=4))) == 2
 
 
 def test_resume_continues_exactly(tmp_path):

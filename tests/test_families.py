@@ -11,6 +11,7 @@ from numerics import DEEP, REORDERED, assert_close
 from PIL import Image
 
 import vlmkit
+from vlmkit import GenerationOptions
 from vlmkit.errors import InputError, UnsupportedTaskError
 
 QUESTIONS = ["what is it?", "what colour is the big cup on the table?", "where?"]
@@ -108,15 +109,15 @@ def test_blip_caption(tiny, paths, pils):
             ref.generate(**proc(images=pils, text=["a picture of"] * 3, return_tensors="pt"), max_new_tokens=8),
             skip_special_tokens=True,
         )
-    assert model.caption(paths, max_new_tokens=8) == [t.strip() for t in expected]
-    assert model.caption(paths, max_new_tokens=8, batch_size=1) == [t.strip() for t in expected]
+    assert model.caption(paths, options=GenerationOptions(max_new_tokens=8)) == [t.strip() for t in expected]
+    assert model.caption(paths, options=GenerationOptions(max_new_tokens=8), batch_size=1) == [t.strip() for t in expected]
     assert all(t.startswith("a picture of") for t in prompted)
-    assert model.caption(paths, prompt="a picture of", max_new_tokens=8) == [t[len("a picture of") :].strip() for t in prompted]
-    assert model.caption(paths[:1], max_new_tokens=6, num_beams=3) == model.caption(paths, max_new_tokens=6, num_beams=3)[:1]
+    assert model.caption(paths, prompt="a picture of", options=GenerationOptions(max_new_tokens=8)) == [t[len("a picture of") :].strip() for t in prompted]
+    assert model.caption(paths[:1], options=GenerationOptions(max_new_tokens=6, num_beams=3)) == model.caption(paths, options=GenerationOptions(max_new_tokens=6, num_beams=3))[:1]
     with pytest.raises(UnsupportedTaskError, match=r"blip \(BlipForQuestionAnswering\)"):
         model.ask(paths, "what?")
     with pytest.raises(InputError, match="max_new_tokens"):
-        model.caption(paths, max_new_tokens=0)
+        model.caption(paths, options=GenerationOptions(max_new_tokens=0))
 
 
 def test_blip_vqa(tiny, paths, pils):
@@ -125,8 +126,8 @@ def test_blip_vqa(tiny, paths, pils):
     with torch.inference_mode():
         inputs = proc(images=pils, text=QUESTIONS, padding=True, return_tensors="pt")
         expected = [t.strip() for t in proc.batch_decode(ref.generate(**inputs, max_new_tokens=6), skip_special_tokens=True)]
-    assert model.ask(paths, QUESTIONS, max_new_tokens=6) == expected
-    assert model.ask(paths, QUESTIONS, max_new_tokens=6, batch_size=1) == expected
+    assert model.ask(paths, QUESTIONS, options=GenerationOptions(max_new_tokens=6)) == expected
+    assert model.ask(paths, QUESTIONS, options=GenerationOptions(max_new_tokens=6), batch_size=1) == expected
     with pytest.raises(InputError, match="3 images and 2 texts"):
         model.ask(paths, QUESTIONS[:2])
 
@@ -161,12 +162,12 @@ def test_blip2_generation(tiny, paths, pils, name, prompt):
     with torch.inference_mode():  # one prompt for all: a padded batch is the same as one at a time
         inputs = proc(images=pils, text=["a photo of"] * 3, return_tensors="pt")
         captions = decode_new(proc, ref.generate(**inputs, max_new_tokens=6), inputs)
-    assert model.ask(paths, QUESTIONS, max_new_tokens=6) == answers
-    assert model.ask(paths, QUESTIONS, max_new_tokens=6, batch_size=1) == answers
-    assert model.caption(paths, max_new_tokens=6) == captions
-    assert model.caption(paths, max_new_tokens=6, batch_size=1) == captions
-    generated = model.generate(paths, ["Describe:", "A long prompt that pads the others:", "Hi"], max_new_tokens=5)
-    assert generated == model.generate(paths, ["Describe:", "A long prompt that pads the others:", "Hi"], max_new_tokens=5, batch_size=1)
+    assert model.ask(paths, QUESTIONS, options=GenerationOptions(max_new_tokens=6)) == answers
+    assert model.ask(paths, QUESTIONS, options=GenerationOptions(max_new_tokens=6), batch_size=1) == answers
+    assert model.caption(paths, options=GenerationOptions(max_new_tokens=6)) == captions
+    assert model.caption(paths, options=GenerationOptions(max_new_tokens=6), batch_size=1) == captions
+    generated = model.generate(paths, ["Describe:", "A long prompt that pads the others:", "Hi"], options=GenerationOptions(max_new_tokens=5))
+    assert generated == model.generate(paths, ["Describe:", "A long prompt that pads the others:", "Hi"], options=GenerationOptions(max_new_tokens=5), batch_size=1)
     with pytest.raises(UnsupportedTaskError, match="llava"):
         model.chat([{"role": "user", "content": "hi"}])
 
@@ -202,9 +203,9 @@ def test_instructblip(tiny, paths, pils):
     proc.tokenizer.padding_side = "left"
     prompts = [f"Question: {q} Short answer:" for q in QUESTIONS]
     answers = generate_each(ref, proc, pils, prompts, max_new_tokens=6)
-    assert model.ask(paths, QUESTIONS, max_new_tokens=6) == answers
-    assert model.ask(paths, QUESTIONS, max_new_tokens=6, batch_size=1) == answers
-    assert model.caption(paths, max_new_tokens=5) == model.caption(paths, max_new_tokens=5, batch_size=1)
+    assert model.ask(paths, QUESTIONS, options=GenerationOptions(max_new_tokens=6)) == answers
+    assert model.ask(paths, QUESTIONS, options=GenerationOptions(max_new_tokens=6), batch_size=1) == answers
+    assert model.caption(paths, options=GenerationOptions(max_new_tokens=5)) == model.caption(paths, options=GenerationOptions(max_new_tokens=5), batch_size=1)
 
 
 def test_llava(tiny, paths, pils):
@@ -217,9 +218,9 @@ def test_llava(tiny, paths, pils):
         for q in QUESTIONS
     ]
     answers = generate_each(ref, proc, pils, texts, max_new_tokens=6, do_sample=False)
-    assert model.ask(paths, QUESTIONS, max_new_tokens=6) == answers
-    assert model.ask(paths, QUESTIONS, max_new_tokens=6, batch_size=1) == answers
-    assert model.caption(paths, max_new_tokens=5) == model.caption(paths, max_new_tokens=5, batch_size=1)
+    assert model.ask(paths, QUESTIONS, options=GenerationOptions(max_new_tokens=6)) == answers
+    assert model.ask(paths, QUESTIONS, options=GenerationOptions(max_new_tokens=6), batch_size=1) == answers
+    assert model.caption(paths, options=GenerationOptions(max_new_tokens=5)) == model.caption(paths, options=GenerationOptions(max_new_tokens=5), batch_size=1)
 
     messages = [
         {"role": "system", "content": "Be brief."},
@@ -227,9 +228,9 @@ def test_llava(tiny, paths, pils):
         {"role": "assistant", "content": "A cat."},
         {"role": "user", "content": [{"type": "text", "text": "And this?"}, {"type": "image", "image": pils[1]}]},
     ]
-    reply = model.chat(messages, max_new_tokens=6)
+    reply = model.chat(messages, options=GenerationOptions(max_new_tokens=6))
     assert isinstance(reply, str)
-    assert "".join(model.chat(messages, stream=True, max_new_tokens=6)) == reply
+    assert "".join(model.chat(messages, stream=True, options=GenerationOptions(max_new_tokens=6))) == reply
     with pytest.raises(InputError, match="last message must come from the user"):
         model.chat(messages[:3])
     with pytest.raises(InputError, match="role"):

@@ -250,7 +250,7 @@ def test_separate_captioner_and_ranker(tiny, photos, tmp_path):
 
     interrogator = Interrogator(captioner, ranker, cache_dir=tmp_path, generation=GenerationOptions(max_new_tokens=4))
     fast = interrogator.interrogate(photos["cat"], mode="fast")
-    assert fast.caption == captioner.caption([photos["cat"]], max_new_tokens=4)[0]
+    assert fast.caption == captioner.caption([photos["cat"]], options=GenerationOptions(max_new_tokens=4))[0]
     assert (fast.captioner, fast.ranker) == (str(tiny["blip_caption"]), str(tiny["clip"]))
     assert fast.prompt.startswith(fast.caption) and [len(fast.terms[c]) for c in CATEGORIES] == [1, 1, 1, 3]
     _check_scores(ranker, photos["cat"], fast)
@@ -270,7 +270,7 @@ def test_best_stops_on_a_tie_or_noise(tiny, photos, tmp_path, monkeypatch):
     each further term adds 1e-6 to the cosine, the size of float32 rounding."""
     captioner = _cached_load(str(tiny["blip_caption"]))
     ranker = _load(str(tiny["clip"]))  # its own instance: embed_texts is patched below
-    caption = captioner.caption([photos["cat"]], max_new_tokens=4)[0]
+    caption = captioner.caption([photos["cat"]], options=GenerationOptions(max_new_tokens=4))[0]
     image_emb = ranker.embed_images([photos["cat"]])[0]
     real = ranker.embed_texts
 

@@ -39,6 +39,7 @@ from PIL import Image
 from test_serve_search import live_server as search_live_server
 
 import vlmkit
+from vlmkit import GenerationOptions
 from vlmkit.images import load_image
 from vlmkit.models.kinds import ModelKind
 from vlmkit_server import Routes, ServerConfig, create_api_app
@@ -196,7 +197,7 @@ def test_stream_equals_the_reply(client: openai.OpenAI, models: dict[str, Any], 
     messages = [user("Tell me about this picture.", cat["url"])]
     reply = client.chat.completions.create(model="llava", messages=messages, max_tokens=12, temperature=0)
     text = reply.choices[0].message.content
-    assert text and text == models["llava"].chat([user("Tell me about this picture.", cat["url"])], max_new_tokens=12)
+    assert text and text == models["llava"].chat([user("Tell me about this picture.", cat["url"])], options=GenerationOptions(max_new_tokens=12))
     chunks = list(client.chat.completions.create(model="llava", messages=messages, max_tokens=12, temperature=0, stream=True))
     assert len(chunks) > 2 and all(c.model == "llava" and c.object == "chat.completion.chunk" for c in chunks)
     assert chunks[0].choices[0].delta.role == "assistant"
@@ -222,7 +223,7 @@ def test_max_tokens_and_stop(client: openai.OpenAI, models: dict[str, Any], cat:
     long = client.chat.completions.create(model="llava", messages=messages, max_tokens=16).choices[0].message.content
     short = client.chat.completions.create(model="llava", messages=messages, max_tokens=4)
     assert short.choices[0].finish_reason == "length"
-    assert short.choices[0].message.content == models["llava"].chat(messages, max_new_tokens=4)
+    assert short.choices[0].message.content == models["llava"].chat(messages, options=GenerationOptions(max_new_tokens=4))
     assert long is not None and len(short.choices[0].message.content or "") < len(long)
     # A stop sequence from the middle of the reply cuts it there, streamed or not.
     stop = next(word for word in long.split()[1:] if long.find(word) > 0)
@@ -287,7 +288,7 @@ def test_auto_routing(client: openai.OpenAI, models: dict[str, Any], cat: dict[s
 
     name, info, response = route([user("What colour is the cat?", cat["url"])])
     assert name == "blip-vqa" and info["task"] == "ask" and info["reason"] == "a short question (5 words)"
-    assert response.choices[0].message.content == models["blip-vqa"].ask([cat["image"]], ["What colour is the cat?"], max_new_tokens=30)[0]
+    assert response.choices[0].message.content == models["blip-vqa"].ask([cat["image"]], ["What colour is the cat?"], options=GenerationOptions(max_new_tokens=30))[0]
     name, info, _ = route([user("Why is the cat sitting there?", cat["url"])], max_tokens=8)
     assert name == "llava" and info["task"] == "chat" and info["reason"] == "an open-ended request ('why')"
     conversation = [user("What colour is the cat?", cat["url"]), {"role": "assistant", "content": "brown"}, user("And its eyes?")]
@@ -357,7 +358,7 @@ def test_several_images_in_one_chat(client: openai.OpenAI, models: dict[str, Any
     turns = [user("What is this?", cat["url"]), {"role": "assistant", "content": "a cat"}, user("And this one?", small["url"])]
     for messages in (two, turns):
         reply = client.chat.completions.create(model="llava", messages=messages, max_tokens=6, temperature=0)
-        assert reply.choices[0].message.content == llava.chat(messages, max_new_tokens=6)
+        assert reply.choices[0].message.content == llava.chat(messages, options=GenerationOptions(max_new_tokens=6))
         assert reply.usage is not None and reply.usage.prompt_tokens == llava.prompt_tokens(messages)
     per_image = llava.prompt_tokens(two) - llava.prompt_tokens(one)
     assert per_image == 16 + 1  # the tiny tower's 16 image tokens, and the second image's own placeholder text

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import vlmkit
+from vlmkit import GenerationOptions
 from vlmkit.errors import InputError
 from vlmkit.losses.prefix_lm import IGNORE_INDEX, prefix_lm_loss, prefix_lm_mask
 from vlmkit.models.simvlm import SimVLM, SimVLMConfig, SimVLMTasks
@@ -137,11 +138,11 @@ def test_save_load_round_trip_and_vlmkit_load(checkpoint, photos):
     assert loaded.kind.architecture == "VlmkitSimVLM" and loaded.supports("ask") and not loaded.supports("embed")
     in_memory = SimVLMTasks("mem", model, tokenizer, load_image_encoder("efficientnet-lite0"), torch.device("cpu"), torch.float32)
     images = [str(photos["cat"]), str(photos["coffee"])]
-    assert loaded.caption(images, max_new_tokens=6) == in_memory.caption(images, max_new_tokens=6)
-    assert loaded.ask(images, "what colour is the circle?", max_new_tokens=4) == in_memory.ask(images, "what colour is the circle?", max_new_tokens=4)
-    assert loaded.generate(images[0], "a large", max_new_tokens=4) == in_memory.generate(images[0], "a large", max_new_tokens=4)
+    assert loaded.caption(images, options=GenerationOptions(max_new_tokens=6)) == in_memory.caption(images, options=GenerationOptions(max_new_tokens=6))
+    assert loaded.ask(images, "what colour is the circle?", options=GenerationOptions(max_new_tokens=4)) == in_memory.ask(images, "what colour is the circle?", options=GenerationOptions(max_new_tokens=4))
+    assert loaded.generate(images[0], "a large", options=GenerationOptions(max_new_tokens=4)) == in_memory.generate(images[0], "a large", options=GenerationOptions(max_new_tokens=4))
     with pytest.raises(InputError, match="greedily"):
-        loaded.caption(images, num_beams=2)
+        loaded.caption(images, options=GenerationOptions(num_beams=2))
 
 
 def test_same_answers_at_batch_size_one_and_n(checkpoint, photos):
@@ -150,11 +151,11 @@ def test_same_answers_at_batch_size_one_and_n(checkpoint, photos):
     paths = [str(photos[name]) for name in ("cat", "coffee", "astronaut", "rocket", "motorcycle")]
     questions = ["what colour is the circle?", "how many shapes are there?", "is there a star?",
                  "what is the large red object?", "how many shapes are there?"]
-    answers = model.ask(paths, questions, max_new_tokens=5, batch_size=4)
-    assert answers == model.ask(paths, questions, max_new_tokens=5, batch_size=1)
+    answers = model.ask(paths, questions, options=GenerationOptions(max_new_tokens=5), batch_size=4)
+    assert answers == model.ask(paths, questions, options=GenerationOptions(max_new_tokens=5), batch_size=1)
     assert len(set(answers)) > 1  # the spread weights answer differently per input
-    captions = model.caption(paths + paths[:2], max_new_tokens=8, batch_size=3)
-    assert captions == model.caption(paths + paths[:2], max_new_tokens=8, batch_size=1)
+    captions = model.caption(paths + paths[:2], options=GenerationOptions(max_new_tokens=8), batch_size=3)
+    assert captions == model.caption(paths + paths[:2], options=GenerationOptions(max_new_tokens=8), batch_size=1)
     assert captions[5:] == captions[:2]  # repeated images, same captions
 
 
@@ -173,7 +174,7 @@ def test_tiny_preset_through_the_cli(tiny_run, photos):
     assert rows[-1]["loss"] < rows[0]["loss"]
     model = vlmkit.load(tiny_run / "cli" / "model")
     assert model.kind.architecture == "VlmkitSimVLM" and model.net.config.hidden_size == 32
-    answers = model.ask(str(photos["cat"]), ["what colour is the circle?"], max_new_tokens=3)
+    answers = model.ask(str(photos["cat"]), ["what colour is the circle?"], options=GenerationOptions(max_new_tokens=3))
     assert len(answers) == 1 and isinstance(answers[0], str)
     assert (tiny_run / "cli" / "loss.png").is_file() and (tiny_run / "cli" / "state" / "model.safetensors").is_file()
 

@@ -13,6 +13,7 @@ from numerics import DEEP, assert_close
 from tiny_checkpoints import build_frozen_lm
 
 import vlmkit
+from vlmkit import GenerationOptions
 from vlmkit.data import load_easy_vqa, make_split
 from vlmkit.data.instructions import (
     HELD_IN_TASKS,
@@ -169,8 +170,8 @@ def test_instructblip_checkpoint_round_trips(tmp_path, frozen_lm, photos):
     with torch.no_grad():
         expected = net.generate(images, ["Question: what colour is it? Answer:", "Question: what is it? Answer:"], max_new_tokens=3)
         captions = net.generate(images, [HELD_IN_TEMPLATES.caption[0]] * 2, max_new_tokens=4)
-    assert model.ask(paths, ["what colour is it?", "what is it?"], max_new_tokens=3) == expected
-    assert model.caption(paths, max_new_tokens=4) == captions == model.caption(paths, max_new_tokens=4, batch_size=1)
+    assert model.ask(paths, ["what colour is it?", "what is it?"], options=GenerationOptions(max_new_tokens=3)) == expected
+    assert model.caption(paths, options=GenerationOptions(max_new_tokens=4)) == captions == model.caption(paths, options=GenerationOptions(max_new_tokens=4), batch_size=1)
     with pytest.raises(UnsupportedTaskError):
         model.embed_images(paths)
     with pytest.raises(UnsupportedTaskError):
@@ -234,7 +235,7 @@ def test_instructblip_trains_through_the_cli(tmp_path, frozen_lm, stage1_run, ph
     stage1 = QFormer.from_pretrained(stage1_run / "model" / "qformer").state_dict()
     assert not torch.equal(model.net.qformer.state_dict()["query_tokens"], stage1["query_tokens"])
     paths = [str(photos["cat"]), str(photos["astronaut"])]
-    answers = model.ask(paths, ["what colour is the circle?", "how many shapes are there?"], max_new_tokens=3)
+    answers = model.ask(paths, ["what colour is the circle?", "how many shapes are there?"], options=GenerationOptions(max_new_tokens=3))
     assert len(answers) == 2 and all(isinstance(a, str) for a in answers)
 
     # The ablation: the same mixture with a plain BLIP-2 Q-Former is a BLIP-2 checkpoint.

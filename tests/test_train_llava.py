@@ -14,6 +14,7 @@ from PIL import Image
 from tiny_checkpoints import _llama_config, _vision_kwargs, make_clip_image_processor, make_llama_tokenizer
 
 import vlmkit
+from vlmkit import GenerationOptions
 from vlmkit.data import make_split
 from vlmkit.data.conversations import (
     BRIEF_INSTRUCTIONS,
@@ -362,9 +363,9 @@ def test_stage2_trains_the_lm_and_exports_what_it_trained(tmp_path, stage1_run, 
 
     model = vlmkit.load(out / "model")
     images = [e.image for e in make_split(2, 1, "test", 32)]
-    assert all(isinstance(a, str) for a in model.ask(images, ["what colour is the circle?"] * 2, max_new_tokens=3))
-    assert all(isinstance(c, str) for c in model.caption(images, max_new_tokens=3))
-    reply = model.chat([{"role": "user", "content": [{"type": "image", "image": images[0]}, {"type": "text", "text": "hi"}]}], max_new_tokens=3)
+    assert all(isinstance(a, str) for a in model.ask(images, ["what colour is the circle?"] * 2, options=GenerationOptions(max_new_tokens=3)))
+    assert all(isinstance(c, str) for c in model.caption(images, options=GenerationOptions(max_new_tokens=3)))
+    reply = model.chat([{"role": "user", "content": [{"type": "image", "image": images[0]}, {"type": "text", "text": "hi"}]}], options=GenerationOptions(max_new_tokens=3))
     assert isinstance(reply, str)
 
 
@@ -381,7 +382,7 @@ def test_offline_gpt2_lm_both_stages_with_grown_positions(tmp_path, vision, gpt2
     inputs = processor(images=[Image.new("RGB", (32, 32))], text=[text], return_tensors="pt")
     with torch.no_grad():  # adapters unmerged against merged, as above
         assert_close(trained(**inputs).logits, exported.eval()(**inputs).logits, rtol=DEEP, what="logits")
-    assert isinstance(vlmkit.load(tmp_path / "s2" / "model").ask([Image.new("RGB", (32, 32))], ["hm?"], max_new_tokens=2)[0], str)
+    assert isinstance(vlmkit.load(tmp_path / "s2" / "model").ask([Image.new("RGB", (32, 32))], ["hm?"], options=GenerationOptions(max_new_tokens=2))[0], str)
 
 
 def test_resume_equals_a_straight_run(tmp_path, stage1_run):

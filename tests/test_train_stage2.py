@@ -12,6 +12,7 @@ from safetensors.torch import load_file
 from tiny_checkpoints import build_frozen_lm
 
 import vlmkit
+from vlmkit import GenerationOptions
 from vlmkit.models.blip2_native import NativeBlip2
 from vlmkit_cli.main import main
 from vlmkit_train.stage1 import stage1_config, train_stage1
@@ -52,10 +53,10 @@ def test_stage2_end_to_end(tmp_path, frozen_lm, stage1_run, photos, capsys):
     assert all(torch.equal(model.retrieval.state_dict()[k], v) for k, v in stage1.items())
     assert not torch.equal(model.net.qformer.state_dict()["query_tokens"], stage1["query_tokens"])
     paths = [str(photos["cat"]), str(photos["coffee"]), str(photos["astronaut"])]
-    captions = model.caption(paths, max_new_tokens=5)
-    assert len(captions) == 3 and captions == model.caption(paths, max_new_tokens=5, batch_size=1)
+    captions = model.caption(paths, options=GenerationOptions(max_new_tokens=5))
+    assert len(captions) == 3 and captions == model.caption(paths, options=GenerationOptions(max_new_tokens=5), batch_size=1)
     questions = ["what colour is the circle?", "how many shapes are there?", "is there a star?"]
-    assert model.ask(paths, questions, max_new_tokens=3) == model.ask(paths, questions, max_new_tokens=3, batch_size=1)
+    assert model.ask(paths, questions, options=GenerationOptions(max_new_tokens=3)) == model.ask(paths, questions, options=GenerationOptions(max_new_tokens=3), batch_size=1)
     similarity = model.similarity(paths, ["a red circle", "a blue square"])
     assert similarity.shape == (3, 2)
     match = model.match(paths[0], ["a red circle", "a blue square"])

@@ -31,6 +31,7 @@ from typing import Any, Literal
 from .errors import ImageError, InputError
 from .index.pipeline import decode_entry, default_workers, ordered_map
 from .index.sources import TAR_SEPARATOR, Entry, Skipped, scan
+from .models.base import GenerationOptions
 
 __all__ = ["CaptionReport", "caption_dataset", "OUTPUT_KINDS"]
 
@@ -167,12 +168,12 @@ def _write_shard(source: Path, target: Path, texts: dict[str, str]) -> None:
 # -- the run -------------------------------------------------------------------------------------------
 
 
-def _answer(model: Any, images: list[Any], *, question: str | None, prompt: str | None, generation: dict[str, Any],
+def _answer(model: Any, images: list[Any], *, question: str | None, prompt: str | None, generation: GenerationOptions | None,
             batch_size: int) -> list[str]:
     """The model's text for each image: its caption, or its answer to ``question`` (picklable for Ray)."""
     if question is not None:
-        return list(model.ask(images, [question] * len(images), batch_size=batch_size, **generation))
-    return list(model.caption(images, prompt=prompt, batch_size=batch_size, **generation))
+        return list(model.ask(images, [question] * len(images), options=generation, batch_size=batch_size))
+    return list(model.caption(images, prompt=prompt, options=generation, batch_size=batch_size))
 
 
 def _local_results(model: Any, entries: Sequence[Entry], call: Callable[[Any, list[Any]], list[str]], *, batch_size: int,
@@ -206,7 +207,7 @@ def caption_dataset(
     overwrite: bool = False,
     question: str | None = None,
     prompt: str | None = None,
-    generation: dict[str, Any] | None = None,
+    generation: GenerationOptions | None = None,
     batch_size: int = 8,
     max_pixels: int | None = None,
     progress: Callable[[int], None] | None = None,
@@ -216,8 +217,8 @@ def caption_dataset(
     """Caption every image under ``inputs`` (see :func:`vlmkit.index.sources.scan`) with ``model``,
     or answer ``question`` about each, into exactly one output: ``out`` (``.jsonl`` or ``.parquet``),
     ``sidecar`` text files, or ``shards_out`` (a folder of new WebDataset shards; the inputs must be
-    shards). ``generation`` holds the model's decoding options (``max_new_tokens``, ``num_beams``,
-    ...). ``on_plan(n)`` is called once with the number of images to caption, ``progress(1)`` as each
+    shards). ``generation`` is the model's decoding options (the task's defaults when
+    ``None``). ``on_plan(n)`` is called once with the number of images to caption, ``progress(1)`` as each
     is done or skipped. ``engine`` runs the model elsewhere: a
     :class:`vlmkit.index.ray_engine.RayEngine` decodes on Ray Data tasks and captions in its actors
     (each loads the model itself), giving the same rows as this process would. Returns what was
@@ -276,7 +277,7 @@ def caption_dataset(
     if on_plan is not None:
         on_plan(len(todo))
 
-    call = functools.partial(_answer, question=question, prompt=prompt, generation=dict(generation or {}), batch_size=batch_size)
+    call = functools.partial(_answer, question=question, prompt=prompt, generation=generation, batch_size=batch_size)
     if engine is None:
         results = _local_results(model, todo, call, batch_size=batch_size, max_pixels=max_pixels)
     else:  # e.g. vlmkit.index.ray_engine.RayEngine: the same decode-then-call path as indexing on a cluster

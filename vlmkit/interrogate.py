@@ -261,16 +261,7 @@ class Interrogator:
         for start in range(0, len(items), batch_size):
             batch = self._decode(items[start : start + batch_size])
             began = time.perf_counter()
-            options = self.generation
-            captions = self.captioner.caption(
-                batch,
-                max_new_tokens=options.max_new_tokens,
-                num_beams=options.num_beams,
-                do_sample=options.do_sample,
-                top_p=options.top_p,
-                temperature=options.temperature,
-                batch_size=len(batch),
-            )
+            captions = self.captioner.caption(batch, options=self.generation, batch_size=len(batch))
             image_emb = self.ranker.embed_images(batch, batch_size=len(batch))  # (B, D)
             del batch
             term_emb = self.term_embeddings()

@@ -13,7 +13,7 @@ from typing import Any
 from vlmkit.errors import ImageError
 from vlmkit.images import load_image
 
-from .common import CommandError, Output, _positive_int, add_common, load_model, require
+from .common import CommandError, Output, _positive_int, add_common, decoding_options, load_model, require
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -69,15 +69,15 @@ def run_chat(args: argparse.Namespace) -> int:
         parts.append({"type": "text", "text": line})
         pending = []
         messages.append({"role": "user", "content": parts})
-        options = dict(max_new_tokens=args.max_new_tokens, do_sample=args.sample, top_p=args.top_p, temperature=args.temperature)
+        options = decoding_options(args)
         if args.json:
-            reply = str(model.chat(messages, **options))
+            reply = str(model.chat(messages, options=options))
             out.emit({"role": "assistant", "content": reply, "model": model.name}, reply)
         else:
             if interactive:
                 print("model> ", end="", flush=True)
             pieces = []
-            for piece in model.chat(messages, stream=True, **options):
+            for piece in model.chat(messages, stream=True, options=options):
                 pieces.append(piece)
                 print(piece, end="", flush=True)
             print(flush=True)

@@ -45,6 +45,15 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def decoding_options(args: argparse.Namespace, *, sampling: bool = True) -> vlmkit.GenerationOptions:
+    """The decoding flags as the one value the models take: --max-new-tokens and --num-beams, and
+    with ``sampling`` --sample, --top-p and --temperature (where the command has them)."""
+    fields: dict[str, Any] = {"max_new_tokens": args.max_new_tokens, "num_beams": getattr(args, "num_beams", 1)}
+    if sampling:
+        fields.update(do_sample=args.sample, top_p=args.top_p, temperature=args.temperature)
+    return vlmkit.GenerationOptions(**fields)
+
+
 def load_model(args: argparse.Namespace) -> vlmkit.VisionLanguageModel:
     model = vlmkit.load(args.model or vlmkit.DEFAULT_MODEL, device=args.device, dtype=args.dtype)
     model.max_pixels = args.max_pixels

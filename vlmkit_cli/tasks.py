@@ -17,6 +17,7 @@ from .common import (
     add_common,
     check_input,
     check_inputs,
+    decoding_options,
     finish,
     image_batches,
     load_model,
@@ -94,11 +95,7 @@ def run_caption(args: argparse.Namespace) -> int:
         captions = model.caption(
             [image for _, image in batch],
             prompt=args.prompt,
-            max_new_tokens=args.max_new_tokens,
-            num_beams=args.num_beams,
-            do_sample=args.sample,
-            top_p=args.top_p,
-            temperature=args.temperature,
+            options=decoding_options(args),
             batch_size=args.batch_size,
         )
         for (path, _), caption in zip(batch, captions, strict=True):
@@ -119,11 +116,7 @@ def _caption_dataset(args: argparse.Namespace) -> int:
     inputs = check_inputs(args.images, unread, folders=True)  # the unreadable ones are reported already
     model = load_model(args)
     require(model, "ask" if args.ask is not None else "caption")
-    if args.ask is not None:
-        generation = {"max_new_tokens": args.max_new_tokens, "num_beams": args.num_beams}
-    else:
-        generation = {"max_new_tokens": args.max_new_tokens, "num_beams": args.num_beams, "do_sample": args.sample,
-                      "top_p": args.top_p, "temperature": args.temperature}
+    generation = decoding_options(args, sampling=args.ask is None)
     bar = None
 
     def on_plan(total: int) -> None:
@@ -176,9 +169,7 @@ def run_ask(args: argparse.Namespace) -> int:
     model = load_model(args)
     require(model, "ask")
     image = _one_image(args.image, args, model)
-    answers = model.ask(
-        [image] * len(args.questions), args.questions, max_new_tokens=args.max_new_tokens, num_beams=args.num_beams
-    )
+    answers = model.ask([image] * len(args.questions), args.questions, options=decoding_options(args, sampling=False))
     out = Output(args.json)
     many = len(args.questions) > 1
     for question, answer in zip(args.questions, answers, strict=True):

@@ -42,6 +42,7 @@ from starlette.exceptions import HTTPException
 
 from vlmkit.errors import ImageError, InputError, UnsupportedTaskError, VlmkitError
 from vlmkit.images import load_image
+from vlmkit.models.base import GenerationOptions
 
 from .app import _BodyLimit
 from .batching import DynamicBatcher, QueueFull, ShuttingDown
@@ -484,7 +485,7 @@ def create_api_app(
             for i, (_, prompt, tokens) in enumerate(items):
                 groups.setdefault((prompt, tokens), []).append(i)
             for (prompt, tokens), rows in groups.items():
-                texts = entry.model.caption([items[i][0] for i in rows], prompt=prompt, max_new_tokens=tokens, batch_size=len(rows))
+                texts = entry.model.caption([items[i][0] for i in rows], prompt=prompt, options=GenerationOptions(max_new_tokens=tokens), batch_size=len(rows))
                 for i, text in zip(rows, texts, strict=True):
                     out[i] = text
             return out
@@ -498,7 +499,7 @@ def create_api_app(
             for i, (_, _, tokens) in enumerate(items):
                 groups.setdefault(tokens, []).append(i)
             for tokens, rows in groups.items():
-                texts = entry.model.ask([items[i][0] for i in rows], [items[i][1] for i in rows], max_new_tokens=tokens, batch_size=len(rows))
+                texts = entry.model.ask([items[i][0] for i in rows], [items[i][1] for i in rows], options=GenerationOptions(max_new_tokens=tokens), batch_size=len(rows))
                 for i, text in zip(rows, texts, strict=True):
                     out[i] = text
             return out
@@ -763,12 +764,10 @@ def _abilities(served: dict[str, _Served]) -> str:
 # -- chat helpers ------------------------------------------------------------------------------------
 
 
-def _chat_options(chat: _Chat, tokens: int) -> dict[str, Any]:
-    sampling = chat.temperature is not None and chat.temperature > 0
-    options: dict[str, Any] = {"max_new_tokens": tokens, "do_sample": sampling}
-    if sampling:
-        options.update(temperature=chat.temperature, top_p=chat.top_p)
-    return options
+def _chat_options(chat: _Chat, tokens: int) -> GenerationOptions:
+    if chat.temperature is not None and chat.temperature > 0:
+        return GenerationOptions(max_new_tokens=tokens, do_sample=True, temperature=chat.temperature, top_p=chat.top_p)
+    return GenerationOptions(max_new_tokens=tokens)
 
 
 def _admit(entry: _Served, config: ServerConfig) -> None:
@@ -789,7 +788,7 @@ async def _chat_call(entry: _Served, chat: _Chat, tokens: int, config: ServerCon
     def call() -> str:
         try:
             with entry.lock:
-                return str(entry.model.chat(chat.messages, **_chat_options(chat, tokens)))
+                return str(entry.model.chat(chat.messages, options=_chat_options(chat, tokens)))
         finally:
             _release(entry)
 
@@ -810,7 +809,7 @@ def _start_stream(entry: _Served, chat: _Chat, tokens: int, config: ServerConfig
     def produce() -> None:
         try:
             with entry.lock:
-                for piece in entry.model.chat(chat.messages, stream=True, **_chat_options(chat, tokens)):
+                for piece in entry.model.chat(chat.messages, stream=True, options=_chat_options(chat, tokens)):
                     pieces.put(piece)
         except Exception as exc:  # noqa: BLE001 - reported in the stream
             pieces.put(exc)

@@ -40,6 +40,7 @@ import numpy as np
 
 from ..data import Example, read_dataset
 from ..errors import InputError
+from ..models.base import GenerationOptions
 from .classification import IMAGENET_TEMPLATES
 from .predictions import PredictionsFile
 from .rerank import rerank_with_itm
@@ -391,6 +392,11 @@ def _decoding(config: EvalConfig, default_tokens: int) -> dict[str, Any]:
     return {"max_new_tokens": config.max_new_tokens or default_tokens, "num_beams": config.num_beams, "sampling": False}
 
 
+def _options(decoding: dict[str, Any]) -> GenerationOptions:
+    """The model's decoding options for the protocol's ``decoding`` record."""
+    return GenerationOptions(max_new_tokens=decoding["max_new_tokens"], num_beams=decoding["num_beams"])
+
+
 def _run_vqa(model: Any, config: EvalConfig, **run: Any) -> EvalResult:
     items = _vqa_items(config)
     if not items:
@@ -409,8 +415,7 @@ def _run_vqa(model: Any, config: EvalConfig, **run: Any) -> EvalResult:
     header = {"task": "vqa", "model": model.name, "data": config.data, "protocol": protocol}
 
     def predict(batch: list[_Question]) -> list[str]:
-        return model.ask([q.image for q in batch], [q.question for q in batch], max_new_tokens=decoding["max_new_tokens"],
-                         num_beams=config.num_beams, batch_size=config.batch_size)
+        return model.ask([q.image for q in batch], [q.question for q in batch], options=_options(decoding), batch_size=config.batch_size)
 
     done, resumed = _generate_all(model, config, items, header, predict, **run)
     answers = [done[item.id] for item in items]
@@ -453,8 +458,7 @@ def _run_caption(model: Any, config: EvalConfig, **run: Any) -> EvalResult:
     header = {"task": "caption", "model": model.name, "data": config.data, "protocol": protocol}
 
     def predict(batch: list[_Image]) -> list[str]:
-        return model.caption([i.image for i in batch], prompt=config.prompt, max_new_tokens=decoding["max_new_tokens"],
-                             num_beams=config.num_beams, batch_size=config.batch_size)
+        return model.caption([i.image for i in batch], prompt=config.prompt, options=_options(decoding), batch_size=config.batch_size)
 
     done, resumed = _generate_all(model, config, items, header, predict, **run)
     outputs = {i.id: done[i.id] for i in items}

@@ -10,7 +10,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .base import GenerationOptions, VisionLanguageModel, as_list, check_texts, pair_up
+from ..errors import InputError
+from .base import GenerationOptions, PromptedTasks, VisionLanguageModel
 from .kinds import ModelKind
 
 __all__ = ["HFModel", "features", "normalise", "image_size_of", "equal_length_groups"]
@@ -147,68 +148,9 @@ def strip_prompt(sequences: torch.Tensor, input_ids: torch.Tensor | None) -> tor
     return sequences
 
 
-class PromptedGenerator(HFModel):
-    """Image + text prompt -> text, for models whose processor takes both (BLIP-2, InstructBLIP, LLaVA).
-
-    Families differ only in their prompts: ``caption_prompt`` starts a caption, ``vqa_prompt``
-    wraps a question, ``vqa_length_penalty`` is the beam-search length penalty for answers.
-    """
-
-    caption_prompt = ""
-    vqa_prompt = "{}"
-    vqa_length_penalty = 1.0
-
-    def caption(
-        self,
-        images: Any,
-        prompt: str | None = None,
-        *,
-        max_new_tokens: int = 30,
-        num_beams: int = 1,
-        do_sample: bool = False,
-        top_p: float = 1.0,
-        temperature: float = 1.0,
-        batch_size: int = 8,
-    ) -> list[str]:
-        self.require("caption")
-        image_list = as_list(images, "images")
-        options = GenerationOptions(max_new_tokens, num_beams, do_sample, top_p, temperature)
-        return self._prompted(image_list, [prompt or self.caption_prompt] * len(image_list), options, batch_size)
-
-    def ask(
-        self,
-        images: Any,
-        questions: Any,
-        *,
-        max_new_tokens: int = 10,
-        num_beams: int = 1,
-        batch_size: int = 8,
-    ) -> list[str]:
-        self.require("ask")
-        image_list, question_list = pair_up(
-            as_list(images, "images"), check_texts(as_list(questions, "questions"), "questions"), "ask"
-        )
-        options = GenerationOptions(max_new_tokens, num_beams, length_penalty=self.vqa_length_penalty)
-        return self._prompted(image_list, [self.vqa_prompt.format(q) for q in question_list], options, batch_size)
-
-    def generate(
-        self,
-        images: Any,
-        prompts: Any,
-        *,
-        max_new_tokens: int = 30,
-        num_beams: int = 1,
-        do_sample: bool = False,
-        top_p: float = 1.0,
-        temperature: float = 1.0,
-        batch_size: int = 8,
-    ) -> list[str]:
-        self.require("generate")
-        image_list, prompt_list = pair_up(
-            as_list(images, "images"), check_texts(as_list(prompts, "prompts"), "prompts"), "generate"
-        )
-        options = GenerationOptions(max_new_tokens, num_beams, do_sample, top_p, temperature)
-        return self._prompted(image_list, prompt_list, options, batch_size)
+class PromptedGenerator(HFModel, PromptedTasks):
+    """:class:`PromptedTasks` for models whose processor takes an image and a text prompt together
+    (BLIP-2, InstructBLIP, LLaVA); families differ in their prompts and ``_prepare_prompts``."""
 
     def _prepare_prompts(self, prompts: list[str]) -> list[str]:
         return prompts
@@ -217,7 +159,7 @@ class PromptedGenerator(HFModel):
         """Token lengths that must agree for two prompts to share a batch without padding."""
         return (len(self.tokenizer(prompt)["input_ids"]),)
 
-    def _prompted(self, image_list: list[Any], prompts: list[str], options: Any, batch_size: int) -> list[str]:
+    def _generate(self, image_list: list[Any], prompts: list[str], options: GenerationOptions, batch_size: int) -> list[str]:
         """Generate for (image, prompt) pairs, batching only prompts of equal token length.
 
         Padding changes what some models generate (position ids under left padding are not
@@ -225,7 +167,7 @@ class PromptedGenerator(HFModel):
         the same at every batch size, and equal to generating one pair at a time.
         """
         if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+            raise InputError(f"batch_size must be >= 1, got {batch_size}")
         full = self._prepare_prompts(prompts)
         texts: list[str] = [""] * len(full)
         for group in equal_length_groups([self._length_key(p) for p in full], batch_size):

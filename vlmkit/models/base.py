@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import numpy as np
@@ -24,6 +24,8 @@ __all__ = [
     "LabelScore",
     "MatchResult",
     "GenerationOptions",
+    "DEFAULT_NEW_TOKENS",
+    "decoding",
     "VisionLanguageModel",
     "PromptedTasks",
     "DEFAULT_TEMPLATES",
@@ -49,19 +51,40 @@ class MatchResult:
     kind: Literal["itm", "cosine"]
 
 
+#: max_new_tokens when the options leave it unset, by task.
+DEFAULT_NEW_TOKENS: dict[str, int] = {"caption": 30, "ask": 10, "generate": 30, "chat": 256}
+
+
 @dataclass(frozen=True)
 class GenerationOptions:
-    """Decoding settings shared by caption, ask, generate and chat."""
+    """How to decode text: one value that caption, ask, generate and chat take as ``options=``.
 
-    max_new_tokens: int = 30
+    A field left at ``None`` takes the task's default: ``max_new_tokens`` from
+    :data:`DEFAULT_NEW_TOKENS`, and ``length_penalty`` the family's for answers (BLIP-2 and
+    InstructBLIP use -1 with beam search, for short answers) and 1 otherwise. Sampling ignores
+    ``num_beams``; ``length_penalty`` matters only to beam search.
+    """
+
+    max_new_tokens: int | None = None
     num_beams: int = 1
     do_sample: bool = False
     top_p: float = 1.0
     temperature: float = 1.0
-    length_penalty: float = 1.0
+    length_penalty: float | None = None
 
     def __post_init__(self) -> None:
-        if self.max_new_tokens < 1:
+        checks = (
+            ("max_new_tokens", self.max_new_tokens, (int, type(None))),
+            ("num_beams", self.num_beams, int),
+            ("do_sample", self.do_sample, bool),
+            ("top_p", self.top_p, (int, float)),
+            ("temperature", self.temperature, (int, float)),
+            ("length_penalty", self.length_penalty, (int, float, type(None))),
+        )
+        for name, value, kinds in checks:
+            if not isinstance(value, kinds) or (isinstance(value, bool) and kinds is not bool):
+                raise InputError(f"{name}: wrong type {type(value).__name__}")
+        if self.max_new_tokens is not None and self.max_new_tokens < 1:
             raise InputError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
         if self.num_beams < 1:
             raise InputError(f"num_beams must be >= 1, got {self.num_beams}")
@@ -70,15 +93,35 @@ class GenerationOptions:
         if self.temperature <= 0.0:
             raise InputError(f"temperature must be > 0, got {self.temperature}")
 
+    def for_task(self, task: str, length_penalty: float = 1.0) -> GenerationOptions:
+        """These options with every unset field filled in for ``task`` (``length_penalty`` is the
+        family's default for it)."""
+        return replace(
+            self,
+            max_new_tokens=DEFAULT_NEW_TOKENS[task] if self.max_new_tokens is None else self.max_new_tokens,
+            length_penalty=length_penalty if self.length_penalty is None else self.length_penalty,
+        )
+
     def to_hf(self) -> dict[str, Any]:
-        kwargs: dict[str, Any] = {"max_new_tokens": self.max_new_tokens}
+        """Keyword arguments for transformers' ``generate`` (unset fields at their generic defaults)."""
+        kwargs: dict[str, Any] = {"max_new_tokens": self.max_new_tokens or DEFAULT_NEW_TOKENS["generate"]}
         if self.do_sample:
             kwargs.update(do_sample=True, top_p=self.top_p, temperature=self.temperature, num_beams=1)
         else:
             kwargs.update(do_sample=False, num_beams=self.num_beams)
             if self.num_beams > 1:
-                kwargs["length_penalty"] = self.length_penalty
+                kwargs["length_penalty"] = 1.0 if self.length_penalty is None else self.length_penalty
         return kwargs
+
+
+def decoding(options: GenerationOptions | None, task: str, length_penalty: float = 1.0) -> GenerationOptions:
+    """The options a task runs with: the caller's (checked to be :class:`GenerationOptions`) or the
+    defaults, completed for ``task``."""
+    if options is None:
+        options = GenerationOptions()
+    elif not isinstance(options, GenerationOptions):
+        raise InputError(f"{task}: options must be a vlmkit.GenerationOptions, got {type(options).__name__}")
+    return options.for_task(task, length_penalty)
 
 
 def as_list(value: Any, what: str) -> list[Any]:
@@ -267,56 +310,21 @@ class VisionLanguageModel:
         return MatchResult(scores=np.sum(image_emb * text_emb, axis=1).astype(np.float32), kind="cosine")
 
     def caption(
-        self,
-        images: Any,
-        prompt: str | None = None,
-        *,
-        max_new_tokens: int = 30,
-        num_beams: int = 1,
-        do_sample: bool = False,
-        top_p: float = 1.0,
-        temperature: float = 1.0,
-        batch_size: int = 8,
+        self, images: Any, prompt: str | None = None, *, options: GenerationOptions | None = None, batch_size: int = 8
     ) -> list[str]:
         """One caption per image; ``prompt`` (where the model takes one) starts the caption."""
         raise self._unsupported("caption")
 
-    def ask(
-        self,
-        images: Any,
-        questions: Any,
-        *,
-        max_new_tokens: int = 10,
-        num_beams: int = 1,
-        batch_size: int = 8,
-    ) -> list[str]:
+    def ask(self, images: Any, questions: Any, *, options: GenerationOptions | None = None, batch_size: int = 8) -> list[str]:
         """Answer questions about images (paired one to one, or one image with many questions)."""
         raise self._unsupported("ask")
 
-    def generate(
-        self,
-        images: Any,
-        prompts: Any,
-        *,
-        max_new_tokens: int = 30,
-        num_beams: int = 1,
-        do_sample: bool = False,
-        top_p: float = 1.0,
-        temperature: float = 1.0,
-        batch_size: int = 8,
-    ) -> list[str]:
+    def generate(self, images: Any, prompts: Any, *, options: GenerationOptions | None = None, batch_size: int = 8) -> list[str]:
         """Free-form generation from an image and a prompt used verbatim."""
         raise self._unsupported("generate")
 
     def chat(
-        self,
-        messages: list[dict[str, Any]],
-        *,
-        stream: bool = False,
-        max_new_tokens: int = 256,
-        do_sample: bool = False,
-        top_p: float = 1.0,
-        temperature: float = 1.0,
+        self, messages: list[dict[str, Any]], *, stream: bool = False, options: GenerationOptions | None = None
     ) -> str | Iterator[str]:
         """Reply to OpenAI-style messages (text and image parts); a token iterator when streaming."""
         raise self._unsupported("chat")
@@ -328,29 +336,38 @@ class VisionLanguageModel:
 
 
 class PromptedTasks(VisionLanguageModel):
-    """caption / ask / generate for vlmkit's own generative checkpoints (BLIP-2, InstructBLIP,
-    ClipCap, SimVLM): a family turns (image, prompt) pairs into text in ``_generate``, and its
-    checkpoint's config (``self.net.config``) holds ``caption_prompt`` and ``vqa_prompt`` ("{}" is
-    the question). Answers are decoded with ``vqa_length_penalty`` when beam search is asked for."""
+    """caption / ask / generate for every model that turns (image, prompt) pairs into text, the
+    transformers-backed ones (BLIP-2, InstructBLIP, LLaVA) and vlmkit's own (BLIP-2, InstructBLIP,
+    ClipCap, SimVLM). A family implements ``_generate``; the tasks differ only in their prompts:
+    ``caption_prompt`` starts a caption, ``vqa_prompt`` wraps a question ("{}"), and
+    ``vqa_length_penalty`` is the beam-search length penalty for answers."""
 
-    net: Any
-    vqa_length_penalty = -1.0
+    caption_prompt = ""
+    vqa_prompt = "{}"
+    vqa_length_penalty = 1.0
 
     def _generate(self, images: list[Any], prompts: list[str], options: GenerationOptions, batch_size: int) -> list[str]:
+        """Text for each (image, prompt) pair, ``options`` complete for the task."""
         raise NotImplementedError
 
-    def caption(self, images: Any, prompt: str | None = None, *, max_new_tokens: int = 30, num_beams: int = 1,
-                do_sample: bool = False, top_p: float = 1.0, temperature: float = 1.0, batch_size: int = 8) -> list[str]:
+    def caption(
+        self, images: Any, prompt: str | None = None, *, options: GenerationOptions | None = None, batch_size: int = 8
+    ) -> list[str]:
+        self.require("caption")
         image_list = as_list(images, "images")
-        options = GenerationOptions(max_new_tokens, num_beams, do_sample, top_p, temperature)
-        return self._generate(image_list, [prompt or self.net.config.caption_prompt] * len(image_list), options, batch_size)
+        return self._generate(image_list, [prompt or self.caption_prompt] * len(image_list), decoding(options, "caption"), batch_size)
 
-    def ask(self, images: Any, questions: Any, *, max_new_tokens: int = 10, num_beams: int = 1, batch_size: int = 8) -> list[str]:
-        image_list, question_list = pair_up(as_list(images, "images"), check_texts(as_list(questions, "questions"), "questions"), "ask")
-        options = GenerationOptions(max_new_tokens, num_beams, length_penalty=self.vqa_length_penalty)
-        return self._generate(image_list, [self.net.config.vqa_prompt.format(q) for q in question_list], options, batch_size)
+    def ask(self, images: Any, questions: Any, *, options: GenerationOptions | None = None, batch_size: int = 8) -> list[str]:
+        self.require("ask")
+        image_list, question_list = pair_up(
+            as_list(images, "images"), check_texts(as_list(questions, "questions"), "questions"), "ask"
+        )
+        prompts = [self.vqa_prompt.format(q) for q in question_list]
+        return self._generate(image_list, prompts, decoding(options, "ask", self.vqa_length_penalty), batch_size)
 
-    def generate(self, images: Any, prompts: Any, *, max_new_tokens: int = 30, num_beams: int = 1, do_sample: bool = False,
-                 top_p: float = 1.0, temperature: float = 1.0, batch_size: int = 8) -> list[str]:
-        image_list, prompt_list = pair_up(as_list(images, "images"), check_texts(as_list(prompts, "prompts"), "prompts"), "generate")
-        return self._generate(image_list, prompt_list, GenerationOptions(max_new_tokens, num_beams, do_sample, top_p, temperature), batch_size)
+    def generate(self, images: Any, prompts: Any, *, options: GenerationOptions | None = None, batch_size: int = 8) -> list[str]:
+        self.require("generate")
+        image_list, prompt_list = pair_up(
+            as_list(images, "images"), check_texts(as_list(prompts, "prompts"), "prompts"), "generate"
+        )
+        return self._generate(image_list, prompt_list, decoding(options, "generate"), batch_size)

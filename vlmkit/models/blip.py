@@ -13,8 +13,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..errors import InputError
 from ._hf import HFModel, equal_length_groups, normalise
-from .base import GenerationOptions, MatchResult, as_list, check_texts, pair_up
+from .base import GenerationOptions, MatchResult, as_list, check_texts, decoding, pair_up
 
 __all__ = ["Blip"]
 
@@ -25,19 +26,10 @@ class Blip(HFModel):
     # -- captioning head -------------------------------------------------------------------
 
     def caption(
-        self,
-        images: Any,
-        prompt: str | None = None,
-        *,
-        max_new_tokens: int = 30,
-        num_beams: int = 1,
-        do_sample: bool = False,
-        top_p: float = 1.0,
-        temperature: float = 1.0,
-        batch_size: int = 8,
+        self, images: Any, prompt: str | None = None, *, options: GenerationOptions | None = None, batch_size: int = 8
     ) -> list[str]:
         self.require("caption")
-        options = GenerationOptions(max_new_tokens, num_beams, do_sample, top_p, temperature)
+        options = decoding(options, "caption")
         captions: list[str] = []
         for batch in self._load_batches(as_list(images, "images"), batch_size):
             if prompt:
@@ -56,22 +48,14 @@ class Blip(HFModel):
 
     # -- VQA head ---------------------------------------------------------------------------
 
-    def ask(
-        self,
-        images: Any,
-        questions: Any,
-        *,
-        max_new_tokens: int = 10,
-        num_beams: int = 1,
-        batch_size: int = 8,
-    ) -> list[str]:
+    def ask(self, images: Any, questions: Any, *, options: GenerationOptions | None = None, batch_size: int = 8) -> list[str]:
         self.require("ask")
         image_list, question_list = pair_up(
             as_list(images, "images"), check_texts(as_list(questions, "questions"), "questions"), "ask"
         )
         if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        options = GenerationOptions(max_new_tokens, num_beams)
+            raise InputError(f"batch_size must be >= 1, got {batch_size}")
+        options = decoding(options, "ask")
         answers: list[str] = [""] * len(question_list)
         # Questions of equal token length share a batch: padding the question encoder changes the
         # answers of some, so the answers would depend on the batch size.

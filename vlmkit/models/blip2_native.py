@@ -446,6 +446,7 @@ class NativeBlip2Tasks(QFormerRetrieval, PromptedTasks):
 
     #: The kind (in :data:`KINDS`) this wrapper reports.
     architecture = "VlmkitBlip2"
+    vqa_length_penalty = -1.0  # the paper's short answers under beam search
 
     def __init__(
         self, name: str, net: NativeBlip2, qformer_tokenizer: Any, device: torch.device, dtype: torch.dtype,
@@ -456,6 +457,8 @@ class NativeBlip2Tasks(QFormerRetrieval, PromptedTasks):
         #: retrieves with its stage-1 model).
         super().__init__(name, net.encoder, retrieval_qformer or net.qformer, qformer_tokenizer, device, dtype)
         self.net = net.to(device).eval()
+        self.caption_prompt = net.config.caption_prompt
+        self.vqa_prompt = net.config.vqa_prompt
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.net.parameters())

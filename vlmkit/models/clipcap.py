@@ -389,9 +389,13 @@ def load_embedder(name: str, *, device: torch.device | str = "cpu", load: Any = 
 class ClipCapTasks(PromptedTasks):
     """A :class:`ClipCap` checkpoint behind the vlmkit task interface: caption, ask, generate."""
 
+    vqa_length_penalty = -1.0  # short answers under beam search, as BLIP-2
+
     def __init__(self, name: str, net: ClipCap, embedder: ImageEmbedder, device: torch.device, dtype: torch.dtype) -> None:
         super().__init__(name, KINDS[ARCHITECTURE], device, dtype)
         self.net = net.to(device).eval()
+        self.caption_prompt = net.config.caption_prompt
+        self.vqa_prompt = net.config.vqa_prompt
         self.embedder = embedder
 
     def num_parameters(self) -> int:

@@ -39,7 +39,7 @@ from torch import Tensor, nn
 
 from ..errors import InputError, ModelNotFoundError
 from ..layers.logit_scale import logit_scale as clamped_logit_scale
-from .base import GenerationOptions, VisionLanguageModel, as_list, check_texts
+from .base import GenerationOptions, VisionLanguageModel, as_list, check_texts, decoding
 from .image_encoders import FrozenImageEncoder, load_image_encoder
 from .kinds import KINDS
 
@@ -489,20 +489,22 @@ class CoCaTasks(VisionLanguageModel):
                 chunks.append(self.net.unimodal(ids, mask)[1].float().cpu().numpy())
         return np.concatenate(chunks).astype(np.float32)
 
-    def caption(self, images: Any, prompt: str | None = None, *, max_new_tokens: int = 30, num_beams: int = 1,
-                do_sample: bool = False, top_p: float = 1.0, temperature: float = 1.0, batch_size: int = 8) -> list[str]:
+    def caption(
+        self, images: Any, prompt: str | None = None, *, options: GenerationOptions | None = None, batch_size: int = 8
+    ) -> list[str]:
         """Greedy (``num_beams=1``) or beam-search captions; ``prompt`` starts the caption and is kept."""
-        options = GenerationOptions(max_new_tokens, num_beams, do_sample, top_p, temperature)
+        options = decoding(options, "caption")
         if options.do_sample:
             raise InputError("CoCa captions are decoded greedily or by beam search; sampling is not offered")
         image_list = as_list(images, "images")
         prefix = list(self.tokenizer(prompt, add_special_tokens=False)["input_ids"]) if prompt else []
+        beams = options.to_hf()
         captions: list[str] = []
         with torch.inference_mode():
             for start in range(0, len(image_list), batch_size):
                 features = self._features(image_list[start : start + batch_size], batch_size)
-                ids = self.net.generate(features, prefix=prefix, max_new_tokens=options.max_new_tokens, num_beams=options.num_beams,
-                                        length_penalty=options.length_penalty)
+                ids = self.net.generate(features, prefix=prefix, max_new_tokens=beams["max_new_tokens"], num_beams=beams["num_beams"],
+                                        length_penalty=beams.get("length_penalty", 1.0))
                 captions += self.tokenizer.batch_decode([prefix + row for row in ids], skip_special_tokens=True)
         return [c.strip() for c in captions]
 

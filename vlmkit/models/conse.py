@@ -24,7 +24,7 @@ from PIL import Image
 
 from ..layers.efficientnet_lite import RESIZE_SIZE, load_pretrained_lite0, preprocess
 from ..resources import imagenet_class_names
-from .base import GenerationOptions, VisionLanguageModel, as_list, check_texts
+from .base import GenerationOptions, VisionLanguageModel, as_list, check_texts, decoding
 from .kinds import KINDS
 
 __all__ = ["ConSE", "imagenet_class_names", "TOP_T"]
@@ -132,20 +132,11 @@ class ConSE(VisionLanguageModel):
     # -- captions through tags ----------------------------------------------------------------
 
     def caption(
-        self,
-        images: Any,
-        prompt: str | None = None,
-        *,
-        max_new_tokens: int = 30,
-        num_beams: int = 1,
-        do_sample: bool = False,
-        top_p: float = 1.0,
-        temperature: float = 1.0,
-        batch_size: int = 8,
+        self, images: Any, prompt: str | None = None, *, options: GenerationOptions | None = None, batch_size: int = 8
     ) -> list[str]:
         """"a photo of an espresso, a cup": the most probable classes that clear a probability floor.
         Decoding options are checked for validity but a tagger has nothing to decode."""
-        GenerationOptions(max_new_tokens, num_beams, do_sample, top_p, temperature)
+        decoding(options, "caption")
         start = (prompt or CAPTION_PROMPT).strip()
         return [f"{start} {self._tags(row)}" for row in self.class_probabilities(images, batch_size=batch_size)]
 

@@ -13,7 +13,7 @@ import torch
 from ..chat import parse_messages
 from ..prompts import LLAVA_CAPTION_INSTRUCTION, LLAVA_VQA_SUFFIX
 from ._hf import PromptedGenerator, strip_prompt
-from .base import GenerationOptions
+from .base import GenerationOptions, decoding
 
 __all__ = ["Llava", "CAPTION_INSTRUCTION", "VQA_SUFFIX", "LLAVA_CHAT_TEMPLATE"]
 
@@ -72,17 +72,10 @@ class Llava(PromptedGenerator):
         return int(self._chat_inputs(messages)["input_ids"].shape[1])
 
     def chat(
-        self,
-        messages: list[dict[str, Any]],
-        *,
-        stream: bool = False,
-        max_new_tokens: int = 256,
-        do_sample: bool = False,
-        top_p: float = 1.0,
-        temperature: float = 1.0,
+        self, messages: list[dict[str, Any]], *, stream: bool = False, options: GenerationOptions | None = None
     ) -> str | Iterator[str]:
+        options = decoding(options, "chat")
         inputs = self._to_device(self._chat_inputs(messages))
-        options = GenerationOptions(max_new_tokens, 1, do_sample, top_p, temperature)
         kwargs = {**inputs, **options.to_hf()}
         if stream:
             return self._stream(kwargs)

@@ -334,6 +334,8 @@ class SimVLMTasks(PromptedTasks):
         if encoder.hidden_size != net.config.image_hidden_size:
             raise InputError(f"{net.config.image_encoder} gives {encoder.hidden_size}-wide tokens, the model reads {net.config.image_hidden_size}")
         self.net = net.to(device, dtype).eval()
+        self.caption_prompt = net.config.caption_prompt
+        self.vqa_prompt = net.config.vqa_prompt
         self.encoder = encoder.to(device, dtype).eval()
         self.tokenizer = tokenizer
 
@@ -368,6 +370,7 @@ class SimVLMTasks(PromptedTasks):
         if options.do_sample or options.num_beams > 1:
             raise InputError("SimVLM checkpoints decode greedily: use do_sample=False and num_beams=1")
         ids = [self.prefix_ids(p) for p in prefixes]
+        limit = options.to_hf()["max_new_tokens"]
         texts = [""] * len(ids)
         with torch.inference_mode():
             features, rows = self._features(images, batch_size)
@@ -378,7 +381,7 @@ class SimVLMTasks(PromptedTasks):
                 for start in range(0, len(members), batch_size):
                     chunk = members[start : start + batch_size]
                     image_embeds = features[[rows[i] for i in chunk]]  # (b, P, E)
-                    generated = self.net.generate(image_embeds, [ids[i] for i in chunk], max_new_tokens=options.max_new_tokens)
+                    generated = self.net.generate(image_embeds, [ids[i] for i in chunk], max_new_tokens=limit)
                     for i, tokens in zip(chunk, generated, strict=True):
                         texts[i] = self.tokenizer.decode(tokens, skip_special_tokens=True).strip()
         return texts
