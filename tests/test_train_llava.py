@@ -16,6 +16,7 @@ from tiny_checkpoints import _llama_config, _vision_kwargs, make_clip_image_proc
 import vlmkit
 from vlmkit import GenerationOptions
 from vlmkit.data import make_split
+from vlmkit.data.conversation_encoding import IGNORE, encode_conversation, validate_conversations
 from vlmkit.data.conversations import (
     BRIEF_INSTRUCTIONS,
     Conversation,
@@ -27,19 +28,10 @@ from vlmkit.data.conversations import (
 )
 from vlmkit.errors import InputError
 from vlmkit.models.llava import CAPTION_INSTRUCTION, VQA_SUFFIX
+from vlmkit.models.llava_build import build_llava
+from vlmkit.objectives import LlavaObjective
 from vlmkit_cli.main import main
-from vlmkit_train.llava import (
-    IGNORE,
-    LlavaObjective,
-    build_llava,
-    encode_conversation,
-    run_model,
-    stage1_config,
-    stage2_config,
-    train_stage1,
-    train_stage2,
-    validate_conversations,
-)
+from vlmkit_train.llava import run_model, stage1_config, stage2_config, train_stage1, train_stage2
 
 # -- tiny parts ------------------------------------------------------------------------------------
 

@@ -1,7 +1,8 @@
 """``vlmkit train llava-stage1`` / ``llava-stage2``: LLaVA-1.5 (Liu et al., 2023, "Improved
 Baselines with Visual Instruction Tuning"), built from parts and trained in its two stages.
 
-The model is transformers' own ``LlavaForConditionalGeneration``: a FROZEN CLIP (or SigLIP) vision
+The model is transformers' own ``LlavaForConditionalGeneration``
+(:func:`vlmkit.models.llava_build.build_llava` assembles it): a FROZEN CLIP (or SigLIP) vision
 tower read at its second-last layer (``vision_feature_layer=-2``, CLS dropped: the "default"
 strategy), a projector ("mlp2x_gelu", LLaVA-1.5's two-layer MLP, or LLaVA-1's "linear") and a causal
 LM, with ``<image>`` (and a pad token where missing) added to the LM's tokenizer and LLaVA-1.5's chat
@@ -14,11 +15,13 @@ template ("USER: <image>\\n... ASSISTANT: ...</s>") stored in the processor.
 Training sequences are the processor's own rendering of each conversation, tokenised as the
 processor tokenises a prompt at inference (each ``<image>`` expanded to ``image_seq_length`` tokens,
 which count towards ``max_length``); only the assistant turns' tokens, their end token included,
-are labelled. A validation pass first checks every sample for truncation, masking mismatches,
-placeholder/image count mismatches and samples with nothing to learn; it writes
-``out/validation.json`` and refuses to train (``on_invalid=error``) or trains without the offending
-samples (``on_invalid=skip``), never dropping one silently (the last metrics row and the result's
-``final_record`` give ``samples`` trained on and ``skipped``). The frozen tower's features are cached.
+are labelled (:mod:`vlmkit.data.conversation_encoding`), and the loss is the model's own on them
+(:class:`vlmkit.objectives.LlavaObjective`). A validation pass first checks every sample for
+truncation, masking mismatches, placeholder/image count mismatches and samples with nothing to
+learn; it writes ``out/validation.json`` and refuses to train (``on_invalid=error``) or trains
+without the offending samples (``on_invalid=skip``), never dropping one silently (the last metrics
+row and the result's ``final_record`` give ``samples`` trained on and ``skipped``). The frozen
+tower's features are cached.
 
 Both stages run on the shared driver (:func:`vlmkit_train.driver.train`), with the recipes' own
 defaults: no weight decay, a short warm-up, stage 1's learning rate 1e-3 and stage 2's 2e-4.
@@ -35,15 +38,15 @@ import hashlib
 import json
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
 from torch import nn
 
+from vlmkit.data.conversation_encoding import IGNORE, EncodedSample, validate_conversations
 from vlmkit.data.conversations import (
-    IMAGE_PLACEHOLDER,
     Conversation,
     read_conversations,
     stage1_records,
@@ -53,7 +56,8 @@ from vlmkit.data.conversations import (
 from vlmkit.errors import InputError
 from vlmkit.feature_cache import FeatureCache
 from vlmkit.models.image_encoders import FrozenImageEncoder
-from vlmkit.models.llava import LLAVA_CHAT_TEMPLATE
+from vlmkit.models.llava_build import build_llava
+from vlmkit.objectives.llava import LlavaObjective
 
 from .config import DataConfig, RunConfig, check_at_least, config_from_dict, data_seed
 from .data import training_examples
@@ -67,30 +71,12 @@ __all__ = [
     "PRESETS2",
     "RECIPE_STAGE1",
     "RECIPE_STAGE2",
-    "LLAVA_CHAT_TEMPLATE",
-    "PROBLEMS",
-    "Problem",
-    "EncodedSample",
     "stage1_config",
     "stage2_config",
     "train_stage1",
     "train_stage2",
-    "build_llava",
-    "encode_conversation",
-    "validate_conversations",
-    "IGNORE",
-    "LlavaObjective",
     "run_model",
 ]
-
-IGNORE = -100
-#: What the validation pass looks for, in its report's order.
-PROBLEMS = {
-    "truncated": "longer than max_length (image tokens included)",
-    "masking": "assistant spans do not line up with the template's tokens",
-    "placeholders": "<image> placeholders differ from the images",
-    "unsupervised": "no supervised tokens",
-}
 
 
 # -- configs ---------------------------------------------------------------------------------------
@@ -211,33 +197,8 @@ def _check_parts(config: Any) -> None:
         need = "vision_tower and language_model" + (" (or stage1=DIR)" if isinstance(config, LlavaStage2Config) else "")
         raise InputError(f"{need} are required: directories of a vision tower and of a causal LM")
 
-# -- the model from parts --------------------------------------------------------------------------
 
-# Vision towers LLaVA's "default" strategy knows: does the tower put a CLS token in front of its patches?
-_TOWERS: dict[str, tuple[Literal["default", "full"], int]] = {"clip_vision_model": ("default", 1), "siglip_vision_model": ("full", 0)}
-
-
-def _load_tower(path: str) -> tuple[nn.Module, Any, Any]:
-    """(vision tower, its config, its image processor) from a vision-model or dual-encoder directory."""
-    from transformers import AutoConfig, AutoImageProcessor, AutoModel
-
-    if not (Path(path) / "config.json").is_file():
-        raise InputError(f"vision_tower={path!r}: not a model directory (no config.json)")
-    config = AutoConfig.from_pretrained(path)
-    model = AutoModel.from_pretrained(path, use_safetensors=True)
-    if getattr(config, "vision_config", None) is not None:
-        tower, config = getattr(model, "vision_model", None), config.vision_config
-        if tower is None:
-            raise InputError(f"vision_tower={path!r}: {type(model).__name__} has no vision_model")
-    else:
-        tower = model
-    if config.model_type not in _TOWERS:
-        raise InputError(f"vision_tower={path!r}: a {config.model_type} tower; LLaVA here takes {', '.join(_TOWERS)}")
-    try:
-        image_processor = AutoImageProcessor.from_pretrained(path)
-    except (OSError, ValueError):
-        raise InputError(f"vision_tower={path!r}: no image processor saved there (preprocessor_config.json)") from None
-    return tower, config, image_processor
+# -- the model a stage starts from -----------------------------------------------------------------
 
 
 def _positions(text_config: Any) -> int | None:
@@ -274,92 +235,6 @@ def _fit_positions(model: Any, max_length: int, *, learnable: bool) -> bool:
     return True
 
 
-def build_llava(
-    vision_tower: str, language_model: str, *, projector: str = "mlp2x_gelu", vision_feature_layer: int = -2, seed: int = 0
-) -> tuple[Any, Any]:
-    """A ``LlavaForConditionalGeneration`` assembled from a vision tower and a causal LM directory, with
-    a fresh projector, and its ``LlavaProcessor`` (the tower's image processor, the LM's tokenizer
-    with ``<image>`` and a pad token, LLaVA-1.5's chat template)."""
-    from PIL import Image
-    from transformers import (
-        AutoModelForCausalLM,
-        AutoTokenizer,
-        LlavaConfig,
-        LlavaForConditionalGeneration,
-        LlavaProcessor,
-    )
-
-    tower, vision_config, image_processor = _load_tower(vision_tower)
-    strategy, extra_tokens = _TOWERS[vision_config.model_type]
-    if not (Path(language_model) / "config.json").is_file():
-        raise InputError(f"language_model={language_model!r}: not a model directory (no config.json)")
-    lm = AutoModelForCausalLM.from_pretrained(language_model, use_safetensors=True)
-    tokenizer = AutoTokenizer.from_pretrained(language_model)
-    if IMAGE_PLACEHOLDER not in tokenizer.get_vocab():
-        tokenizer.add_tokens([IMAGE_PLACEHOLDER], special_tokens=True)
-    if tokenizer.pad_token is None:
-        tokenizer.add_special_tokens({"pad_token": "<pad>"})
-    if tokenizer.eos_token is None:
-        raise InputError(f"language_model={language_model!r}: the tokenizer has no end-of-sequence token")
-
-    pixels = image_processor(images=[Image.new("RGB", (vision_config.image_size,) * 2)], return_tensors="pt")["pixel_values"]
-    height, width = pixels.shape[-2:]
-    if (height, width) != (vision_config.image_size, vision_config.image_size):
-        raise InputError(
-            f"vision_tower={vision_tower!r}: its image processor gives {height}x{width}, the tower takes {vision_config.image_size}"
-        )
-    patch = vision_config.patch_size
-    image_seq_length = (height // patch) * (width // patch) + extra_tokens - (1 if strategy == "default" else 0)
-
-    image_token = tokenizer.convert_tokens_to_ids(IMAGE_PLACEHOLDER)
-    assert isinstance(image_token, int)
-    text_config = type(lm.config).from_dict(lm.config.to_dict())
-    text_config.tie_word_embeddings = False  # the head is copied (LLaVA's tying expects Llama's names)
-    config = LlavaConfig(
-        vision_config=vision_config.to_dict(),
-        text_config=text_config.to_dict(),
-        image_token_index=image_token,
-        image_seq_length=image_seq_length,
-        vision_feature_layer=vision_feature_layer,
-        vision_feature_select_strategy=strategy,
-        projector_hidden_act="gelu" if projector == "mlp2x_gelu" else "linear",
-        tie_word_embeddings=False,
-    )
-    torch.manual_seed(seed)
-    model = LlavaForConditionalGeneration(config)
-    target = model.model.vision_tower
-    if type(tower) is not type(target):  # a dual encoder's bare transformer
-        target = target.vision_model
-    target.load_state_dict(tower.state_dict())
-    model.model.language_model.load_state_dict(lm.base_model.state_dict())
-    with torch.no_grad():
-        model.lm_head.weight.copy_(lm.get_output_embeddings().weight)
-    model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
-    if projector == "linear":  # LLaVA-1's single linear layer: the second layer stays the identity
-        with torch.no_grad():
-            second = model.model.multi_modal_projector.linear_2
-            second.weight.copy_(torch.eye(second.weight.shape[0]))
-            second.bias.zero_()
-    for key in ("pad_token_id", "eos_token_id", "bos_token_id"):
-        value = getattr(tokenizer, key)
-        setattr(model.config.text_config, key, value)
-        setattr(model.generation_config, key, value)
-    processor = LlavaProcessor(
-        image_processor=image_processor,
-        tokenizer=tokenizer,
-        patch_size=patch,
-        vision_feature_select_strategy=strategy,
-        chat_template=LLAVA_CHAT_TEMPLATE,
-        image_token=IMAGE_PLACEHOLDER,
-        num_additional_image_tokens=extra_tokens,
-    )
-    expanded = processor(images=[Image.new("RGB", (width, height))], text=[IMAGE_PLACEHOLDER])["input_ids"][0]
-    if expanded.count(config.image_token_index) != image_seq_length:
-        count = expanded.count(config.image_token_index)
-        raise InputError(f"vision_tower={vision_tower!r}: the processor gives {count} image tokens, the model {image_seq_length}")
-    return model.eval(), processor
-
-
 def _load_stage1(path: str) -> tuple[Any, Any]:
     from transformers import LlavaForConditionalGeneration, LlavaProcessor
 
@@ -369,106 +244,6 @@ def _load_stage1(path: str) -> tuple[Any, Any]:
         if config.is_file() and json.loads(config.read_text()).get("model_type") == "llava":
             return LlavaForConditionalGeneration.from_pretrained(candidate).eval(), LlavaProcessor.from_pretrained(candidate)
     raise InputError(f"stage1={path!r}: no LLaVA model there (expected a stage-1 run or a llava checkpoint directory)")
-
-
-# -- tokenisation, labels and the validation pass --------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Problem:
-    kind: str  # a key of PROBLEMS
-    reason: str
-
-
-@dataclass(frozen=True)
-class EncodedSample:
-    """A conversation as training sees it: token ids (images expanded), labels (-100 except on the
-    assistant turns' tokens) and whatever the validation pass found wrong with it."""
-
-    id: str
-    input_ids: list[int]
-    labels: list[int]
-    problems: list[Problem] = field(default_factory=list)
-
-
-def _render(processor: Any, messages: list[dict[str, Any]], generation: bool) -> str:
-    return processor.apply_chat_template(messages, add_generation_prompt=generation, tokenize=False)
-
-
-def _tokenize(processor: Any, text: str, image_seq_length: int) -> list[int]:
-    """Token ids of a rendered prompt exactly as ``processor(images=..., text=...)`` gives them."""
-    expanded = text.replace(processor.image_token, processor.image_token * image_seq_length)
-    return list(processor.tokenizer(expanded)["input_ids"])
-
-
-def encode_conversation(conversation: Conversation, processor: Any, image_seq_length: int, max_length: int) -> EncodedSample:
-    """Render with the processor's chat template, tokenise, label the assistant turns, and check.
-
-    An assistant turn's span starts where the inference prompt (the conversation so far, rendered
-    with ``add_generation_prompt=True``) ends and ends where the conversation up to and including
-    the turn ends; both prefixes must tokenise to the leading tokens of the whole sequence, or the
-    labels would not be what generation at inference continues from (a masking mismatch)."""
-    problems: list[Problem] = []
-    if conversation.placeholders != len(conversation.images):
-        found = f"{conversation.placeholders} {IMAGE_PLACEHOLDER} placeholder(s) for {len(conversation.images)} image(s)"
-        problems.append(Problem("placeholders", found))
-    elif any(IMAGE_PLACEHOLDER in answer for answer in conversation.answers()):
-        problems.append(Problem("placeholders", f"an answer holds {IMAGE_PLACEHOLDER}"))
-    messages = conversation.messages()
-    full = _render(processor, messages, False)
-    ids = _tokenize(processor, full, image_seq_length)
-    labels = [IGNORE] * len(ids)
-    specials = [t for t in processor.tokenizer.all_special_tokens if t]
-    first_answer = len(_tokenize(processor, _render(processor, messages[:1], True), image_seq_length))
-    for index, message in enumerate(messages):
-        if message["role"] != "assistant":
-            continue
-        answer = message["content"][0]["text"]
-        turn = index // 2
-        prompt = _render(processor, messages[:index], True)
-        upto = _render(processor, messages[: index + 1], False)
-        if not upto.startswith(prompt) or not full.startswith(upto) or answer not in upto[len(prompt) :]:
-            problems.append(Problem("masking", f"answer {turn}: the template does not render it after the inference prompt"))
-            continue
-        held = [t for t in specials if t in answer]
-        if held:
-            why = f"answer {turn}: holds the special token {held[0]!r}, which the tokenizer reads as a control token"
-            problems.append(Problem("masking", why))
-            continue
-        prompt_ids, upto_ids = _tokenize(processor, prompt, image_seq_length), _tokenize(processor, upto, image_seq_length)
-        start, end = len(prompt_ids), len(upto_ids)
-        if ids[:start] != prompt_ids or ids[:end] != upto_ids:
-            problems.append(Problem("masking", f"answer {turn}: its tokens do not start or end on the template's token boundary"))
-            continue
-        labels[start:end] = ids[start:end]
-    if len(ids) > max_length:
-        problems.append(Problem("truncated", f"{len(ids)} tokens > max_length {max_length}"))
-    if not any(answer.strip() for answer in conversation.answers()):
-        problems.append(Problem("unsupervised", "every answer is empty"))
-    elif first_answer >= max_length:
-        problems.append(Problem("unsupervised", f"the first answer starts at token {first_answer}, past max_length"))
-    return EncodedSample(conversation.id, ids, labels, problems)
-
-
-def validate_conversations(
-    conversations: list[Conversation], processor: Any, image_seq_length: int, max_length: int, report: Path | None = None
-) -> tuple[list[EncodedSample], dict[str, Any]]:
-    """Encode every conversation and report the problems: counts per kind, and every offending id
-    with its reasons (written to ``report`` as JSON when given)."""
-    samples = [encode_conversation(c, processor, image_seq_length, max_length) for c in conversations]
-    counts = {kind: sum(any(p.kind == kind for p in s.problems) for s in samples) for kind in PROBLEMS}
-    invalid = [{"id": s.id, "problems": [{"kind": p.kind, "reason": p.reason} for p in s.problems]} for s in samples if s.problems]
-    summary = {
-        "samples": len(samples), "invalid": len(invalid), "max_length": max_length, "image_seq_length": image_seq_length,
-        "counts": counts, "problems": PROBLEMS, "offending": invalid,
-    }
-    if report is not None:
-        report.write_text(json.dumps(summary, indent=1, ensure_ascii=False))
-    return samples, summary
-
-
-def _counts_line(summary: dict[str, Any]) -> str:
-    return ", ".join(f"{kind}: {count}" for kind, count in summary["counts"].items())
 
 
 # -- data and features -----------------------------------------------------------------------------
@@ -528,28 +303,7 @@ def _files_key(files: list[Path]) -> str:
     return f"llava-images:{len(files)}:{digest.hexdigest()[:16]}"
 
 
-# -- the training objective ------------------------------------------------------------------------
-
-
-class LlavaObjective(nn.Module):
-    """The LLaVA model with the next-token loss on labelled tokens as its forward (one module call
-    for DDP): frozen-tower hidden states -> projector -> image-token positions of the embeddings."""
-
-    def __init__(self, model: Any) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor, image_states: torch.Tensor
-    ) -> torch.Tensor:
-        config = self.model.config
-        if config.vision_feature_select_strategy == "default":
-            image_states = image_states[:, 1:]  # (N, T, E): CLS dropped
-        image_embeds = self.model.model.multi_modal_projector(image_states)  # (N, T, D)
-        embeds = self.model.get_input_embeddings()(input_ids)  # (B, L, D)
-        mask = (input_ids == config.image_token_index).unsqueeze(-1)  # (B, L, 1)
-        embeds = embeds.masked_scatter(mask, image_embeds.to(embeds.dtype))
-        return self.model(inputs_embeds=embeds, attention_mask=attention_mask, labels=labels).loss
+# -- batches, the parts that learn, the export -----------------------------------------------------
 
 
 def _collate(samples: list[EncodedSample], pad_id: int, max_length: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -665,6 +419,11 @@ def _tower_features(config: Any, run: Run, encoder: _TowerEncoder, files: list[P
         FeatureCache.build(encoder, files, directory, progress=run.progress, images_key=_files_key(files))
     run.wait()
     return FeatureCache.open(directory, identity=encoder.identity).batch  # type: ignore[no-any-return]
+
+
+def _counts_line(summary: dict[str, Any]) -> str:
+    """The validation pass's counts per problem, for messages."""
+    return ", ".join(f"{kind}: {count}" for kind, count in summary["counts"].items())
 
 
 def _build(config: Any, run: Run, stage: int) -> Plan:

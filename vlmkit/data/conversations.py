@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError
+from ..prompts import LLAVA_IMAGE_TOKEN
 from .records import Example
 
 __all__ = [
@@ -44,7 +45,7 @@ __all__ = [
     "stage2_records",
 ]
 
-IMAGE_PLACEHOLDER = "<image>"
+IMAGE_PLACEHOLDER = LLAVA_IMAGE_TOKEN
 HUMAN, GPT = "human", "gpt"
 _CHAT_ROLES = {HUMAN: "user", GPT: "assistant"}
 
