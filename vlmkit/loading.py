@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import importlib
 import os
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,14 +18,13 @@ import torch
 from . import hub
 from .errors import InputError, ModelNotFoundError, VlmkitError
 from .models.base import VisionLanguageModel
-from .models.kinds import DEFAULT_ARCHITECTURE, KINDS, ModelKind
+from .models.kinds import DEFAULT_ARCHITECTURE, KINDS, NATIVE_KINDS, ModelKind
 
 __all__ = ["load", "list_models", "ModelInfo", "DEFAULT_MODEL", "resolve_dtype", "checkpoint_dir"]
 
 DEFAULT_MODEL = "conse-lite0-minilm"
 _ALIASES = {"default": DEFAULT_MODEL}
 
-# Files a checkpoint needs; pickled weights (*.bin, *.pt) are never fetched.
 @dataclass(frozen=True)
 class ModelInfo:
     name: str
@@ -36,55 +34,8 @@ class ModelInfo:
     description: str
 
 
-def _conse(device: torch.device, dtype: torch.dtype) -> VisionLanguageModel:
-    from .models.conse import ConSE
-
-    return ConSE(DEFAULT_MODEL, device=device, dtype=dtype)
-
-
-_BUILTINS: dict[str, Callable[[torch.device, torch.dtype], VisionLanguageModel]] = {DEFAULT_MODEL: _conse}
-
-# Well-known checkpoints of each kind (loaded from the hub or its cache).
-_EXAMPLES: dict[str, str] = {
-    "openai/clip-vit-base-patch32": "CLIPModel",
-    "google/siglip-base-patch16-224": "SiglipModel",
-    "Salesforce/blip-image-captioning-base": "BlipForConditionalGeneration",
-    "Salesforce/blip-vqa-base": "BlipForQuestionAnswering",
-    "Salesforce/blip-itm-base-coco": "BlipForImageTextRetrieval",
-    "Salesforce/blip2-opt-2.7b": "Blip2ForConditionalGeneration",
-    "Salesforce/blip2-flan-t5-xl": "Blip2ForConditionalGeneration",
-    "Salesforce/blip2-itm-vit-g": "Blip2ForImageTextRetrieval",
-    "Salesforce/instructblip-vicuna-7b": "InstructBlipForConditionalGeneration",
-    "llava-hf/llava-1.5-7b-hf": "LlavaForConditionalGeneration",
-}
-
-# Which vlmkit class wraps each architecture (module, class), imported when first needed.
-_WRAPPERS: dict[str, tuple[str, str]] = {
-    "CLIPModel": ("vlmkit.models.clip", "DualEncoder"),
-    "SiglipModel": ("vlmkit.models.clip", "DualEncoder"),
-    "BlipForConditionalGeneration": ("vlmkit.models.blip", "Blip"),
-    "BlipForQuestionAnswering": ("vlmkit.models.blip", "Blip"),
-    "BlipForImageTextRetrieval": ("vlmkit.models.blip", "Blip"),
-    "Blip2ForConditionalGeneration": ("vlmkit.models.blip2", "Blip2"),
-    "Blip2ForImageTextRetrieval": ("vlmkit.models.blip2", "Blip2"),
-    "InstructBlipForConditionalGeneration": ("vlmkit.models.instructblip", "InstructBlip"),
-    "LlavaForConditionalGeneration": ("vlmkit.models.llava", "Llava"),
-    "VisionTextDualEncoderModel": ("vlmkit.models.clip", "DualEncoder"),
-}
-
-# vlmkit's own checkpoint formats (``model_type`` in config.json) -> the module whose ``load_native``
-# reads them: the recipes of ``vlmkit train`` whose models have no transformers class. Each gets
-# ``load`` (this loader) for the models its checkpoint names (ClipCap's embedder), so model files
-# never import the loader.
-_NATIVE: dict[str, str] = {
-    "vlmkit-blip2": "vlmkit.models.blip2_native",
-    "vlmkit-instructblip": "vlmkit.models.blip2_native",
-    "vlmkit-blip2-retrieval": "vlmkit.models.blip2_native",
-    "vlmkit-dual-encoder": "vlmkit.models.dual_encoder",
-    "vlmkit-clipcap": "vlmkit.models.clipcap",
-    "vlmkit-coca": "vlmkit.models.coca",
-    "vlmkit-simvlm": "vlmkit.models.simvlm",
-}
+# Built-in models: name -> their kind's architecture (the kind's implementation takes name, device, dtype).
+_BUILTINS: dict[str, str] = {DEFAULT_MODEL: "ConSE"}
 
 _DTYPES = {
     "float32": torch.float32,
@@ -99,12 +50,12 @@ _DTYPES = {
 def list_models() -> list[ModelInfo]:
     """The built-in models, then an example hub checkpoint for every supported kind."""
     infos = []
-    for name in _BUILTINS:
-        kind = KINDS["ConSE"]
+    for name, architecture in _BUILTINS.items():
+        kind = KINDS[architecture]
         infos.append(ModelInfo(name, kind.family, tuple(sorted(kind.tasks)), "built-in", kind.description))
-    for name, arch in _EXAMPLES.items():
-        kind = KINDS[arch]
-        infos.append(ModelInfo(name, kind.family, tuple(sorted(kind.tasks)), "hub", kind.description))
+    for kind in KINDS.values():
+        for name in kind.examples:
+            infos.append(ModelInfo(name, kind.family, tuple(sorted(kind.tasks)), "hub", kind.description))
     return infos
 
 
@@ -146,10 +97,18 @@ def _model_type(where: Path) -> str | None:
     return value if isinstance(value, str) else None
 
 
+def _implementation(kind: ModelKind) -> Any:
+    """What makes a model of ``kind`` (its table entry's "module:attribute"), imported when first needed."""
+    if kind.implementation is None:
+        raise ModelNotFoundError(f"{kind.label}: no implementation to load it with")
+    module, attribute = kind.implementation.split(":")
+    return getattr(importlib.import_module(module), attribute)
+
+
 def _kind_of(config: Any, where: Path) -> ModelKind:
     model_type = getattr(config, "model_type", None)
     for arch in getattr(config, "architectures", None) or []:
-        if arch in _WRAPPERS:
+        if arch in KINDS and KINDS[arch].model_type in DEFAULT_ARCHITECTURE:
             return KINDS[arch]
     if model_type in DEFAULT_ARCHITECTURE:
         return KINDS[DEFAULT_ARCHITECTURE[model_type]]
@@ -178,22 +137,21 @@ def load(
     torch_dtype = resolve_dtype(dtype)
     name = _ALIASES.get(name, name)
     if name in _BUILTINS:
-        return _BUILTINS[name](torch_device, torch_dtype)
+        return _implementation(KINDS[_BUILTINS[name]])(name, device=torch_device, dtype=torch_dtype)  # type: ignore[no-any-return]
 
     import transformers
 
     where = checkpoint_dir(name)
-    native = _NATIVE.get(_model_type(where) or "")
+    native = NATIVE_KINDS.get(_model_type(where) or "")
     if native is not None:
-        load_native = importlib.import_module(native).load_native
+        load_native = _implementation(native)
         return load_native(where, name=name, device=torch_device, dtype=torch_dtype, load=load)  # type: ignore[no-any-return]
     try:
         config = transformers.AutoConfig.from_pretrained(where)
     except (OSError, ValueError, KeyError) as exc:
         raise ModelNotFoundError(f"{name}: cannot read config.json ({exc})") from None
     kind = _kind_of(config, where)
-    module, cls_name = _WRAPPERS[kind.architecture]
-    wrapper = getattr(importlib.import_module(module), cls_name)
+    wrapper = _implementation(kind)
     model_cls = getattr(transformers, kind.architecture)
     try:
         processor = transformers.AutoProcessor.from_pretrained(where)

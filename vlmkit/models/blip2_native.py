@@ -23,7 +23,6 @@ keeps the Q-Former's tokenizer in ``qformer/``; ``vlmkit.load`` wraps it for cap
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -31,7 +30,6 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ..errors import InputError, ModelNotFoundError
@@ -44,6 +42,7 @@ from .base import (
     check_texts,
     pair_up,
 )
+from .checkpoint import load_weights, read_config, read_meta, save_weights, write_config
 from .image_encoders import FrozenImageEncoder, load_image_encoder
 from .kinds import KINDS
 from .qformer import QFormer
@@ -237,10 +236,7 @@ class NativeBlip2(nn.Module):
     # -- checkpoints -----------------------------------------------------------------------------
 
     def save_pretrained(self, directory: str | os.PathLike, *, copy_lm: bool = True) -> None:
-        from ..version import __version__
-
         path = Path(directory)
-        path.mkdir(parents=True, exist_ok=True)
         config = self.config
         if copy_lm:
             self.lm.save_pretrained(path / "lm")
@@ -249,16 +245,11 @@ class NativeBlip2(nn.Module):
         self.qformer.save_pretrained(path / "qformer")
         if self.qformer_tokenizer is not None:
             self.qformer_tokenizer.save_pretrained(path / "qformer")
-        save_file({k: v.detach().contiguous().cpu() for k, v in self.projection.state_dict().items()}, str(path / "projection.safetensors"))
-        fields = asdict(config)
+        save_weights(self.projection.state_dict(), path / "projection.safetensors")
         if config.instruction_aware:
-            kind = {"model_type": INSTRUCT_MODEL_TYPE, "architectures": ["VlmkitInstructBlip"]}
+            write_config(path, config, model_type=INSTRUCT_MODEL_TYPE, architecture="VlmkitInstructBlip")
         else:
-            kind = {"model_type": MODEL_TYPE, "architectures": ["VlmkitBlip2"]}
-            for name in _INSTRUCTION_FIELDS:
-                fields.pop(name)
-        meta = {**kind, "vlmkit_version": __version__, **fields}
-        (path / "config.json").write_text(json.dumps(meta, indent=2) + "\n")
+            write_config(path, config, model_type=MODEL_TYPE, architecture="VlmkitBlip2", drop=_INSTRUCTION_FIELDS)
 
     @classmethod
     def from_parts(
@@ -289,12 +280,7 @@ class NativeBlip2(nn.Module):
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike, *, dtype: torch.dtype = torch.float32) -> NativeBlip2:
         path = Path(directory)
-        meta = _read_config(path)
-        model_type = meta.get("model_type")
-        if model_type not in (MODEL_TYPE, INSTRUCT_MODEL_TYPE):
-            raise ModelNotFoundError(f"{path}: not a {MODEL_TYPE} or {INSTRUCT_MODEL_TYPE} checkpoint")
-        fields = {k: v for k, v in meta.items() if k in Blip2Config.__dataclass_fields__}
-        config = Blip2Config(**fields)
+        config, model_type = read_config(path, Blip2Config, model_types=(MODEL_TYPE, INSTRUCT_MODEL_TYPE))
         if config.instruction_aware != (model_type == INSTRUCT_MODEL_TYPE):
             raise ModelNotFoundError(f"{path}: model_type {model_type} disagrees with instruction_aware={config.instruction_aware}")
         lm_path = path / "lm" if config.language_model == "lm" else config.language_model
@@ -306,18 +292,8 @@ class NativeBlip2(nn.Module):
         model = cls.from_parts(
             config, QFormer.from_pretrained(path / "qformer"), lm_path=lm_path, dtype=dtype, qformer_tokenizer=qformer_tokenizer
         )
-        model.projection.load_state_dict(load_file(str(path / "projection.safetensors")))
+        load_weights(model.projection, path / "projection.safetensors")
         return model.eval()
-
-
-def _read_config(path: Path) -> dict[str, Any]:
-    try:
-        meta = json.loads((path / "config.json").read_text())
-    except (OSError, ValueError) as exc:
-        raise ModelNotFoundError(f"{path}: cannot read config.json ({exc})") from None
-    if not isinstance(meta, dict):
-        raise ModelNotFoundError(f"{path}: config.json is not an object")
-    return meta
 
 
 @dataclass(frozen=True)
@@ -409,32 +385,33 @@ class QFormerRetrieval(VisionLanguageModel):
 
 
 
+@dataclass(frozen=True)
+class RetrievalConfig:
+    """A stage-1 export: the frozen image encoder its Q-Former reads (the Q-Former keeps its own config)."""
+
+    image_encoder: str = "efficientnet-lite0"
+    encoder_layer: int = -2
+
+
 def save_retrieval(directory: str | os.PathLike, qformer: QFormer, tokenizer: Any, *, image_encoder: str, encoder_layer: int) -> None:
     """Write a stage-1 Q-Former (with its tokenizer) and the name of its frozen image encoder as a
     ``vlmkit-blip2-retrieval`` checkpoint."""
-    from ..version import __version__
-
     path = Path(directory)
-    path.mkdir(parents=True, exist_ok=True)
     qformer.save_pretrained(path / "qformer")
     tokenizer.save_pretrained(path / "qformer")
-    meta = {"model_type": RETRIEVAL_MODEL_TYPE, "architectures": ["VlmkitBlip2Retrieval"], "vlmkit_version": __version__,
-            "image_encoder": image_encoder, "encoder_layer": encoder_layer}
-    (path / "config.json").write_text(json.dumps(meta, indent=2) + "\n")
+    write_config(path, RetrievalConfig(image_encoder, encoder_layer), model_type=RETRIEVAL_MODEL_TYPE, architecture="VlmkitBlip2Retrieval")
 
 
-def _load_retrieval(path: Path, meta: dict[str, Any], *, name: str, device: torch.device, dtype: torch.dtype) -> QFormerRetrieval:
+def _load_retrieval(path: Path, *, name: str, device: torch.device, dtype: torch.dtype) -> QFormerRetrieval:
     import transformers
 
-    unknown = set(meta) - {"model_type", "architectures", "vlmkit_version", "image_encoder", "encoder_layer"}
-    if unknown:
-        raise ModelNotFoundError(f"{path}: unknown keys in config.json: {', '.join(sorted(unknown))}")
-    encoder = load_image_encoder(meta.get("image_encoder", "efficientnet-lite0"), layer=int(meta.get("encoder_layer", -2)), dtype=dtype)
+    config, _ = read_config(path, RetrievalConfig, model_types=RETRIEVAL_MODEL_TYPE)
+    encoder = load_image_encoder(config.image_encoder, layer=config.encoder_layer, dtype=dtype)
     qformer = QFormer.from_pretrained(path / "qformer")
     if encoder.hidden_size != qformer.config.encoder_hidden_size:
         raise ModelNotFoundError(
             f"{path}: the Q-Former cross-attends to {qformer.config.encoder_hidden_size}-wide features but "
-            f"{meta.get('image_encoder')} gives {encoder.hidden_size}"
+            f"{config.image_encoder} gives {encoder.hidden_size}"
         )
     tokenizer = transformers.AutoTokenizer.from_pretrained(path / "qformer")
     return QFormerRetrieval(name, encoder, qformer, tokenizer, device, dtype)
@@ -506,9 +483,8 @@ def load_native(path: str | os.PathLike, *, name: str, device: torch.device, dty
     directory for the task interface."""
     import transformers
 
-    meta = _read_config(Path(path))
-    if meta.get("model_type") == RETRIEVAL_MODEL_TYPE:
-        return _load_retrieval(Path(path), meta, name=name, device=device, dtype=dtype)
+    if read_meta(path).get("model_type") == RETRIEVAL_MODEL_TYPE:
+        return _load_retrieval(Path(path), name=name, device=device, dtype=dtype)
     net = NativeBlip2.from_pretrained(path, dtype=dtype)
     if net.config.instruction_aware:
         return NativeInstructBlipTasks(name, net, net.qformer_tokenizer, device, dtype)

@@ -32,7 +32,6 @@ transformers format). ``vlmkit.load(dir)`` recreates the embedder it names and a
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -40,12 +39,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from safetensors.torch import load_file, save_file
 from torch import nn
 
-from ..errors import InputError, ModelNotFoundError
+from ..errors import InputError
 from .base import GenerationOptions, PromptedTasks
 from .blip2_native import CAPTION_PROMPT, IGNORE_INDEX, VQA_PROMPT
+from .checkpoint import load_weights, read_config, save_weights, write_config
 from .kinds import KINDS
 
 __all__ = [
@@ -279,20 +278,16 @@ class ClipCap(nn.Module):
     # -- checkpoints -----------------------------------------------------------------------------
 
     def save_pretrained(self, directory: str | os.PathLike, *, copy_lm: bool = True) -> None:
-        from ..version import __version__
-
         if self.train_lm and not copy_lm:
             raise InputError("the LM was fine-tuned: save it with the mapper (copy_lm=True)")
         path = Path(directory)
-        path.mkdir(parents=True, exist_ok=True)
         config = self.config
         if copy_lm:
             self.lm.save_pretrained(path / "lm")
             self.lm_tokenizer.save_pretrained(path / "lm")
             config = ClipCapConfig(**{**asdict(config), "language_model": "lm"})
-        save_file({k: v.detach().contiguous().cpu() for k, v in self.mapper.state_dict().items()}, str(path / "mapper.safetensors"))
-        meta = {"model_type": MODEL_TYPE, "architectures": [ARCHITECTURE], "vlmkit_version": __version__, **asdict(config)}
-        (path / "config.json").write_text(json.dumps(meta, indent=2) + "\n")
+        write_config(path, config, model_type=MODEL_TYPE, architecture=ARCHITECTURE)
+        save_weights(self.mapper.state_dict(), path / "mapper.safetensors")
 
     @classmethod
     def from_parts(
@@ -308,16 +303,10 @@ class ClipCap(nn.Module):
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike, *, dtype: torch.dtype = torch.float32) -> ClipCap:
         path = Path(directory)
-        try:
-            meta = json.loads((path / "config.json").read_text())
-        except (OSError, ValueError) as exc:
-            raise ModelNotFoundError(f"{path}: cannot read config.json ({exc})") from None
-        if meta.get("model_type") != MODEL_TYPE:
-            raise ModelNotFoundError(f"{path}: not a {MODEL_TYPE} checkpoint")
-        config = ClipCapConfig(**{k: v for k, v in meta.items() if k in ClipCapConfig.__dataclass_fields__})
+        config, _ = read_config(path, ClipCapConfig, model_types=MODEL_TYPE)
         lm_path = path / "lm" if config.language_model == "lm" else config.language_model
         model = cls.from_parts(config, lm_path=lm_path, dtype=dtype)
-        model.mapper.load_state_dict(load_file(str(path / "mapper.safetensors")))
+        load_weights(model.mapper, path / "mapper.safetensors")
         model.mapper.to(dtype)
         return model.eval()
 

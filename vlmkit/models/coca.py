@@ -24,22 +24,21 @@ through the multimodal decoder).
 
 from __future__ import annotations
 
-import json
 import math
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from ..errors import InputError, ModelNotFoundError
+from ..errors import InputError
 from ..layers.logit_scale import logit_scale as clamped_logit_scale
 from .base import GenerationOptions, VisionLanguageModel, as_list, check_texts, decoding
+from .checkpoint import load_weights, read_config, save_weights, write_config
 from .image_encoders import FrozenImageEncoder, load_image_encoder
 from .kinds import KINDS
 
@@ -381,28 +380,19 @@ class CoCa(nn.Module):
 
     def save_pretrained(self, directory: str | os.PathLike, tokenizer: Any | None = None) -> None:
         """``config.json`` + ``model.safetensors`` (+ the tokenizer's files when given)."""
-        from ..version import __version__
-
         path = Path(directory)
         path.mkdir(parents=True, exist_ok=True)
-        save_file({k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}, str(path / WEIGHTS))
+        save_weights(self.state_dict(), path / WEIGHTS)
         if tokenizer is not None:
             tokenizer.save_pretrained(path)
-        meta = {"model_type": MODEL_TYPE, "architectures": [ARCHITECTURE], "vlmkit_version": __version__, **asdict(self.config)}
-        (path / "config.json").write_text(json.dumps(meta, indent=2) + "\n")
+        write_config(path, self.config, model_type=MODEL_TYPE, architecture=ARCHITECTURE)
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike) -> CoCa:
         path = Path(directory)
-        try:
-            meta = json.loads((path / "config.json").read_text())
-        except (OSError, ValueError) as exc:
-            raise ModelNotFoundError(f"{path}: cannot read config.json ({exc})") from None
-        if meta.get("model_type") != MODEL_TYPE:
-            raise ModelNotFoundError(f"{path}: not a {MODEL_TYPE} checkpoint")
-        config = CoCaConfig(**{k: v for k, v in meta.items() if k in CoCaConfig.__dataclass_fields__})
+        config, _ = read_config(path, CoCaConfig, model_types=MODEL_TYPE)
         model = cls(config)
-        model.load_state_dict(load_file(str(path / WEIGHTS)))
+        load_weights(model, path / WEIGHTS)
         return model.eval()
 
 

@@ -17,20 +17,19 @@ and, for SigLIP, the logit bias). The image tower is not copied: it is named by 
 
 from __future__ import annotations
 
-import json
 import math
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ..errors import InputError, ModelNotFoundError
 from .base import VisionLanguageModel, as_list, check_texts
+from .checkpoint import load_weights, read_config, save_weights, write_config
 from .image_encoders import FrozenImageEncoder, load_image_encoder
 from .kinds import KINDS
 
@@ -127,41 +126,25 @@ class NativeDualEncoder(nn.Module):
         return {k: v.detach().contiguous().cpu() for k, v in state.items()}
 
     def save_pretrained(self, directory: str | os.PathLike) -> None:
-        from ..version import __version__
-
         path = Path(directory)
-        path.mkdir(parents=True, exist_ok=True)
         self.text_model.save_pretrained(path / TEXT_DIR)
         self.tokenizer.save_pretrained(path / TEXT_DIR)
-        save_file(self.head_state(), str(path / HEAD_FILE))
-        meta = {"model_type": MODEL_TYPE, "architectures": [ARCHITECTURE], "vlmkit_version": __version__, **asdict(self.config)}
-        (path / "config.json").write_text(json.dumps(meta, indent=2) + "\n")
+        save_weights(self.head_state(), path / HEAD_FILE)
+        write_config(path, self.config, model_type=MODEL_TYPE, architecture=ARCHITECTURE)
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike, *, dtype: torch.dtype = torch.float32) -> NativeDualEncoder:
         import transformers
 
         path = Path(directory)
-        try:
-            meta = json.loads((path / "config.json").read_text())
-        except (OSError, ValueError) as exc:
-            raise ModelNotFoundError(f"{path}: cannot read config.json ({exc})") from None
-        if meta.get("model_type") != MODEL_TYPE:
-            raise ModelNotFoundError(f"{path}: not a {MODEL_TYPE} checkpoint")
-        config = DualEncoderConfig(**{k: v for k, v in meta.items() if k in DualEncoderConfig.__dataclass_fields__})
+        config, _ = read_config(path, DualEncoderConfig, model_types=MODEL_TYPE)
         text_model = transformers.AutoModel.from_pretrained(path / TEXT_DIR, dtype=dtype, use_safetensors=True)
         tokenizer = transformers.AutoTokenizer.from_pretrained(path / TEXT_DIR)
         encoder = load_image_encoder(config.image_encoder, layer=config.encoder_layer, dtype=dtype)
         if encoder.hidden_size != config.image_width:
             raise ModelNotFoundError(f"{path}: the head reads {config.image_width}-wide image tokens but {config.image_encoder} gives {encoder.hidden_size}")
         model = cls(config, text_model, tokenizer, encoder)
-        head = load_file(str(path / HEAD_FILE))
-        with torch.no_grad():
-            model.visual_projection.weight.copy_(head["visual_projection.weight"])
-            model.text_projection.weight.copy_(head["text_projection.weight"])
-            model.logit_scale.copy_(head["logit_scale"])
-            if model.logit_bias is not None:
-                model.logit_bias.copy_(head["logit_bias"])
+        load_weights(model, path / HEAD_FILE, keys=model.head_state())
         return model.to(dtype).eval()
 
 

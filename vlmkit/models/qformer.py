@@ -33,7 +33,6 @@ our own safetensors files (:meth:`QFormer.save_pretrained` / :meth:`QFormer.from
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import os
@@ -44,10 +43,11 @@ from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from ..errors import InputError, ModelNotFoundError
+from .checkpoint import load_weights, read_config, save_weights, write_config
 
 __all__ = [
     "QFormerConfig",
@@ -58,6 +58,8 @@ __all__ = [
     "attention_mask",
     "INITIAL_TEMPERATURE",
 ]
+
+MODEL_TYPE = "vlmkit-qformer"
 
 #: ITC temperature at initialisation, as in BLIP and BLIP-2.
 INITIAL_TEMPERATURE = 0.07
@@ -480,29 +482,15 @@ class QFormer(nn.Module):
 
     def save_pretrained(self, directory: str | os.PathLike) -> None:
         """Write ``model.safetensors`` and ``config.json`` (the config fields plus the vlmkit version)."""
-        from ..version import __version__
-
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        save_file(
-            {k: v.detach().contiguous() for k, v in self.state_dict().items()},
-            directory / "model.safetensors",
-        )
-        meta = {
-            "model_type": "vlmkit-qformer",
-            "vlmkit_version": __version__,
-            **dataclasses.asdict(self.config),
-        }
-        (directory / "config.json").write_text(json.dumps(meta, indent=2) + "\n")
+        path = write_config(directory, self.config, model_type=MODEL_TYPE)
+        save_weights(self.state_dict(), path / "model.safetensors")
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike) -> QFormer:
         """Load what :meth:`save_pretrained` wrote; an unknown config key is an error."""
-        fields = json.loads(_file(directory, "config.json").read_text())
-        for key in ("model_type", "vlmkit_version"):
-            fields.pop(key, None)
-        model = cls(QFormerConfig(**fields))
-        model.load_state_dict(load_file(_file(directory, "model.safetensors")))
+        config, _ = read_config(directory, QFormerConfig, model_types=MODEL_TYPE)
+        model = cls(config)
+        load_weights(model, Path(directory) / "model.safetensors")
         return model.eval()
 
     @classmethod

@@ -26,20 +26,19 @@ and the text tokenizer's files; the frozen encoder is named in the config and lo
 
 from __future__ import annotations
 
-import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
 from torch import nn
 
-from ..errors import InputError, ModelNotFoundError
+from ..errors import InputError
 from ..layers.masks import prefix_lm_mask
 from .base import GenerationOptions, PromptedTasks
+from .checkpoint import load_weights, read_config, save_weights, write_config
 from .image_encoders import FrozenImageEncoder, load_image_encoder
 from .kinds import KINDS
 
@@ -289,27 +288,17 @@ class SimVLM(nn.Module):
 
     def save_pretrained(self, directory: str | os.PathLike, tokenizer: Any | None = None) -> None:
         """``config.json`` + ``model.safetensors`` (+ the tokenizer's files when given)."""
-        from ..version import __version__
-
-        path = Path(directory)
-        path.mkdir(parents=True, exist_ok=True)
-        save_file({k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}, str(path / "model.safetensors"))
-        meta = {"model_type": MODEL_TYPE, "architectures": [ARCHITECTURE], "vlmkit_version": __version__, **asdict(self.config)}
-        (path / "config.json").write_text(json.dumps(meta, indent=2) + "\n")
+        path = write_config(directory, self.config, model_type=MODEL_TYPE, architecture=ARCHITECTURE)
+        save_weights(self.state_dict(), path / "model.safetensors")
         if tokenizer is not None:
             tokenizer.save_pretrained(path)
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike) -> SimVLM:
         path = Path(directory)
-        try:
-            meta = json.loads((path / "config.json").read_text())
-        except (OSError, ValueError) as exc:
-            raise ModelNotFoundError(f"{path}: cannot read config.json ({exc})") from None
-        if meta.get("model_type") != MODEL_TYPE:
-            raise ModelNotFoundError(f"{path}: not a {MODEL_TYPE} checkpoint")
-        model = cls(SimVLMConfig(**{k: v for k, v in meta.items() if k in SimVLMConfig.__dataclass_fields__}))
-        model.load_state_dict(load_file(str(path / "model.safetensors")))
+        config, _ = read_config(path, SimVLMConfig, model_types=MODEL_TYPE)
+        model = cls(config)
+        load_weights(model, path / "model.safetensors")
         return model.eval()
 
 
