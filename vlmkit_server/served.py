@@ -143,12 +143,16 @@ class Served:
     async def embed(self, items: list[Any], step: int) -> list[Any]:
         """Embed texts (``str``) and images, ``step`` at a time, so that a long list never fills the queue by itself."""
         self.require("embed")
-        texts, images = self.queue("embed_text", self._embed_texts), self.queue("embed_image", self._embed_images)
+
+        def one(item: Any) -> Awaitable[Any]:
+            if isinstance(item, str):
+                return self.queue("embed_text", self._embed_texts)(item)
+            return self.queue("embed_image", self._embed_images)(item)
 
         async def embed_all() -> list[Any]:
             out: list[Any] = []
             for start in range(0, len(items), step):
-                out += await asyncio.gather(*((texts if isinstance(x, str) else images)(x) for x in items[start : start + step]))
+                out += await asyncio.gather(*(one(x) for x in items[start : start + step]))
             return out
 
         return list(await self._in_time(embed_all()))
