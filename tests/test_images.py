@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vlmkit.errors import ImageError
+from vlmkit.errors import ImageError, ImageTooLargeError
 from vlmkit.images import iter_loaded, load_image
 
 
@@ -41,8 +41,18 @@ def test_corrupt_jpeg_is_an_image_error(bad_images):
         load_image(bad_images["corrupt"])
 
 
+def test_too_many_pixels_is_its_own_error(bad_images):
+    """A decompression bomb, or an image over the limit, is an ImageTooLargeError (the server's
+    413); any other unreadable image is not."""
+    with pytest.raises(ImageTooLargeError, match="over the limit"):
+        load_image(bad_images["bomb"])
+    with pytest.raises(ImageError) as info:
+        load_image(bad_images["truncated"])
+    assert not isinstance(info.value, ImageTooLargeError)
+
+
 def test_pixel_limit_is_configurable(bad_images, monkeypatch):
-    with pytest.raises(ImageError, match="over the limit"):
+    with pytest.raises(ImageTooLargeError, match="over the limit"):
         load_image(bad_images["good"], max_pixels=1000)
     monkeypatch.setenv("VLMKIT_MAX_PIXELS", "1000")
     with pytest.raises(ImageError, match="over the limit"):

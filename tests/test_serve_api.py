@@ -14,6 +14,7 @@ import contextlib
 import copy
 import io
 import json
+import logging
 import random
 import re
 import socket
@@ -122,6 +123,43 @@ class BlockedEmbedder(SlowEmbedder):
         self.release.wait(60)
         self.returned += 1
         return np.tile(np.array([[0.6, 0.8]], dtype=np.float32), (len(texts), 1))
+
+
+class BlockedChat:
+    """A fake chat model whose calls wait until the test sets ``release``."""
+
+    kind = ModelKind("fake", "BlockedChat", frozenset({"chat"}), "waits, then replies")
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.calls = 0
+
+    def chat(self, messages: list[dict[str, Any]], *, stream: bool = False, **options: Any) -> Any:
+        self.calls += 1
+        self.release.wait(60)
+        return iter(["a", " reply"]) if stream else "a reply"
+
+
+class BuggyModel:
+    """A fake model whose every call fails with a bug (plain Python errors, not vlmkit's)."""
+
+    kind = ModelKind("fake", "BuggyModel", frozenset({"caption", "chat", "embed"}), "fails")
+
+    def caption(self, images: Any, prompt: str | None = None, **options: Any) -> list[str]:
+        raise ValueError("secret detail of a bug")
+
+    def embed_texts(self, texts: list[str], *, batch_size: int = 64) -> np.ndarray:
+        raise KeyError("secret detail of a bug")
+
+    def chat(self, messages: list[dict[str, Any]], *, stream: bool = False, **options: Any) -> Any:
+        if not stream:
+            raise ValueError("secret detail of a bug")
+
+        def pieces() -> Iterator[str]:
+            yield "a"
+            raise RuntimeError("secret detail of a bug")
+
+        return pieces()
 
 
 # -- fixtures --------------------------------------------------------------------------------------
@@ -683,6 +721,87 @@ def test_shutdown_closes_the_batchers() -> None:
         batcher = app.state.served["slow"].batchers["embed_text"]
         assert batcher._worker.is_alive()
     assert not batcher._worker.is_alive()
+
+
+def test_a_bug_in_a_model_call_is_a_logged_500(small: dict[str, Any], caplog: pytest.LogCaptureFixture) -> None:
+    """An unexpected exception is the server's fault: a 500 with a generic body and the traceback in
+    the log, never a 400 (a ValueError is not bad input unless the library says so)."""
+    client = tiny_app({"buggy": BuggyModel()})
+    generic = {"error": {"message": "internal error; see the server log", "type": "server_error", "code": 500}}
+    requests = [
+        ("/v1/caption", {"model": "buggy", "image": small["url"]}),
+        ("/v1/embeddings", {"model": "buggy", "input": "a"}),
+        ("/v1/chat/completions", {"model": "buggy", "messages": [user("hi", small["url"])]}),
+    ]
+    for path, body in requests:
+        caplog.clear()
+        with caplog.at_level(logging.ERROR, logger="vlmkit.server"):
+            response = client.post(path, json=body)
+        assert response.status_code == 500 and response.json() == generic, (path, response.text)
+        logged = [r for r in caplog.records if r.name == "vlmkit.server" and r.exc_info]
+        assert logged and logged[0].exc_info[0] in (ValueError, KeyError), path
+        assert "secret detail of a bug" in caplog.text
+    # Streamed, the status line has gone out: the failure is an error event, as generic, and logged.
+    caplog.clear()
+    with caplog.at_level(logging.ERROR, logger="vlmkit.server"):
+        response = client.post("/v1/chat/completions", json={"model": "buggy", "messages": [user("hi")], "stream": True})
+    assert response.status_code == 200
+    events = [json.loads(line[6:]) for line in response.text.splitlines() if line.startswith("data: {")]
+    assert {"error": {"message": "generation failed; see the server log", "type": "server_error"}} in events
+    assert "secret detail" not in response.text and "secret detail of a bug" in caplog.text
+
+
+def test_invalid_bodies_are_400_in_the_openai_envelope(small: dict[str, Any]) -> None:
+    """A body that fails validation is a 400 in the same envelope as every other error (not FastAPI's
+    422 {"detail": ...}), naming the field and what it should be."""
+    client = tiny_app()
+    cases = [
+        ("/v1/embeddings", {"model": "slow", "input": "a", "encoding_format": "hex"}, "encoding_format: Input should be 'float' or 'base64'"),
+        ("/v1/embeddings", {"input": "a"}, "model: Field required"),
+        ("/v1/embeddings", {"model": "slow", "input": []}, "input: must be a string, an image part, or a non-empty list of them"),
+        ("/v1/chat/completions", {"model": "slow", "messages": [user("hi")], "max_tokens": "5"}, "max_tokens: Input should be a valid integer"),
+        ("/v1/chat/completions", {"model": "slow", "messages": [user("hi")], "temperature": 3}, "temperature: Input should be less than"),
+        ("/v1/chat/completions", {"model": "slow", "messages": [{"role": "tool", "content": "hi"}]}, "role must be one of"),
+        ("/v1/classify", {"model": "slow", "image": small["url"], "labels": ["a", ""]}, "labels: must be 1 to 1000 non-empty strings"),
+    ]
+    for path, body, words in cases:
+        response = client.post(path, json=body)
+        assert response.status_code == 400, (body, response.text)
+        error = response.json()["error"]
+        assert words in error["message"] and error["type"] == "invalid_request_error" and error["code"] == 400, (body, error)
+    # A chunked body over the limit gets the same envelope as one announced by Content-Length.
+    small_limit = tiny_app(max_body_bytes=1000)
+    response = small_limit.post("/v1/embeddings", content=iter([b'{"model": "slow", "input": "', b"x" * 2000, b'"}']))
+    assert response.status_code == 413 and response.json()["error"]["code"] == 413
+
+
+def test_chat_is_admitted_like_every_other_call() -> None:
+    """Chat, streamed or not, waits in the model's bounded queue like the batched tasks: with the
+    model held, one request runs, one waits, and the rest are refused with 429 at once."""
+    model = BlockedChat()
+    app = create_api_app({"chat": model}, ServerConfig(max_queue=1))
+    with live_server(app) as url, session(url) as client:
+
+        def post(i: int) -> httpx.Response:
+            body = {"model": "chat", "messages": [{"role": "user", "content": f"hi {i}"}], "stream": i % 2 == 1}
+            return client.post("/v1/chat/completions", json=body)
+
+        with ThreadPoolExecutor(6) as pool:
+            futures = [pool.submit(post, i) for i in range(6)]
+            try:
+                deadline = time.monotonic() + 60
+                while sum(f.done() for f in futures) < 4 and time.monotonic() < deadline:
+                    time.sleep(0.01)
+                assert sum(f.done() for f in futures) >= 4 and model.calls <= 1
+            finally:
+                model.release.set()
+            responses = [f.result() for f in futures]
+        statuses = Counter(r.status_code for r in responses)
+        assert set(statuses) == {200, 429} and statuses[200] <= 2, statuses
+        refused = next(r for r in responses if r.status_code == 429)
+        assert refused.headers["retry-after"] == "1" and refused.json()["error"]["type"] == "rate_limit_error"
+        assert post(0).json()["choices"][0]["message"]["content"] == "a reply"  # the server still answers
+        assert "chat/chat" in client.get("/health").json()["queues"]
 
 
 # -- fuzz ----------------------------------------------------------------------------------------------

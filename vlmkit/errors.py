@@ -5,6 +5,7 @@ from __future__ import annotations
 __all__ = [
     "VlmkitError",
     "ImageError",
+    "ImageTooLargeError",
     "ModelNotFoundError",
     "OfflineError",
     "UnsupportedTaskError",
@@ -27,6 +28,10 @@ class ImageError(VlmkitError):
         super().__init__(f"{source}: {reason}")
         self.source = source
         self.reason = reason
+
+
+class ImageTooLargeError(ImageError):
+    """An image has more pixels than the limit allows (a possible decompression bomb)."""
 
 
 class ModelNotFoundError(VlmkitError):

@@ -1,8 +1,9 @@
 """Reading images safely: files, bytes, data URLs, arrays and PIL images become RGB PIL images.
 
 Every failure (missing file, directory, not an image, truncated or corrupt data, too many pixels)
-raises :class:`~vlmkit.errors.ImageError` naming the source and the reason, so callers can report
-bad inputs and carry on with the good ones.
+raises :class:`~vlmkit.errors.ImageError` naming the source and the reason (too many pixels: its
+subclass :class:`~vlmkit.errors.ImageTooLargeError`), so callers can report bad inputs and carry on
+with the good ones.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .errors import ImageError
+from .errors import ImageError, ImageTooLargeError
 
 __all__ = ["ImageInput", "DEFAULT_MAX_PIXELS", "max_pixels_default", "load_image", "iter_loaded", "describe"]
 
@@ -106,7 +107,7 @@ def describe(source: object) -> str:
 
 def _check_pixels(name: str, width: int, height: int, max_pixels: int) -> None:
     if width * height > max_pixels:
-        raise ImageError(
+        raise ImageTooLargeError(
             name,
             f"{width}x{height} = {width * height:,} pixels is over the limit of {max_pixels:,} "
             f"(possible decompression bomb; raise it with --max-pixels or {_ENV_MAX_PIXELS})",
@@ -146,7 +147,7 @@ def _open_stream(stream: io.IOBase | str, name: str) -> Image.Image:
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             return Image.open(stream)  # type: ignore[arg-type]
     except Image.DecompressionBombError as exc:
-        raise ImageError(name, f"too many pixels (possible decompression bomb): {exc}") from None
+        raise ImageTooLargeError(name, f"too many pixels (possible decompression bomb): {exc}") from None
     except UnidentifiedImageError:
         raise ImageError(name, NOT_AN_IMAGE) from None
     except OSError as exc:

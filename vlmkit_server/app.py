@@ -10,15 +10,14 @@ Routes::
     GET  /health              {"status": "ok", "rows": N, "model": name}
 
 Every error is JSON ``{"error": message}``: bad input is a 4xx (400 bad query, 404 unknown image,
-409 model mismatch, 413 upload too large, 422 not an image or a bad parameter), never a 500.
+409 model mismatch, 413 upload too large, 422 not an image or a bad parameter), a missing or
+damaged index a 503; the statuses are :data:`vlmkit_server.errors.SEARCH_RULES`.
 Endpoints are plain ``def`` functions, so FastAPI runs them on its thread pool; model calls are
 serialised by one lock because models are not guaranteed to be thread-safe.
 """
 
 from __future__ import annotations
 
-import json
-import logging
 import threading
 import urllib.parse
 from pathlib import Path
@@ -26,24 +25,22 @@ from typing import Annotated, Any
 
 from fastapi import FastAPI, File, Form, Request, UploadFile
 from fastapi import Query as Param
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.responses import FileResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException
 
-from vlmkit.errors import ImageError, InputError, VlmkitError
+from vlmkit.errors import ImageError, InputError
 from vlmkit.images import load_image
 from vlmkit.index import (
     Embedder,
     ImageIndex,
-    ImageIndexError,
-    IndexModelMismatch,
     Query,
     default_threshold,
 )
 
-from ._media import MediaStore, NotIndexed, display_name
-from .pages import not_found_page, wants_page
+from ._media import MediaStore, display_name
+from .errors import SEARCH_RULES, flat_envelope, install_error_handlers
+from .middleware import BodyLimit, security_headers
 
 __all__ = ["create_app", "DEFAULT_K", "MAX_K", "MAX_UPLOAD_BYTES", "THUMBNAIL_SIZE"]
 
@@ -62,7 +59,6 @@ SEARCH_LINK = ("/", "search the indexed images by text or by image")
 PAGE_CSP = "default-src 'self'; img-src 'self' blob: data:; object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
 IMMUTABLE = "private, max-age=31536000, immutable"  # /thumbs and /images URLs name content by hash
 
-log = logging.getLogger("vlmkit.server")
 
 
 def create_app(
@@ -91,11 +87,12 @@ def create_app(
     app = FastAPI(title="vlmkit image search", docs_url=None, redoc_url=None)
     app.state.index, app.state.model, app.state.media = index, model, media
     app.state.page_links = [SEARCH_LINK]  # for the 404 page; `vlmkit serve` shares the API server's list
-    _install_error_handlers(app)
+    install_error_handlers(app, SEARCH_RULES, flat_envelope)
     app.add_middleware(
-        _BodyLimit, limit=max_upload_bytes + FORM_OVERHEAD, message=f"the upload is over the limit of {max_upload_bytes:,} bytes"
+        BodyLimit, limit=max_upload_bytes + FORM_OVERHEAD, message=f"the upload is over the limit of {max_upload_bytes:,} bytes",
+        envelope=flat_envelope,
     )
-    app.middleware("http")(_security_headers)
+    app.middleware("http")(security_headers)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
     def results(request: Request, query: Query, k: int, threshold: float | None) -> dict[str, Any]:
@@ -169,108 +166,3 @@ def _media_response(media: Any) -> Response:
     quoted = urllib.parse.quote(media.name)
     headers = {"Cache-Control": IMMUTABLE, "Content-Disposition": f"inline; filename*=UTF-8''{quoted}"}
     return Response(media.data, media_type=media.media_type, headers=headers)
-
-
-# -- errors ------------------------------------------------------------------------------------------
-
-
-def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status, headers=headers)
-
-
-def _status_of(exc: VlmkitError) -> int:
-    if isinstance(exc, IndexModelMismatch):
-        return 409
-    if isinstance(exc, ImageIndexError):
-        return 503  # missing, busy or damaged index: the server's problem, not the request's
-    if isinstance(exc, ImageError):
-        return 422
-    return 400
-
-
-def _install_error_handlers(app: FastAPI) -> None:
-    @app.exception_handler(VlmkitError)
-    async def vlmkit_error(request: Request, exc: VlmkitError) -> JSONResponse:
-        return _error(_status_of(exc), str(exc))
-
-    @app.exception_handler(NotIndexed)
-    async def not_indexed(request: Request, exc: NotIndexed) -> JSONResponse:
-        return _error(404, str(exc))
-
-    @app.exception_handler(HTTPException)
-    async def http_error(request: Request, exc: HTTPException) -> Response:
-        if exc.status_code == 404 and wants_page(request):
-            return not_found_page(request, app.state.page_links)
-        return _error(exc.status_code, str(exc.detail), getattr(exc, "headers", None))
-
-    @app.exception_handler(RequestValidationError)
-    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        problems = []
-        for error in exc.errors():
-            where = ".".join(str(part) for part in error.get("loc", ()) if part not in ("query", "body", "path"))
-            problems.append(f"{where}: {error.get('msg', 'invalid')}" if where else str(error.get("msg", "invalid")))
-        return _error(422, "; ".join(problems) or "invalid request")
-
-    @app.exception_handler(Exception)
-    async def internal(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("internal error on %s %s", request.method, request.url.path)
-        return _error(500, f"internal error ({type(exc).__name__}); see the server log")
-
-
-async def _security_headers(request: Request, call_next: Any) -> Response:
-    response = await call_next(request)
-    response.headers.setdefault("X-Content-Type-Options", "nosniff")
-    response.headers.setdefault("Referrer-Policy", "no-referrer")
-    return response
-
-
-class _BodyLimit:
-    """Answer 413 to request bodies over ``limit`` bytes before they are parsed or spooled to disk:
-    at once when Content-Length says so, else as soon as a chunked body passes the limit."""
-
-    def __init__(self, app: Any, limit: int, message: str) -> None:
-        self.app = app
-        self.limit = limit
-        self.message = message
-
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        length = dict(scope["headers"]).get(b"content-length", b"")
-        if length.isdigit() and int(length) > self.limit:
-            await _send_json(send, 413, self.message)
-            return
-        seen, over, started = 0, False, False
-
-        async def limited_receive() -> dict[str, Any]:
-            nonlocal seen, over
-            event = await receive()
-            if event["type"] == "http.request" and not over:
-                seen += len(event.get("body", b""))
-                if seen > self.limit:
-                    over = True
-                    return {"type": "http.disconnect"}  # the app stops reading; we answer below
-            return event
-
-        async def guarded_send(event: dict[str, Any]) -> None:
-            nonlocal started
-            if over and not started:
-                return  # whatever the app makes of the cut-off body, the answer is 413
-            started = started or event["type"] == "http.response.start"
-            await send(event)
-
-        try:
-            await self.app(scope, limited_receive, guarded_send)
-        except Exception:
-            if not over or started:
-                raise
-        if over and not started:
-            await _send_json(send, 413, self.message)
-
-
-async def _send_json(send: Any, status: int, message: str) -> None:
-    body = json.dumps({"error": message}).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), (b"connection", b"close")]
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})

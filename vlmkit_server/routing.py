@@ -73,28 +73,31 @@ def _open_ended(words: list[str], i: int, routes: Routes) -> bool:
     return not (words[i] == "how" and i + 1 < len(words) and words[i + 1] in _MEASURE)
 
 
+def _wanted(routes: Routes, text: str, words: list[str], turns: int, max_tokens: int | None, images: int) -> tuple[str, str]:
+    """The kind of work the request asks for, by the rules above, and the reason in words."""
+    if images > 1:
+        return "several-images", f"{images} images in the conversation"
+    if turns > 0:
+        return "conversational", "multi-turn dialogue"
+    if max_tokens is not None and max_tokens > routes.long_answer_tokens:
+        return "conversational", f"a long answer (max_tokens {max_tokens} > {routes.long_answer_tokens})"
+    if is_caption_request(text):
+        return "precise-caption", "a caption request"
+    found = next((w for i, w in enumerate(words) if _open_ended(words, i, routes)), None)
+    if found is not None:
+        return "conversational", f"an open-ended request ({found!r})"
+    if len(words) <= routes.short_question_words:
+        return "precise-ask", f"a short question ({len(words)} words)"
+    return "conversational", f"a long request ({len(words)} words)"
+
+
 def choose_route(
     routes: Routes, *, texts: list[str], turns: int, max_tokens: int | None, can: dict[str, frozenset[str]], images: int = 1
 ) -> Route:
     """``texts``: the last user message's text parts; ``turns``: assistant messages so far;
     ``can``: model name -> the tasks it can do; ``images``: images in the whole conversation."""
     text = " ".join(t.strip() for t in texts if t.strip())
-    words = re.findall(r"[a-z']+", text.lower())
-    if images > 1:
-        wanted, reason = "several-images", f"{images} images in the conversation"
-    elif turns > 0:
-        wanted, reason = "conversational", "multi-turn dialogue"
-    elif max_tokens is not None and max_tokens > routes.long_answer_tokens:
-        wanted, reason = "conversational", f"a long answer (max_tokens {max_tokens} > {routes.long_answer_tokens})"
-    elif is_caption_request(text):
-        wanted, reason = "precise-caption", "a caption request"
-    elif any(_open_ended(words, i, routes) for i in range(len(words))):
-        found = next(w for i, w in enumerate(words) if _open_ended(words, i, routes))
-        wanted, reason = "conversational", f"an open-ended request ({found!r})"
-    elif len(words) <= routes.short_question_words:
-        wanted, reason = "precise-ask", f"a short question ({len(words)} words)"
-    else:
-        wanted, reason = "conversational", f"a long request ({len(words)} words)"
+    wanted, reason = _wanted(routes, text, re.findall(r"[a-z']+", text.lower()), turns, max_tokens, images)
     order = {"conversational": ["chat", "ask", "caption"], "several-images": ["chat"], "precise-caption": ["caption", "chat"],
              "precise-ask": ["ask", "chat"]}[wanted]
     conversational = wanted in ("conversational", "several-images")
@@ -106,19 +109,18 @@ def choose_route(
         # No sides configured: the first served model that can do the wanted work, best task first;
         # chat models first for dialogue, specialists (no chat) first for captions and short answers.
         ranked = sorted(can, key=lambda name: ("chat" in can[name]) != conversational)
+        note = "" if len(can) == 1 else "; picked by what the served models can do"
         for task in order:
             for name in ranked:
-                tasks = can[name]
-                if task in tasks and fits(task):
-                    note = "" if len(can) == 1 else "; picked by what the served models can do"
+                if task in can[name] and fits(task):
                     return Route(name, task, reason + note)  # type: ignore[arg-type]
         raise LookupError(f"no served model can answer {reason}")
     preferred = routes.conversational if conversational else routes.precise
     fallback = routes.precise if conversational else routes.conversational
-    for name, note in ((preferred, ""), (fallback, "; the preferred model cannot do it")):
-        if name is None or name not in can:
+    for side, note in ((preferred, ""), (fallback, "; the preferred model cannot do it")):
+        if side is None or side not in can:
             continue
         for task in order:
-            if task in can[name] and fits(task):
-                return Route(name, task, reason + note)  # type: ignore[arg-type]
+            if task in can[side] and fits(task):
+                return Route(side, task, reason + note)  # type: ignore[arg-type]
     raise LookupError(f"no configured model can answer {reason}")
