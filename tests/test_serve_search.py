@@ -121,38 +121,38 @@ def test_health(client: TestClient) -> None:
         ({"q": ""}, 400, "type something"),
         ({"q": "   "}, 400, "type something"),
         ({}, 400, "type something"),
-        ({"q": "red", "k": 0}, 422, "k:"),
-        ({"q": "red", "k": "ten"}, 422, "k:"),
-        ({"q": "red", "threshold": 2}, 422, "threshold:"),
-        ({"q": "x" * 1001}, 422, "q:"),
+        ({"q": "red", "k": 0}, 400, "k:"),
+        ({"q": "red", "k": "ten"}, 400, "k:"),
+        ({"q": "red", "threshold": 2}, 400, "threshold:"),
+        ({"q": "x" * 1001}, 400, "q:"),
     ],
 )
 def test_bad_queries_are_4xx_json(client: TestClient, params: dict, status: int, words: str) -> None:
     response = client.get("/api/search", params=params)
     assert response.status_code == status
-    assert words in response.json()["error"]
+    assert words in response.json()["error"]["message"]
 
 
 @pytest.mark.parametrize(
     "kind, status, words",
     [
-        ("text", 422, "not an image"),
-        ("empty", 422, "empty"),
-        ("truncated", 422, "truncated"),
-        ("corrupt", 422, "upload"),
-        ("bomb", 422, "over the limit"),
+        ("text", 400, "not an image"),
+        ("empty", 400, "empty"),
+        ("truncated", 400, "truncated"),
+        ("corrupt", 400, "upload"),
+        ("bomb", 413, "over the limit"),
     ],
 )
 def test_bad_uploads_are_4xx_json(client: TestClient, bad_images: dict[str, Path], kind: str, status: int, words: str) -> None:
     response = _upload(client, bad_images[kind].read_bytes(), name=bad_images[kind].name)
     assert response.status_code == status
-    assert words in response.json()["error"]
+    assert words in response.json()["error"]["message"]
 
 
 def test_uploads_over_the_limit_are_refused(client: TestClient) -> None:
     # Announced by Content-Length (refused before the body is read) ...
     response = _upload(client, b"\x89PNG" + b"0" * 400_000)
-    assert response.status_code == 413 and "300,000 bytes" in response.json()["error"]
+    assert response.status_code == 413 and "300,000 bytes" in response.json()["error"]["message"]
     # ... just over the limit, so only the endpoint's own count catches it ...
     response = _upload(client, b"0" * 300_001)
     assert response.status_code == 413
@@ -168,7 +168,7 @@ def test_uploads_over_the_limit_are_refused(client: TestClient) -> None:
 
 def test_upload_without_a_file(client: TestClient) -> None:
     response = client.post("/api/search/image", data={"q": "red"})
-    assert response.status_code == 422 and "file" in response.json()["error"]
+    assert response.status_code == 400 and "file" in response.json()["error"]["message"]
 
 
 def test_model_mismatch(collection: dict[str, Path]) -> None:
@@ -178,7 +178,7 @@ def test_model_mismatch(collection: dict[str, Path]) -> None:
     client = TestClient(create_app(ImageIndex(collection["index"]), model))
     model.name = "another-model"  # e.g. the index was rebuilt with another model while serving
     response = client.get("/api/search", params={"q": "red"})
-    assert response.status_code == 409 and "another-model" in response.json()["error"]
+    assert response.status_code == 409 and "another-model" in response.json()["error"]["message"]
 
 
 # -- files by content hash --------------------------------------------------------------------------
@@ -221,7 +221,7 @@ def test_identical_copies_changed_and_deleted_files(tmp_path: Path) -> None:
     assert client.get(hit["image"]).content == original  # served from the identical copy
     solid(second, "blue")  # changed since indexing: its bytes no longer have the indexed hash
     response = client.get(hit["image"])
-    assert response.status_code == 404 and "changed since it was indexed" in response.json()["error"]
+    assert response.status_code == 404 and "changed since it was indexed" in response.json()["error"]["message"]
 
 
 @contextlib.contextmanager
@@ -439,7 +439,7 @@ def test_served_search_page_header_its_path_and_the_404_page(
     missing = client.get("/no-such-page", headers=html)
     assert missing.status_code == 404 and missing.headers["content-type"].startswith("text/html")
     assert all(f'href="{p}"' in missing.text for p in ("/", "/chat", "/compare"))
-    assert client.get("/no-such-page").json() == {"error": "Not Found"}  # not a browser: JSON, as before
+    assert client.get("/no-such-page").json() == {"error": {"message": "Not Found", "type": "invalid_request_error", "code": 404}}  # not a browser: JSON
     assert client.get("/api/nope", headers=html).headers["content-type"].startswith("application/json")
     assert client.get("/v1/nope", headers=html).headers["content-type"].startswith("application/json")
 

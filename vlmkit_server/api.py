@@ -31,7 +31,7 @@ from vlmkit.errors import InputError
 
 from . import chat, tasks
 from .config import ServerConfig
-from .errors import API_RULES, install_error_handlers, openai_envelope
+from .errors import install_error_handlers
 from .images import ImagePolicy
 from .metrics import Metrics
 from .middleware import BodyLimit, api_guard
@@ -62,7 +62,7 @@ def create_api_app(
     app = FastAPI(title="vlmkit", docs_url=None, redoc_url=None, lifespan=_lifespan)
     app.state.server, app.state.served, app.state.config, app.state.metrics = server, server.served, config, metrics
     app.state.page_links = list(PAGE_LINKS)  # `vlmkit serve` adds the search page when it mounts one
-    install_error_handlers(app, API_RULES, openai_envelope)
+    install_error_handlers(app)
     # Bodies over the limit are refused while they arrive (chunked ones too), before they are buffered.
     app.add_middleware(BodyLimit, limit=config.max_body_bytes, message=f"the request is over {config.max_body_bytes:,} bytes")
     app.middleware("http")(api_guard(config, metrics))

@@ -9,9 +9,10 @@ Routes::
     GET  /images/{sha256}     the indexed image itself
     GET  /health              {"status": "ok", "rows": N, "model": name}
 
-Every error is JSON ``{"error": message}``: bad input is a 4xx (400 bad query, 404 unknown image,
-409 model mismatch, 413 upload too large, 422 not an image or a bad parameter), a missing or
-damaged index a 503; the statuses are :data:`vlmkit_server.errors.SEARCH_RULES`.
+Every error is the API server's envelope, ``{"error": {"message", "type", "code"}}``, by the same
+table (:data:`vlmkit_server.errors.API_RULES`): bad input is a 4xx (400 a bad query or parameter
+or an upload that is not an image, 404 unknown image, 409 model mismatch, 413 upload or image too
+large), a missing or damaged index a 503.
 Endpoints are plain ``def`` functions, so FastAPI runs them on its thread pool; model calls are
 serialised by one lock because models are not guaranteed to be thread-safe.
 """
@@ -39,7 +40,7 @@ from vlmkit.index import (
 )
 
 from ._media import MediaStore, display_name
-from .errors import SEARCH_RULES, flat_envelope, install_error_handlers
+from .errors import install_error_handlers
 from .middleware import BodyLimit, security_headers
 
 __all__ = ["create_app", "DEFAULT_K", "MAX_K", "MAX_UPLOAD_BYTES", "THUMBNAIL_SIZE"]
@@ -87,10 +88,9 @@ def create_app(
     app = FastAPI(title="vlmkit image search", docs_url=None, redoc_url=None)
     app.state.index, app.state.model, app.state.media = index, model, media
     app.state.page_links = [SEARCH_LINK]  # for the 404 page; `vlmkit serve` shares the API server's list
-    install_error_handlers(app, SEARCH_RULES, flat_envelope)
+    install_error_handlers(app)
     app.add_middleware(
         BodyLimit, limit=max_upload_bytes + FORM_OVERHEAD, message=f"the upload is over the limit of {max_upload_bytes:,} bytes",
-        envelope=flat_envelope,
     )
     app.middleware("http")(security_headers)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
@@ -147,7 +147,7 @@ def create_app(
         try:
             image = load_image(data, max_pixels=max_pixels, draft_size=getattr(model, "image_size", None))
         except ImageError as exc:
-            raise ImageError(name, exc.reason) from None
+            raise type(exc)(name, exc.reason) from None  # the upload's name; a too-large image stays a 413
         image.thumbnail((UPLOAD_SIDE, UPLOAD_SIDE))
         return results(request, Query.parse(q, images=[image], paths=False), k, threshold)
 

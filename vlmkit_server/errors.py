@@ -7,15 +7,14 @@ exception's class, the most specific entry first, so adding a case is one line i
 Anything the table does not know is a bug, not the client's fault: a 500 with a generic message,
 and the traceback in the server log.
 
-The envelope is OpenAI's ``{"error": {"message", "type", "code"}}``. The search page's API
-(:mod:`vlmkit_server.app`) answers ``{"error": message}``, the shape its page and clients read,
-through the same handlers with its own statuses (:data:`SEARCH_RULES`).
+The envelope is OpenAI's ``{"error": {"message", "type", "code"}}``, for the API server and the
+search page's API (:mod:`vlmkit_server.app`) alike.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,7 +23,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
 
-from vlmkit.errors import ImageError, ImageTooLargeError, VlmkitError
+from vlmkit.errors import ImageTooLargeError, VlmkitError
 from vlmkit.index import ImageIndexError, IndexModelMismatch
 
 from ._media import NotIndexed
@@ -33,7 +32,7 @@ from .pages import not_found_page, wants_page
 
 __all__ = [
     "ApiError", "BadRequest", "Unauthorized", "ModelNotFound", "TooLarge", "RequestTimeout",
-    "Rule", "Problem", "API_RULES", "SEARCH_RULES", "problem_of", "openai_envelope", "flat_envelope",
+    "Rule", "Problem", "API_RULES", "problem_of", "openai_envelope",
     "error_response", "install_error_handlers", "describe_validation",
 ]
 
@@ -98,16 +97,6 @@ API_RULES: dict[type[BaseException], Rule] = {
     ShuttingDown: Rule(503, "server_error"),
     RequestTimeout: Rule(504, "timeout"),
 }
-#: The search page's API, as published before the API server existed: a bad parameter or an image
-#: that cannot be read is a 422.
-SEARCH_RULES: dict[type[BaseException], Rule] = {
-    **API_RULES,
-    RequestValidationError: Rule(422),
-    ImageError: Rule(422),
-    ImageTooLargeError: Rule(422),
-}
-
-
 @dataclass(frozen=True)
 class Problem:
     """One error answer, before it is put in an envelope."""
@@ -118,14 +107,14 @@ class Problem:
     headers: Mapping[str, str] = field(default_factory=dict)
 
 
-def problem_of(exc: BaseException, rules: Mapping[type[BaseException], Rule] = API_RULES) -> Problem | None:
+def problem_of(exc: BaseException) -> Problem | None:
     """The answer to ``exc`` by the table (``None``: unexpected, a 500)."""
     if isinstance(exc, HTTPException):
         return Problem(exc.status_code, str(exc.detail), headers=dict(exc.headers or {}))
     if isinstance(exc, RequestValidationError):
-        return Problem(rules[RequestValidationError].status, describe_validation(exc.errors()))
+        return Problem(API_RULES[RequestValidationError].status, describe_validation(exc.errors()))
     for cls in type(exc).__mro__:
-        rule = rules.get(cls)
+        rule = API_RULES.get(cls)
         if rule is not None:
             message = exc.message if isinstance(exc, ApiError) else str(exc)
             return Problem(rule.status, rule.template.format(message), rule.kind, rule.headers)
@@ -152,37 +141,30 @@ def _location(loc: Sequence[Any]) -> str:
     return where
 
 
-Envelope = Callable[[Problem], dict[str, Any]]
-
-
 def openai_envelope(problem: Problem) -> dict[str, Any]:
     return {"error": {"message": problem.message, "type": problem.kind, "code": problem.status}}
 
 
-def flat_envelope(problem: Problem) -> dict[str, Any]:
-    return {"error": problem.message}
+def error_response(problem: Problem) -> JSONResponse:
+    return JSONResponse(openai_envelope(problem), status_code=problem.status, headers=dict(problem.headers) or None)
 
 
-def error_response(problem: Problem, envelope: Envelope = openai_envelope) -> JSONResponse:
-    return JSONResponse(envelope(problem), status_code=problem.status, headers=dict(problem.headers) or None)
-
-
-def install_error_handlers(app: FastAPI, rules: Mapping[type[BaseException], Rule], envelope: Envelope) -> None:
-    """Answer every exception by ``rules`` in ``envelope``; a browser's 404 for a page path gets an
+def install_error_handlers(app: FastAPI) -> None:
+    """Answer every exception by the table, in the envelope; a browser's 404 for a page path gets an
     HTML page (:func:`~vlmkit_server.pages.not_found_page`); anything else is a logged 500."""
 
     async def known(request: Request, exc: Exception) -> Response:
-        problem = problem_of(exc, rules)
+        problem = problem_of(exc)
         if problem is None:
             return await unexpected(request, exc)
         if problem.status == 404 and isinstance(exc, HTTPException) and wants_page(request):
             return not_found_page(request, app.state.page_links)
-        return error_response(problem, envelope)
+        return error_response(problem)
 
     async def unexpected(request: Request, exc: Exception) -> Response:
         log.error("internal error on %s %s", request.method, request.url.path, exc_info=exc)
-        return error_response(Problem(500, INTERNAL, "server_error"), envelope)
+        return error_response(Problem(500, INTERNAL, "server_error"))
 
-    for cls in (*rules, HTTPException, RequestValidationError):
+    for cls in (*API_RULES, HTTPException, RequestValidationError):
         app.add_exception_handler(cls, known)
     app.add_exception_handler(Exception, unexpected)

@@ -12,7 +12,7 @@ from fastapi import Request
 from fastapi.responses import Response
 
 from .config import ServerConfig
-from .errors import Envelope, Problem, Unauthorized, error_response, openai_envelope, problem_of
+from .errors import Problem, Unauthorized, error_response, openai_envelope, problem_of
 from .metrics import Metrics
 
 __all__ = ["BodyLimit", "api_guard", "security_headers", "ENDPOINTS"]
@@ -28,10 +28,10 @@ class BodyLimit:
     """Answer 413 to request bodies over ``limit`` bytes before they are parsed or spooled to disk:
     at once when Content-Length says so, else as soon as a chunked body passes the limit."""
 
-    def __init__(self, app: Any, limit: int, message: str, envelope: Envelope = openai_envelope) -> None:
+    def __init__(self, app: Any, limit: int, message: str) -> None:
         self.app = app
         self.limit = limit
-        self.body = json.dumps(envelope(Problem(413, message))).encode()
+        self.body = json.dumps(openai_envelope(Problem(413, message))).encode()
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":

@@ -77,7 +77,7 @@
       const response = await request();
       const payload = await response.json().catch(() => ({}));
       if (mine !== latest) return;
-      if (!response.ok) throw new Error(payload.error || `the server answered ${response.status} ${response.statusText}`);
+      if (!response.ok) throw new Error((payload.error && payload.error.message) || `the server answered ${response.status} ${response.statusText}`);
       render(payload, file ? (text ? `${file.name} + ${text}` : file.name) : text, performance.now() - started);
     } catch (err) {
       if (mine !== latest) return;
