@@ -7,7 +7,7 @@ A CLIP checkpoint with the real ViT-B/32 architecture (``CLIPConfig()`` defaults
 with *random* weights -- speed does not depend on the values -- and saved with ``save_pretrained``
 (safetensors) next to a ``CLIPProcessor`` whose image processor has the settings of
 openai/clip-vit-base-patch32 (shortest edge to 224, bicubic; centre crop 224; CLIP mean/std) and
-a CLIP BPE tokenizer built offline by ``tests/tiny_checkpoints.make_clip_tokenizer``. Nothing is
+a CLIP BPE tokenizer built offline by ``vlmkit.testing.make_clip_tokenizer``. Nothing is
 downloaded.
 
 ``--images`` JPEG files (quality 90) are written from scikit-image's sample photos (astronaut,
@@ -109,8 +109,7 @@ PHOTO_SIZES: tuple[tuple[int, int], ...] = (
 
 def build_checkpoint(out_dir: Path, seed: int) -> Path:
     """Random-weight ViT-B/32 CLIP + the openai/clip-vit-base-patch32 image processor settings."""
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-    from tiny_checkpoints import make_clip_tokenizer  # tests/ is not a package
+    from vlmkit.testing import make_clip_tokenizer
 
     tokenizer = make_clip_tokenizer(model_max_length=77)
     text_config = transformers.CLIPTextConfig(

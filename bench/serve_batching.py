@@ -32,7 +32,7 @@ request when its answer has come). One input per request, cycling through 16 dif
                       384 px, 12-layer BERT-base decoder with cross-attention; 224 M parameters) and
                       random weights, saved with ``save_pretrained`` next to a ``BlipProcessor``
                       (384 px, CLIP mean/std) and the BERT WordPiece tokenizer with ``[DEC]``/``[ENC]``
-                      that ``tests/tiny_checkpoints.py`` builds offline. Random weights never emit
+                      that ``vlmkit.testing`` builds offline. Random weights never emit
                       the end token, so every caption is ``--blip-tokens`` tokens long;
 ``text/null`` and ``image/null``   the same requests to a stand-in model that answers at once
                       (``serve_load.NullModel``): what HTTP, JSON, image decoding and the batcher
@@ -173,8 +173,7 @@ MODEL_ALONE = {"text/default", "image/default", "image/clip", "caption/default",
 def build_blip_caption(out_dir: Path, seed: int) -> Path:
     """Random-weight ``BlipForConditionalGeneration`` at Salesforce/blip-image-captioning-base's size
     (``BlipConfig()`` defaults), with its processor settings and an offline BERT tokenizer."""
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-    from tiny_checkpoints import make_bert_tokenizer  # tests/ is not a package
+    from vlmkit.testing import make_bert_tokenizer
 
     tokenizer = make_bert_tokenizer(with_enc_token=True, model_max_length=512)
     text_config = transformers.BlipTextConfig(

@@ -11,7 +11,6 @@ import torch
 import transformers
 from numerics import DEEP, assert_close
 from PIL import Image
-from tiny_checkpoints import _llama_config, _vision_kwargs, make_clip_image_processor, make_llama_tokenizer
 
 import vlmkit
 from vlmkit.data import make_split
@@ -26,6 +25,7 @@ from vlmkit.data.conversations import (
 )
 from vlmkit.errors import InputError
 from vlmkit.models.llava import CAPTION_INSTRUCTION, VQA_SUFFIX
+from vlmkit.testing import _llama_config, _vision_kwargs, make_clip_image_processor, make_llama_tokenizer
 from vlmkit_cli.main import main
 from vlmkit_train.llava import (
     IGNORE,
