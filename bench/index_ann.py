@@ -83,7 +83,7 @@ from typing import Any
 import lancedb
 import numpy as np
 import pyarrow as pa
-from embed_throughput import machine_busy_seconds, own_cpu_seconds  # bench/ is sys.path[0] when run
+from _measure import machine_busy_seconds, own_cpu_seconds  # bench/ is sys.path[0] when run
 
 from vlmkit.index.store import ANN_MIN_ROWS, ANN_NPROBES, ANN_REFINE, ann_index_options, create_ann_index
 

@@ -155,6 +155,28 @@ def test_benches_never_import_the_tests():
     assert offenders == []
 
 
+#: Bench scripts that run other bench scripts, each with the reason (the rest share code only
+#: through the helper modules ``bench/_*.py``).
+BENCH_DRIVERS = {"recipes_table": "runs the recipe benches whose figures it puts in one table"}
+
+
+def test_bench_scripts_share_code_through_helper_modules_only():
+    scripts = {p.stem for p in BENCH.glob("*.py") if not p.name.startswith("_")}
+    offenders = []
+    for path in sorted(BENCH.glob("*.py")):
+        if path.stem in BENCH_DRIVERS:
+            continue
+        tree = ast.parse(path.read_text(), filename=str(path))
+        offenders += [f"{path.name}: imports {n}" for n in _top_level_imports(tree) if n in scripts]
+        offenders += [  # importing by path counts too
+            f"{path.name}: loads {node.value}"
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Constant) and node.value in {f"{s}.py" for s in scripts}
+        ]
+    assert offenders == []
+    assert set(BENCH_DRIVERS) <= scripts
+
+
 def test_importing_the_library_is_light():
     code = "import sys, vlmkit; print(sorted(m for m in sys.modules if m.split('.')[0] in ('vlmkit_cli', 'transformers')))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
