@@ -20,8 +20,6 @@ import torch
 import transformers
 from PIL import Image
 
-from vlmkit.testing import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, make_bert_tokenizer, make_clip_tokenizer
-
 # Typical phone/web photo sizes (width, height), landscape and portrait, 0.3 to 1.9 megapixels.
 PHOTO_SIZES: tuple[tuple[int, int], ...] = (
     (640, 480),
@@ -40,6 +38,9 @@ PHOTO_SIZES: tuple[tuple[int, int], ...] = (
 
 def build_clip_checkpoint(out_dir: Path, seed: int) -> Path:
     """Random-weight ViT-B/32 CLIP + the openai/clip-vit-base-patch32 image processor settings."""
+    # Imported here, after the benches have quietened transformers' logging.
+    from vlmkit.testing import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, make_clip_tokenizer
+
     tokenizer = make_clip_tokenizer(model_max_length=77)
     text_config = transformers.CLIPTextConfig(
         vocab_size=len(tokenizer),  # the rest (512 wide, 12 layers, 77 positions) are ViT-B/32 defaults
@@ -74,6 +75,8 @@ def build_clip_checkpoint(out_dir: Path, seed: int) -> Path:
 def build_blip_caption(out_dir: Path, seed: int) -> Path:
     """Random-weight ``BlipForConditionalGeneration`` at Salesforce/blip-image-captioning-base's size
     (``BlipConfig()`` defaults), with its processor settings and an offline BERT tokenizer."""
+    from vlmkit.testing import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, make_bert_tokenizer
+
     tokenizer = make_bert_tokenizer(with_enc_token=True, model_max_length=512)
     text_config = transformers.BlipTextConfig(
         vocab_size=len(tokenizer),  # 30524, as released; the rest are the BERT-base defaults
