@@ -52,6 +52,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from _lm import RECIPES, answer_kind  # bench/ is sys.path[0] when run
 
 STAGE1_STEPS = 800
 STAGE2_STEPS = 1000
@@ -79,8 +80,6 @@ QFORMER = ["mixed_precision=bf16"]
 
 def _lm(out: Path, examples: list[Any], dataset: str, steps: int | None) -> Path:
     """The frozen LM as bench/lm_ceiling.py trains it for ``dataset`` (``steps`` overrides its own)."""
-    from lm_ceiling import RECIPES  # bench/, beside this script
-
     from vlmkit_train.lm import lm_config, lm_texts, train_lm
 
     recipe_steps, recipe = RECIPES[dataset]
@@ -167,8 +166,6 @@ def _questions(examples: list[Any], limit: int | None, seed: int = 0) -> list[tu
 
 def _scores(predictions: list[str], chosen: list[tuple[int, str, str]], data: str) -> dict[str, Any]:
     """Exact match overall and per question type (shapes) or answer kind (easy-VQA), in %."""
-    from lm_ceiling import answer_kind  # bench/, beside this script
-
     from vlmkit.eval import exact_match_accuracy
 
     kinds: dict[str, list[int]] = {}

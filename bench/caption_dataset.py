@@ -7,10 +7,10 @@
 with the same loaded model, on the same JPEGs, in the same run. Two models: the built-in
 (EfficientNet-Lite0 + MiniLM, ConSE captions) and a random-weight BLIP at
 Salesforce/blip-image-captioning-base's size (``BlipConfig()`` defaults, built offline by
-``bench/serve_batching.build_blip_caption``; greedy decoding of random weights runs to the full
+``bench/_fixtures.build_blip_caption``; greedy decoding of random weights runs to the full
 ``--max-new-tokens``, so its figures are an upper bound on a trained model's time per caption).
 
-The photos are ``bench/embed_throughput.write_photos``' phone/web-size JPEGs made from
+The photos are ``bench/_fixtures.write_photos``' phone/web-size JPEGs made from
 scikit-image's sample photos. Each contender runs one untimed warm-up on a few images, then
 ``--repeats`` timed passes interleaved (loop, dataset, loop, dataset, ...) so slow drifts of a
 shared machine hit both; a fresh output file per pass. Figures: median images/s of each and their
@@ -39,8 +39,8 @@ from vlmkit import GenerationOptions
 from vlmkit.captioning import caption_dataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from embed_throughput import describe_pass, timed, write_photos  # noqa: E402 - bench/ is not a package
-from serve_batching import build_blip_caption  # noqa: E402
+from _fixtures import build_blip_caption, write_photos  # noqa: E402 - bench/ is not a package
+from _measure import describe_pass, timed  # noqa: E402
 
 
 def plain_loop(model: vlmkit.VisionLanguageModel, paths: list[Path], max_new_tokens: int) -> dict[str, str]:

@@ -7,14 +7,14 @@ A CLIP checkpoint with the real ViT-B/32 architecture (``CLIPConfig()`` defaults
 with *random* weights -- speed does not depend on the values -- and saved with ``save_pretrained``
 (safetensors) next to a ``CLIPProcessor`` whose image processor has the settings of
 openai/clip-vit-base-patch32 (shortest edge to 224, bicubic; centre crop 224; CLIP mean/std) and
-a CLIP BPE tokenizer built offline by ``tests/tiny_checkpoints.make_clip_tokenizer``. Nothing is
-downloaded.
+a CLIP BPE tokenizer built offline by ``vlmkit.testing.make_clip_tokenizer``
+(``bench/_fixtures.py``'s ``build_clip_checkpoint``). Nothing is downloaded.
 
 ``--images`` JPEG files (quality 90) are written from scikit-image's sample photos (astronaut,
 chelsea, coffee, rocket, the motorcycle stereo pair, the Hubble deep field), randomly cropped,
 flipped, colour-jittered, upscaled to phone/web photo sizes between 640x480 and 1600x1200 (both
 orientations) and given a little sensor-like noise so they compress like real photos. All of it
-is deterministic for a given ``--seed``.
+is deterministic for a given ``--seed`` (``bench/_fixtures.py``'s ``write_photos``).
 
 Three contenders turn the JPEG paths into L2-normalised float32 vectors, timed end to end
 (decode + preprocess + model), with every model loaded before timing:
@@ -60,139 +60,24 @@ it wait (up to SECONDS) for the machine to go idle before each timed pass and th
 from __future__ import annotations
 
 import argparse
-import gc
 import os
 import platform
 import statistics
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
 
 import numpy as np
 import PIL
 import torch
 import transformers
+from _fixtures import build_clip_checkpoint, write_photos  # bench/ is sys.path[0] when run
+from _measure import Pass, describe_pass, per_item_ms, timed
 from PIL import Image, features
 
 import vlmkit
 from vlmkit.images import load_image
-
-T = TypeVar("T")
-
-OPENAI_CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
-OPENAI_CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
-
-# Typical phone/web photo sizes (width, height), landscape and portrait, 0.3 to 1.9 megapixels.
-PHOTO_SIZES: tuple[tuple[int, int], ...] = (
-    (640, 480),
-    (800, 600),
-    (1024, 768),
-    (1280, 720),
-    (1280, 960),
-    (1600, 900),
-    (1600, 1200),
-    (480, 640),
-    (768, 1024),
-    (960, 1280),
-    (1200, 1600),
-)
-
-
-# --------------------------------------------------------------------------------------------------
-# Setup: checkpoint and photos
-# --------------------------------------------------------------------------------------------------
-
-
-def build_checkpoint(out_dir: Path, seed: int) -> Path:
-    """Random-weight ViT-B/32 CLIP + the openai/clip-vit-base-patch32 image processor settings."""
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-    from tiny_checkpoints import make_clip_tokenizer  # tests/ is not a package
-
-    tokenizer = make_clip_tokenizer(model_max_length=77)
-    text_config = transformers.CLIPTextConfig(
-        vocab_size=len(tokenizer),  # the rest (512 wide, 12 layers, 77 positions) are ViT-B/32 defaults
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    config = transformers.CLIPConfig(
-        text_config=text_config.to_dict(), vision_config=transformers.CLIPVisionConfig().to_dict()
-    )
-    image_processor = transformers.CLIPImageProcessor(
-        do_resize=True,
-        size={"shortest_edge": 224},
-        resample=Image.Resampling.BICUBIC,
-        do_center_crop=True,
-        crop_size={"height": 224, "width": 224},
-        do_rescale=True,
-        rescale_factor=1 / 255,
-        do_normalize=True,
-        image_mean=OPENAI_CLIP_MEAN,
-        image_std=OPENAI_CLIP_STD,
-        do_convert_rgb=True,
-    )
-    torch.manual_seed(seed)
-    model = transformers.CLIPModel(config).eval()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out_dir, safe_serialization=True)
-    transformers.CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(out_dir)
-    return out_dir
-
-
-def sample_photos() -> list[tuple[str, np.ndarray]]:
-    """scikit-image's colour sample photos, read from its local data directory (no download)."""
-    import skimage.data
-    import skimage.io
-
-    data_dir = Path(skimage.data.data_dir)
-    photos = [
-        ("astronaut", skimage.data.astronaut()),
-        ("chelsea", skimage.data.chelsea()),
-        ("coffee", skimage.data.coffee()),
-        ("rocket", skimage.data.rocket()),
-        ("motorcycle_left", skimage.io.imread(data_dir / "motorcycle_left.png")),
-        ("motorcycle_right", skimage.io.imread(data_dir / "motorcycle_right.png")),
-        ("hubble_deep_field", skimage.data.hubble_deep_field()),
-    ]
-    return [(name, np.ascontiguousarray(array[..., :3]).astype(np.uint8)) for name, array in photos]
-
-
-def write_photos(out_dir: Path, count: int, seed: int) -> list[Path]:
-    """``count`` JPEGs (quality 90) at phone/web sizes made from the sample photos; deterministic."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    sources = [Image.fromarray(array) for _, array in sample_photos()]
-    paths = []
-    for index in range(count):
-        source = sources[index % len(sources)]
-        width, height = PHOTO_SIZES[int(rng.integers(len(PHOTO_SIZES)))]
-        # Largest crop of the source with the target aspect ratio, then 70-100% of it at a random place.
-        aspect = width / height
-        crop_w = min(source.width, source.height * aspect)
-        crop_w *= float(rng.uniform(0.7, 1.0))
-        crop_h = crop_w / aspect
-        left = float(rng.uniform(0, source.width - crop_w))
-        top = float(rng.uniform(0, source.height - crop_h))
-        image = source.resize(
-            (width, height), Image.Resampling.BICUBIC, box=(left, top, left + crop_w, top + crop_h)
-        )
-        if rng.random() < 0.5:
-            image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-        # Colour/brightness jitter plus mild sensor-like noise: an upscaled sample photo is smoother
-        # than a real one and would compress (and decode) unrealistically well without it.
-        pixels = np.asarray(image, dtype=np.float32)
-        pixels = pixels * rng.uniform(0.85, 1.15, size=3).astype(np.float32) + float(rng.uniform(-12, 12))
-        pixels += rng.normal(0.0, 2.5, size=pixels.shape).astype(np.float32)
-        image = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
-        path = out_dir / f"photo_{index:04d}.jpg"
-        image.save(path, format="JPEG", quality=90)
-        paths.append(path)
-    return paths
-
 
 # --------------------------------------------------------------------------------------------------
 # Contenders
@@ -227,75 +112,9 @@ def transformers_batched(
     return np.concatenate(vectors)
 
 
-def machine_busy_seconds() -> float | None:
-    """CPU-seconds all processes on this machine have used so far (Linux ``/proc/stat``), else None."""
-    try:
-        with open("/proc/stat") as stat:
-            # user nice system idle iowait irq softirq steal
-            ticks = [int(v) for v in stat.readline().split()[1:9]]
-    except (OSError, ValueError):
-        return None
-    return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
-
-
-def own_cpu_seconds() -> float:
-    times = os.times()
-    return times.user + times.system
-
-
-@dataclass
-class Pass:
-    seconds: float
-    own_cores: float  # CPU-seconds this process used per wall second (all its threads)
-    other_cores: float | None  # the same for every other process on the machine: competing load
-
-
-def timed(fn: Callable[[], T], wait_idle: float = 0.0) -> tuple[Pass, T]:
-    """Run ``fn`` once (after an optional wait for an idle machine); its wall time and CPU use."""
-    gc.collect()
-    waited = wait_until_idle(wait_idle)
-    if waited > 2.5:
-        print(f"  (waited {waited:.0f} s for other processes to go idle)")
-    busy0, own0 = machine_busy_seconds(), own_cpu_seconds()
-    start = time.perf_counter()
-    result = fn()
-    seconds = time.perf_counter() - start
-    busy1, own1 = machine_busy_seconds(), own_cpu_seconds()
-    own = (own1 - own0) / seconds
-    other = None if busy0 is None or busy1 is None else max(0.0, (busy1 - busy0) / seconds - own)
-    return Pass(seconds, own, other), result
-
-
-def wait_until_idle(max_wait: float, threshold: float = 0.15, window: float = 2.0) -> float:
-    """Wait (at most ``max_wait`` s) until all other processes together use < ``threshold`` cores
-    over a ``window``-second sample; return the seconds waited. No-op where /proc/stat is missing."""
-    start = time.perf_counter()
-    if max_wait <= 0 or machine_busy_seconds() is None:
-        return 0.0
-    while True:
-        busy0, own0, t0 = machine_busy_seconds(), own_cpu_seconds(), time.perf_counter()
-        time.sleep(window)
-        elapsed = time.perf_counter() - t0
-        others = ((machine_busy_seconds() or 0.0) - (busy0 or 0.0) - (own_cpu_seconds() - own0)) / elapsed
-        waited = time.perf_counter() - start
-        if others < threshold or waited >= max_wait:
-            return waited
-
-
-def describe_pass(p: Pass) -> str:
-    other = "" if p.other_cores is None else f", other processes {p.other_cores:.2f}"
-    return f"CPU cores busy: this process {p.own_cores:.2f}{other}"
-
-
 # --------------------------------------------------------------------------------------------------
 # Breakdown
 # --------------------------------------------------------------------------------------------------
-
-
-def per_item_ms(fn: Callable[[], object], items: int) -> float:
-    start = time.perf_counter()
-    fn()
-    return (time.perf_counter() - start) * 1000.0 / items
 
 
 def breakdown(
@@ -408,7 +227,7 @@ def run(args: argparse.Namespace, work_dir: Path) -> None:
     print(f"cpu cores: {os.cpu_count()}, torch.get_num_threads(): {torch.get_num_threads()}")
 
     start = time.perf_counter()
-    checkpoint = build_checkpoint(work_dir / "clip-vit-b32-random", args.seed)
+    checkpoint = build_clip_checkpoint(work_dir / "clip-vit-b32-random", args.seed)
     print(f"checkpoint: {checkpoint} (built and saved in {time.perf_counter() - start:.1f} s)")
     start = time.perf_counter()
     paths = write_photos(work_dir / "photos", args.images, args.seed)

@@ -83,9 +83,10 @@ from typing import Any
 import lancedb
 import numpy as np
 import pyarrow as pa
-from embed_throughput import machine_busy_seconds, own_cpu_seconds  # bench/ is sys.path[0] when run
+from _measure import machine_busy_seconds, own_cpu_seconds  # bench/ is sys.path[0] when run
 
-from vlmkit.index.store import ANN_MIN_ROWS, ANN_NPROBES, ANN_REFINE, ann_index_options, create_ann_index
+from vlmkit.index.search import ANN_NPROBES, ANN_REFINE
+from vlmkit.index.store import ANN_MIN_ROWS, ann_index_options, create_ann_index
 
 TARGET_P50_MS = 10.0
 TARGET_RECALL = 0.95

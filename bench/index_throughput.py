@@ -4,8 +4,8 @@ What is measured
 ----------------
 For each model of ``--models`` -- ``default``, the built-in ``vlmkit.load("default")``
 (EfficientNet-Lite0 + MiniLM, ConSE), and ``clip``, a CLIP checkpoint with the real ViT-B/32
-architecture and random weights built by ``bench/embed_throughput.py``'s ``build_checkpoint`` --
-the script indexes ``--images`` JPEG photos (written by ``embed_throughput.write_photos``: phone/web
+architecture and random weights built by ``bench/_fixtures.py``'s ``build_clip_checkpoint`` --
+the script indexes ``--images`` JPEG photos (written by ``_fixtures.write_photos``: phone/web
 sizes of 0.3-1.9 MP, quality 90) and compares four contenders, every one at ``--batch-size``:
 
 ``model alone``
@@ -64,7 +64,7 @@ through the model per repeat: model alone, pipeline, serial); ``--models default
 about 1.5 minutes.
 
 Every pass also reports how many CPU cores this process and all *other* processes kept busy (from
-``/proc/stat``, as in ``bench/embed_throughput.py``); the script warns when other processes used
+``/proc/stat``, ``bench/_measure.py``); the script warns when other processes used
 more than a quarter of a core during a timed pass, and ``--wait-idle SECONDS`` makes it wait (up to
 SECONDS) for the machine to go idle before each timed pass.
 """
@@ -73,23 +73,22 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib.util
 import os
 import platform
 import shutil
 import statistics
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import numpy as np
 import PIL
 import torch
 import transformers
+from _fixtures import build_clip_checkpoint, write_photos  # bench/ is sys.path[0] when run
+from _measure import describe_pass, timed
 from PIL import Image, features
 
 import vlmkit
@@ -102,18 +101,6 @@ TARGET = 0.90  # the issue: the pipeline reaches at least 90% of the model's own
 BUSY_CORES = 0.25  # other processes above this many cores during a pass: warn
 
 
-def _embed_bench() -> ModuleType:
-    """``bench/embed_throughput.py`` (photos, checkpoint, CPU accounting), imported by path."""
-    path = Path(__file__).resolve().parent / "embed_throughput.py"
-    spec = importlib.util.spec_from_file_location("embed_throughput", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-eb = _embed_bench()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -431,18 +418,18 @@ def bench_model(
         keys[3]: lambda: pipeline_pass(embedder=no_model, inputs=warm_inputs),
     }
     for k in keys:
-        warm, _ = eb.timed(warmups[k])
+        warm, _ = timed(warmups[k])
         print(f"warm-up {k} ({len(warm_inputs)} images): {warm.seconds:.1f} s")
 
     passes: dict[str, list[Any]] = {k: [] for k in keys}
     for repeat in range(args.repeats):
         for k in keys:
-            result, _ = eb.timed(contenders[k], args.wait_idle)
+            result, _ = timed(contenders[k], args.wait_idle)
             passes[k].append(result)
             busy = " BUSY" if result.other_cores is not None and result.other_cores > BUSY_CORES else ""
             print(
                 f"repeat {repeat + 1} {k:<34} {result.seconds:6.1f} s ({n / result.seconds:6.2f} images/s); "
-                f"{eb.describe_pass(result)}{busy}"
+                f"{describe_pass(result)}{busy}"
             )
 
     rates = {k: rate(n, passes[k]) for k in keys}
@@ -466,7 +453,7 @@ def bench_model(
     )
     print(f"agreement: min cosine, vectors the pipeline stored vs the model alone = {agreement:.6f}")
 
-    part_pass, parts = eb.timed(
+    part_pass, parts = timed(
         lambda: breakdown(
             model,
             entries,
@@ -495,7 +482,7 @@ def bench_model(
     best = model_ms / (max(shared, model_ms + in_call) + parts["write"])
     measured = 1000.0 / rates[pipe_key]
     print(
-        f"\n-- {key}: breakdown per image, each stage alone ({part_pass.seconds:.1f} s; {eb.describe_pass(part_pass)})"
+        f"\n-- {key}: breakdown per image, each stage alone ({part_pass.seconds:.1f} s; {describe_pass(part_pass)})"
     )
     rows = [
         (
@@ -556,7 +543,7 @@ def run(args: argparse.Namespace, work_dir: Path) -> None:
     )
     start = time.perf_counter()
     photo_dir = work_dir / "photos"
-    paths = eb.write_photos(photo_dir, args.images, args.seed)
+    paths = write_photos(photo_dir, args.images, args.seed)
     megapixels = [w * h / 1e6 for w, h in (Image.open(p).size for p in paths)]
     print(
         f"photos: {len(paths)} JPEGs (q90) in {time.perf_counter() - start:.1f} s; "
@@ -568,7 +555,7 @@ def run(args: argparse.Namespace, work_dir: Path) -> None:
     for key in args.models:
         start = time.perf_counter()
         if key == "clip":
-            checkpoint = eb.build_checkpoint(work_dir / "clip-vit-b32-random", args.seed)
+            checkpoint = build_clip_checkpoint(work_dir / "clip-vit-b32-random", args.seed)
             model = vlmkit.load(checkpoint)
             what = f"CLIP ViT-B/32 architecture, random weights: {checkpoint}"
         else:

@@ -3,7 +3,7 @@ description where BLIP-2's stage 2 puts the visual prompts (``[bos] description.
 Answer:``). No stage 2 can read more from an image than the LM reads from this text, so this is the
 upper bound of every soft-prompt recipe that freezes this LM.
 
-The LM is ``vlmkit train lm`` (preset ``shapes``, with the per-dataset settings in ``RECIPES``) on
+The LM is ``vlmkit train lm`` (preset ``shapes``, with the per-dataset settings in ``bench/_lm.py``'s ``RECIPES``) on
 the training corpus with complete descriptions (``Example.description``: every object with size,
 colour, shape and region, the counts, and the relations). Scored by exact match, per question type
 on the held-out shapes scenes (every one holds a colour-shape pair the corpus never mentions) and on
@@ -23,12 +23,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-#: dataset -> (steps, overrides of the LM preset ``shapes``): what the bench LMs are trained with.
-#: easy-VQA's texts are short: ten segments to a text fit in 128 positions.
-RECIPES: dict[str, tuple[int, list[str]]] = {
-    "shapes": (1000, ["mixed_precision=bf16"]),
-    "easy-vqa": (800, ["segments_per_text=10", "n_positions=128", "mixed_precision=bf16"]),
-}
+from _lm import RECIPES, answer_kind  # bench/ is sys.path[0] when run
 
 
 def train(out: Path, examples: list[Any], steps: int, seed: int = 0, extra: tuple[str, ...] = ()) -> Path:
@@ -38,13 +33,6 @@ def train(out: Path, examples: list[Any], steps: int, seed: int = 0, extra: tupl
         config = lm_config("shapes", [f"max_steps={steps}", f"run.seed={seed}", "log_every=100", *extra])
         train_lm(config, lm_texts(config, examples), out, progress=True)
     return out / "lm"
-
-
-def answer_kind(question: str, answer: str, data: str) -> str:
-    """How a question is scored separately: its type on shapes, yes/no or other on easy-VQA."""
-    from vlmkit.data.shapes import question_type
-
-    return question_type(question) if data == "shapes" else ("yes/no" if answer in ("yes", "no") else "other")
 
 
 def score(lm_dir: Path, examples: list[Any], kind: str) -> dict[str, Any]:

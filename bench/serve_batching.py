@@ -3,7 +3,7 @@
 What is measured
 ----------------
 The API (``vlmkit_server.api.create_api_app``) runs under uvicorn in a separate process
-(``bench/serve_load.py``'s ``ServerProcess``: spawned, so clients and server do not share a GIL),
+(``bench/_serving.py``'s ``ServerProcess``: spawned, so clients and server do not share a GIL),
 with the same loaded models behind one app per server configuration, each on its own loopback port:
 
 ``one-at-a-time``
@@ -23,8 +23,8 @@ request when its answer has come). One input per request, cycling through 16 dif
 ``image/default``     ``POST /v1/embeddings``, one JPEG as a ``data:`` URL, the built-in
                       (EfficientNet-Lite0 + ConSE);
 ``image/clip``        the same with a CLIP ViT-B/32-architecture checkpoint (``CLIPConfig()``
-                      default sizes, random weights, built offline by ``bench/embed_throughput.py``'s
-                      ``build_checkpoint``);
+                      default sizes, random weights, built offline by ``bench/_fixtures.py``'s
+                      ``build_clip_checkpoint``);
 ``caption/default``   ``POST /v1/caption``, one JPEG, the built-in (tags from its classifier);
 ``caption/blip``      ``POST /v1/caption`` with ``max_tokens`` ``--blip-tokens`` (20), a
                       ``BlipForConditionalGeneration`` with the size of
@@ -32,10 +32,11 @@ request when its answer has come). One input per request, cycling through 16 dif
                       384 px, 12-layer BERT-base decoder with cross-attention; 224 M parameters) and
                       random weights, saved with ``save_pretrained`` next to a ``BlipProcessor``
                       (384 px, CLIP mean/std) and the BERT WordPiece tokenizer with ``[DEC]``/``[ENC]``
-                      that ``tests/tiny_checkpoints.py`` builds offline. Random weights never emit
-                      the end token, so every caption is ``--blip-tokens`` tokens long;
+                      that ``vlmkit.testing`` builds offline (``bench/_fixtures.py``'s
+                      ``build_blip_caption``). Random weights never emit the end token, so every
+                      caption is ``--blip-tokens`` tokens long;
 ``text/null`` and ``image/null``   the same requests to a stand-in model that answers at once
-                      (``serve_load.NullModel``): what HTTP, JSON, image decoding and the batcher
+                      (``_serving.NullModel``): what HTTP, JSON, image decoding and the batcher
                       cost with no model.
 
 JPEGs are cut from scikit-image's sample photos, longest side ``--image-side`` (640 px, quality
@@ -46,7 +47,7 @@ answer (connections open, batchers created, queue in its steady state), and coun
 that arrive inside it: requests/s, median (p50) and 99th-percentile (p99) latency, the mean items
 per model call (the server's ``/metrics``), and the CPU cores the server process, the client
 process and all other processes kept busy (``/proc``). Every model in the server is wrapped in
-``serve_load.TimedModel``, which adds up the wall time of its calls: the model's time per item
+``_serving.TimedModel``, which adds up the wall time of its calls: the model's time per item
 *inside* the server, and the share of the pass it was computing ("busy"; the rest it waited for
 requests or for the window). A BLIP request takes seconds, so ``caption/blip`` runs bursts instead,
 one-at-a-time and with the smallest window only: each client sends one request (16 at once), and
@@ -63,7 +64,7 @@ server decodes them) through the call the server's batch function makes (``embed
 call of 16 (BLIP: 4 calls of one, then one of 4 and one of 16), median of ``--repeats``
 interleaved passes, twice:
 
-* on the main thread of a fresh process that loads only that model (``serve_load.model_alone_fresh``):
+* on the main thread of a fresh process that loads only that model (``_serving.model_alone_fresh``):
   the best case;
 * in the server process, before the HTTP passes, on a worker thread (a bench-only route), as the
   server's batcher threads run it: the same process, allocator state and threads as the serving.
@@ -118,11 +119,11 @@ from typing import Any
 
 import torch
 import transformers
-from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the server process (spawned) inherits it
-import embed_throughput as eb  # noqa: E402 - bench/ is not a package
-import serve_load as sl  # noqa: E402
+import _serving as serving  # noqa: E402 - bench/ is not a package
+from _fixtures import build_blip_caption, build_clip_checkpoint  # noqa: E402
+from _measure import per_item_ms, print_machine, wait_until_idle  # noqa: E402
 
 import vlmkit  # noqa: E402
 
@@ -166,42 +167,6 @@ MODEL_ALONE = {"text/default", "image/default", "image/clip", "caption/default",
 
 
 # --------------------------------------------------------------------------------------------------
-# A real-size BLIP captioning checkpoint, offline
-# --------------------------------------------------------------------------------------------------
-
-
-def build_blip_caption(out_dir: Path, seed: int) -> Path:
-    """Random-weight ``BlipForConditionalGeneration`` at Salesforce/blip-image-captioning-base's size
-    (``BlipConfig()`` defaults), with its processor settings and an offline BERT tokenizer."""
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-    from tiny_checkpoints import make_bert_tokenizer  # tests/ is not a package
-
-    tokenizer = make_bert_tokenizer(with_enc_token=True, model_max_length=512)
-    text_config = transformers.BlipTextConfig(
-        vocab_size=len(tokenizer),  # 30524, as released; the rest are the BERT-base defaults
-        bos_token_id=tokenizer.bos_token_id,  # [DEC]
-        sep_token_id=tokenizer.sep_token_id,
-        eos_token_id=tokenizer.sep_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    config = transformers.BlipConfig(
-        text_config=text_config.to_dict(), vision_config=transformers.BlipVisionConfig().to_dict()
-    )
-    image_processor = transformers.BlipImageProcessor(
-        size={"height": 384, "width": 384},
-        resample=Image.Resampling.BICUBIC,
-        image_mean=eb.OPENAI_CLIP_MEAN,
-        image_std=eb.OPENAI_CLIP_STD,
-    )
-    torch.manual_seed(seed)
-    model = transformers.BlipForConditionalGeneration(config).eval()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out_dir, safe_serialization=True)
-    transformers.BlipProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(out_dir)
-    return out_dir
-
-
-# --------------------------------------------------------------------------------------------------
 # The model alone, at batch 1 and batch 16, in the server process
 # --------------------------------------------------------------------------------------------------
 
@@ -223,7 +188,7 @@ class Alone:
 
 
 def model_alone(
-    server: sl.ServerProcess,
+    server: serving.ServerProcess,
     w: Workload,
     sizes: Sequence[int],
     repeats: int,
@@ -236,8 +201,8 @@ def model_alone(
     size (or of one item only, for slow models), then ``repeats`` interleaved passes."""
     url = next(iter(server.urls.values()))
 
-    def run(size: int, items: int = single) -> sl.AlonePass:
-        return sl.model_alone_pass(
+    def run(size: int, items: int = single) -> serving.AlonePass:
+        return serving.model_alone_pass(
             url,
             w.model,
             w.kind,
@@ -250,17 +215,17 @@ def model_alone(
 
     for size in sizes if warm_each else (1,):
         run(size, single if warm_each else 1)
-    passes: dict[int, list[sl.AlonePass]] = {s: [] for s in sizes}
+    passes: dict[int, list[serving.AlonePass]] = {s: [] for s in sizes}
     for _ in range(repeats):
         for size in sizes:
-            waited = eb.wait_until_idle(args.wait_idle)
+            waited = wait_until_idle(args.wait_idle)
             if waited > 2.5:
                 print(f"  (waited {waited:.0f} s for other processes to go idle)")
             passes[size].append(run(size))
     return summarise(passes)
 
 
-def summarise(passes: dict[int, list[sl.AlonePass]]) -> Alone:
+def summarise(passes: dict[int, list[serving.AlonePass]]) -> Alone:
     others = [p.other_cores for ps in passes.values() for p in ps if p.other_cores is not None]
     return Alone(
         {s: statistics.median(p.ms_per_item for p in ps) for s, ps in passes.items()},
@@ -299,13 +264,13 @@ def one_pass(
     clients: int,
     duration: float | None,
     server_pid: int,
-) -> sl.LoadResult:
+) -> serving.LoadResult:
     """A timed window of ``duration`` seconds, or (``None``) one request per client, the whole burst timed."""
     if duration is None:
-        return sl.measure(
+        return serving.measure(
             url, path, payloads, model=w.model, clients=clients, per_client=1, server_pid=server_pid
         )
-    return sl.measure(
+    return serving.measure(
         url, path, payloads, model=w.model, clients=clients, duration=duration, server_pid=server_pid
     )
 
@@ -438,7 +403,7 @@ def run(args: argparse.Namespace, work_dir: Path) -> None:
         f"uvicorn event loop / HTTP parser: {'uvloop' if 'uvloop' in fast else 'asyncio'} / "
         f"{'httptools' if 'httptools' in fast else 'h11'}"
     )
-    sl.print_machine()
+    print_machine()
     print(
         f"torch threads (this process): {torch.get_num_threads()}; clients {args.clients}; pass {args.duration:g} s; "
         f"repeats {args.repeats} (BLIP {args.blip_repeats}); windows {', '.join(f'{w:g}' for w in args.windows)} ms"
@@ -451,7 +416,7 @@ def run(args: argparse.Namespace, work_dir: Path) -> None:
         specs["default"] = "default"
     if "clip" in wanted:
         start = time.perf_counter()
-        specs["clip"] = str(eb.build_checkpoint(work_dir / "clip-vit-b32-random", args.seed))
+        specs["clip"] = str(build_clip_checkpoint(work_dir / "clip-vit-b32-random", args.seed))
         print(
             f"built CLIP ViT-B/32 architecture, random weights, in {time.perf_counter() - start:.1f} s: {specs['clip']}"
         )
@@ -462,14 +427,14 @@ def run(args: argparse.Namespace, work_dir: Path) -> None:
             f"built BLIP captioning (base size), random weights, in {time.perf_counter() - start:.1f} s: {specs['blip']}"
         )
     if "null" in wanted:
-        specs["null"] = sl.NULL
-    jpegs = sl.sample_jpegs(16, args.image_side)
+        specs["null"] = serving.NULL
+    jpegs = serving.sample_jpegs(16, args.image_side)
     encoded = [base64.b64encode(j).decode() for j in jpegs]
-    images = [sl.decode_like_the_server(e) for e in encoded]
+    images = [serving.decode_like_the_server(e) for e in encoded]
     print(
         f"request images: {len(jpegs)} JPEGs, {statistics.fmean(im.width * im.height for im in images) / 1e6:.2f} MP, "
-        f"{statistics.fmean(len(j) for j in jpegs) / 1024:.0f} KB mean; texts: {len(sl.TEXTS)} sentences of "
-        f"{statistics.fmean(len(t.split()) for t in sl.TEXTS):.0f} words"
+        f"{statistics.fmean(len(j) for j in jpegs) / 1024:.0f} KB mean; texts: {len(serving.TEXTS)} sentences of "
+        f"{statistics.fmean(len(t.split()) for t in serving.TEXTS):.0f} words"
     )
 
     # -- the model alone, main thread of a fresh process ------------------------------------------
@@ -482,10 +447,10 @@ def run(args: argparse.Namespace, work_dir: Path) -> None:
         if w.key not in MODEL_ALONE:
             continue
         start = time.perf_counter()
-        eb.wait_until_idle(args.wait_idle)
+        wait_until_idle(args.wait_idle)
         sizes, repeats, single, warm_each = alone_plan(w, args)
         fresh[w.key] = summarise(
-            sl.model_alone_fresh(
+            serving.model_alone_fresh(
                 specs[w.model],
                 w.kind,
                 sizes,
@@ -506,8 +471,8 @@ def run(args: argparse.Namespace, work_dir: Path) -> None:
         f"\n== server: models {', '.join(specs)}; configurations: "
         + "; ".join(f"{name} {fields or 'ServerConfig()'}" for name, fields in configs.items())
     )
-    results: dict[str, dict[str, list[sl.LoadResult]]] = {}
-    with sl.ServerProcess(specs, configs, env=args.server_env) as server:
+    results: dict[str, dict[str, list[serving.LoadResult]]] = {}
+    with serving.ServerProcess(specs, configs, env=args.server_env) as server:
         print(
             f"server process {server.pid} started in {server.start_seconds:.1f} s (torch threads {server.torch_threads}"
             + (f"; environment {args.server_env}" if args.server_env else "")
@@ -528,7 +493,7 @@ def run(args: argparse.Namespace, work_dir: Path) -> None:
             print_alone(w.key, alone[w.key], time.perf_counter() - start)
         if any(w.kind != "text" for w in args.workloads):
             decode_ms = statistics.median(
-                eb.per_item_ms(lambda: [sl.decode_like_the_server(e) for e in encoded], len(encoded))
+                per_item_ms(lambda: [serving.decode_like_the_server(e) for e in encoded], len(encoded))
                 for _ in range(5)
             )
             print(
@@ -542,7 +507,7 @@ def run(args: argparse.Namespace, work_dir: Path) -> None:
                 if not w.burst
                 else [ONE, batched[0], *([BLIP_SMALL] if args.blip_max4 else [])]
             )
-            path, payloads = sl.bodies(w.kind, w.model, jpegs=jpegs, max_tokens=args.blip_tokens)
+            path, payloads = serving.bodies(w.kind, w.model, jpegs=jpegs, max_tokens=args.blip_tokens)
             repeats = args.blip_repeats if w.burst else args.repeats
             print(f"\n-- {w.label}")
 
@@ -556,10 +521,10 @@ def run(args: argparse.Namespace, work_dir: Path) -> None:
                         f"{w.key} {name}: warm-up answers {dict(warm.statuses)}, failed {warm.failures}"
                     )
                 print(f"warm-up {name}: {time.perf_counter() - start:.1f} s")
-            passes: dict[str, list[sl.LoadResult]] = {name: [] for name in names}
+            passes: dict[str, list[serving.LoadResult]] = {name: [] for name in names}
             for repeat in range(repeats):
                 for name in names:
-                    waited = eb.wait_until_idle(args.wait_idle)
+                    waited = wait_until_idle(args.wait_idle)
                     if waited > 2.5:
                         print(f"  (waited {waited:.0f} s for other processes to go idle)")
                     result = one_pass(
@@ -578,14 +543,14 @@ def run(args: argparse.Namespace, work_dir: Path) -> None:
                     print(f"repeat {repeat + 1} {name:<22} {result.describe()}{busy}")
             results[w.key] = passes
 
-        load: sl.LoadResult | None = None
+        load: serving.LoadResult | None = None
         if args.load_seconds > 0 and "default" in specs:
             print(
                 f"\n== load test: {args.load_clients} clients for {args.load_seconds:g} s, text/default, ServerConfig() "
                 "(window 5 ms, max_batch 16, max_queue 64)"
             )
-            eb.wait_until_idle(args.wait_idle)
-            load = sl.load_test(
+            wait_until_idle(args.wait_idle)
+            load = serving.load_test(
                 server.urls["load test (defaults)"],
                 "text",
                 "default",
@@ -697,7 +662,7 @@ def run(args: argparse.Namespace, work_dir: Path) -> None:
                 f"WARNING: other processes kept up to {max(others):.2f} of {os.cpu_count()} cores busy during timed "
                 "passes; the figures are slowed and noisy. Re-run on an idle machine (see --wait-idle)."
             )
-    sl.print_machine()
+    print_machine()
     print(f"\ntotal run {time.perf_counter() - t0:.0f} s")
 
 

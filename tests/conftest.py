@@ -63,6 +63,6 @@ def bad_images(tmp_path_factory: pytest.TempPathFactory, photos: dict[str, Path]
 @pytest.fixture(scope="session")
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Tiny random checkpoints of every family, in the real on-disk formats."""
-    from tiny_checkpoints import build_all
+    from vlmkit.testing import build_all
 
     return build_all(tmp_path_factory.mktemp("tiny"))

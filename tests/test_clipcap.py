@@ -205,7 +205,7 @@ def test_resume_equals_a_straight_run(tmp_path, frozen_lm, cli_run):
 def test_mlp_mapper_with_a_model_embedder(tmp_path, frozen_lm):
     """Any vlmkit model with embed_images can be the embedder (here a tiny CLIP); the checkpoint
     records it and loading recreates it."""
-    from tiny_checkpoints import build_clip
+    from vlmkit.testing import build_clip
 
     clip = build_clip(tmp_path / "clip")
     config = clipcap_config("tiny", [f"language_model={frozen_lm}", f"embedder={clip}", "mapper=mlp", "max_steps=2"])

@@ -18,7 +18,7 @@ from numerics import REORDERED
 from test_serve_search import CHROMIUM, CHROMIUM_ARGS
 
 import vlmkit
-import vlmkit.eval.comparison as compare_module
+import vlmkit.eval.comparison.run as compare_module
 from vlmkit.errors import ImageError, InputError
 from vlmkit.eval.comparison import CompareReport, compare, imagenet_labels, render_markdown
 from vlmkit.models.kinds import supported_by

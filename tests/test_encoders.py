@@ -90,7 +90,7 @@ def test_feature_cache_is_shared_only_by_the_same_images(tmp_path, images, monke
 def test_hf_encoder_identity_follows_the_weights_not_the_folder_name(tmp_path):
     """Every training run exports to a folder named ``model``: a feature cache keyed by the folder
     name alone would hand one run's cached features to another checkpoint."""
-    from tiny_checkpoints import build_clip
+    from vlmkit.testing import build_clip
 
     first = build_clip(tmp_path / "a" / "model", 0)
     second = build_clip(tmp_path / "b" / "model", 1)

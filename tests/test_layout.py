@@ -47,6 +47,7 @@ ALLOWED = {
     "captioning": {"index", "models"},
     "interrogate": {"models", "loading"},
     "eval": {"data", "models", "loading"},
+    "testing": {"models"},  # tiny checkpoints for tests and benches; no other part imports it
 }
 #: Known exceptions, each with the reason it is still here (none today).
 EXCEPTIONS: set[tuple[str, str]] = set()
@@ -123,6 +124,57 @@ def test_no_import_cycles_in_the_library():
         if module not in index:
             visit(module)
     assert cycles == []
+
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+#: What a bench script must not import: the test suite's modules (tests/ is no package; a bench that
+#: needs a tiny checkpoint or tokenizer takes it from ``vlmkit.testing``).
+TEST_MODULES = {"tests", "conftest", "tiny_checkpoints"} | {p.stem for p in Path(__file__).parent.glob("*.py")}
+
+
+def _top_level_imports(tree: ast.AST) -> list[str]:
+    names: list[str] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names += [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.append(node.module)
+    return [name.split(".")[0] for name in names]
+
+
+def test_benches_never_import_the_tests():
+    offenders = []
+    for path in sorted(BENCH.glob("*.py")):
+        tree = ast.parse(path.read_text(), filename=str(path))
+        offenders += [f"{path.name}: imports {n}" for n in _top_level_imports(tree) if n in TEST_MODULES]
+        offenders += [
+            f"{path.name}: puts tests/ on the path"
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Constant) and node.value == "tests"
+        ]
+    assert offenders == []
+
+
+#: Bench scripts that run other bench scripts, each with the reason (the rest share code only
+#: through the helper modules ``bench/_*.py``).
+BENCH_DRIVERS = {"recipes_table": "runs the recipe benches whose figures it puts in one table"}
+
+
+def test_bench_scripts_share_code_through_helper_modules_only():
+    scripts = {p.stem for p in BENCH.glob("*.py") if not p.name.startswith("_")}
+    offenders = []
+    for path in sorted(BENCH.glob("*.py")):
+        if path.stem in BENCH_DRIVERS:
+            continue
+        tree = ast.parse(path.read_text(), filename=str(path))
+        offenders += [f"{path.name}: imports {n}" for n in _top_level_imports(tree) if n in scripts]
+        offenders += [  # importing by path counts too
+            f"{path.name}: loads {node.value}"
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Constant) and node.value in {f"{s}.py" for s in scripts}
+        ]
+    assert offenders == []
+    assert set(BENCH_DRIVERS) <= scripts
 
 
 def test_importing_the_library_is_light():

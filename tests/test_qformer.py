@@ -362,8 +362,9 @@ def test_blip2_checkpoint_directory_with_its_processor(tmp_path: Path) -> None:
     """As with Salesforce/blip2-itm-vit-g: the processor prepends Q ``<image>`` tokens, which
     transformers strips again (``config.image_token_index``); we take the text after them."""
     from PIL import Image
-    from tiny_checkpoints import build_blip2_itm
     from transformers import Blip2ForImageTextRetrieval, Blip2Processor
+
+    from vlmkit.testing import build_blip2_itm
 
     directory = build_blip2_itm(tmp_path)
     hf = Blip2ForImageTextRetrieval.from_pretrained(directory).eval()

@@ -28,7 +28,7 @@ ROUTES = Routes(precise="blip-vqa", conversational="llava")
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    from tiny_checkpoints import build_blip_vqa, build_llava
+    from vlmkit.testing import build_blip_vqa, build_llava
 
     root = tmp_path_factory.mktemp("pages")
     llava = vlmkit.load(str(build_llava(root / "llava")))

@@ -11,13 +11,6 @@ import pytest
 import torch
 from PIL import Image
 from safetensors.torch import load_file
-from tiny_checkpoints import (
-    BUILDERS,
-    LLAVA_CHAT_TEMPLATE,
-    NUM_PATCHES,
-    NUM_QUERY_TOKENS,
-    build_clip,
-)
 from transformers import (
     AutoConfig,
     AutoProcessor,
@@ -38,6 +31,14 @@ from transformers import (
     ProcessorMixin,
     SiglipModel,
     SiglipProcessor,
+)
+
+from vlmkit.testing import (
+    BUILDERS,
+    LLAVA_CHAT_TEMPLATE,
+    NUM_PATCHES,
+    NUM_QUERY_TOKENS,
+    build_clip,
 )
 
 # name -> (model_type, model class, processor class)

@@ -10,7 +10,6 @@ import pytest
 import torch
 import transformers
 from numerics import DEEP, assert_close
-from tiny_checkpoints import build_frozen_lm
 
 import vlmkit
 from vlmkit import GenerationOptions
@@ -29,6 +28,7 @@ from vlmkit.data.instructions import (
 from vlmkit.errors import ModelNotFoundError, UnsupportedTaskError
 from vlmkit.models.blip2_native import Blip2Config, NativeBlip2
 from vlmkit.models.qformer import QFormer, QFormerConfig, _blip2_names
+from vlmkit.testing import build_frozen_lm
 from vlmkit_cli.main import main
 from vlmkit_train.instruct import instruct_config, train_instruct
 from vlmkit_train.stage1 import stage1_config, train_stage1

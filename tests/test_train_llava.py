@@ -11,7 +11,6 @@ import torch
 import transformers
 from numerics import DEEP, assert_close
 from PIL import Image
-from tiny_checkpoints import _llama_config, _vision_kwargs, make_clip_image_processor, make_llama_tokenizer
 
 import vlmkit
 from vlmkit import GenerationOptions
@@ -30,6 +29,7 @@ from vlmkit.errors import InputError
 from vlmkit.models.llava import CAPTION_INSTRUCTION, VQA_SUFFIX
 from vlmkit.models.llava_build import build_llava
 from vlmkit.objectives import LlavaObjective
+from vlmkit.testing import _llama_config, _vision_kwargs, make_clip_image_processor, make_llama_tokenizer
 from vlmkit_cli.main import main
 from vlmkit_train.llava import run_model, stage1_config, stage2_config, train_stage1, train_stage2
 

@@ -9,11 +9,11 @@ import pytest
 import torch
 from numerics import DEEP, assert_close
 from safetensors.torch import load_file
-from tiny_checkpoints import build_frozen_lm
 
 import vlmkit
 from vlmkit import GenerationOptions
 from vlmkit.models.blip2_native import NativeBlip2
+from vlmkit.testing import build_frozen_lm
 from vlmkit_cli.main import main
 from vlmkit_train.stage1 import stage1_config, train_stage1
 from vlmkit_train.stage2 import stage2_config, train_stage2

@@ -1,4 +1,6 @@
-"""Tiny, random-weight checkpoints in the real Hugging Face on-disk formats, built offline.
+"""Tiny, random-weight checkpoints in the real Hugging Face on-disk formats, built offline: the
+fixtures of vlmkit's tests and the offline tokenizers of its benchmarks (as transformers has
+``testing_utils``). Not needed to use vlmkit, and never imported by the rest of the library.
 
 Every ``build_*`` function writes one directory with ``save_pretrained`` (``config.json``,
 ``model.safetensors``, ``generation_config.json`` where relevant) next to a real tokenizer and
@@ -83,11 +85,17 @@ from transformers import (
     TokenizersBackend,
 )
 
-from vlmkit.models.llava import LLAVA_CHAT_TEMPLATE
+from .models.llava import LLAVA_CHAT_TEMPLATE
 
 __all__ = [
     "BUILDERS",
+    "IMAGE_SIZE",
     "LLAVA_CHAT_TEMPLATE",
+    "NUM_PATCHES",
+    "NUM_QUERY_TOKENS",
+    "OPENAI_CLIP_MEAN",
+    "OPENAI_CLIP_STD",
+    "PATCH_SIZE",
     "build_all",
     "build_blip2_itm",
     "build_blip2_opt",
@@ -96,9 +104,21 @@ __all__ = [
     "build_blip_itm",
     "build_blip_vqa",
     "build_clip",
+    "build_frozen_lm",
     "build_instructblip",
     "build_llava",
     "build_siglip",
+    "corpus",
+    "make_bert_tokenizer",
+    "make_blip_image_processor",
+    "make_byte_level_tokenizer",
+    "make_clip_image_processor",
+    "make_clip_tokenizer",
+    "make_llama_tokenizer",
+    "make_opt_tokenizer",
+    "make_siglip_image_processor",
+    "make_siglip_tokenizer",
+    "make_t5_tokenizer",
 ]
 
 # --------------------------------------------------------------------------------------------------
