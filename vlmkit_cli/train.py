@@ -40,7 +40,7 @@ class _RecipeHelp(argparse.Action):
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train", help="train a model (CLIP/LiT, BLIP-2, InstructBLIP, LLaVA, ClipCap, CoCa, SimVLM, a small LM)",
+    p = sub.add_parser("train", help=f"train a model with a recipe: {', '.join(RECIPES)}",
                        description="Train a recipe into --out; the run ends by printing where the model is and what to run next.",
                        add_help=False)
     p.add_argument("-h", "--help", action=_RecipeHelp, help="show this help, with every recipe's presets, and exit")
