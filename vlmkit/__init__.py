@@ -7,6 +7,7 @@
 
 from .errors import (
     ImageError,
+    ImageTooLargeError,
     InputError,
     ModelNotFoundError,
     OfflineError,
@@ -34,6 +35,7 @@ __all__ = [
     "GenerationOptions",
     "VlmkitError",
     "ImageError",
+    "ImageTooLargeError",
     "InputError",
     "ModelNotFoundError",
     "OfflineError",
