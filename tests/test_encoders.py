@@ -34,6 +34,19 @@ def test_efficientnet_tokens(images):
     assert not encoder.training and not any(p.requires_grad for p in encoder.parameters())
 
 
+def test_efficientnet_before_the_head(images):
+    """``efficientnet-lite0-blocks``: the 320-channel map the head convolution reads; the head applied
+    to it gives the default encoder's tokens (the same computation, so the same numbers)."""
+    blocks, head = load_image_encoder("efficientnet-lite0-blocks"), load_image_encoder("efficientnet-lite0")
+    assert blocks.hidden_size == 320 and blocks.identity != head.identity
+    pixels = blocks.preprocess(images[:2])
+    tokens = blocks(pixels)  # (2, 49, 320)
+    assert tokens.shape == (2, 49, 320)
+    net = head.net
+    grid = tokens.transpose(1, 2).reshape(2, 320, 7, 7)
+    assert torch.equal(net.act(net._bn1(net._conv_head(grid))).flatten(2).transpose(1, 2), head(pixels))
+
+
 def test_hf_vision_tower_second_last_layer(tiny, images):
     encoder = load_image_encoder(tiny["clip"])
     reference = transformers.CLIPModel.from_pretrained(tiny["clip"]).vision_model.eval()

@@ -204,12 +204,16 @@ class EfficientNetLite0(nn.Module):
         self._dropout = nn.Dropout(DROPOUT)
         self._fc = nn.Linear(NUM_FEATURES, num_classes)
 
-    def forward_features(self, pixels: torch.Tensor) -> torch.Tensor:
-        """``(B, 3, H, W)`` -> ``(B, 1280, H/32, W/32)``: the head feature map, before pooling."""
+    def forward_blocks(self, pixels: torch.Tensor) -> torch.Tensor:
+        """``(B, 3, H, W)`` -> ``(B, 320, H/32, W/32)``: the last block's output, before the head."""
         x = self.act(self._bn0(self._conv_stem(pixels)))
         for block in self._blocks:
             x = block(x)
-        return self.act(self._bn1(self._conv_head(x)))
+        return x
+
+    def forward_features(self, pixels: torch.Tensor) -> torch.Tensor:
+        """``(B, 3, H, W)`` -> ``(B, 1280, H/32, W/32)``: the head feature map, before pooling."""
+        return self.act(self._bn1(self._conv_head(self.forward_blocks(pixels))))
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         """``(B, 3, H, W)`` -> ``(B, num_classes)`` ImageNet logits."""

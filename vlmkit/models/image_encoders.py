@@ -26,6 +26,7 @@ from ..errors import ModelNotFoundError
 __all__ = ["FrozenImageEncoder", "HFVisionEncoder", "EfficientNetEncoder", "load_image_encoder", "EFFICIENTNET_LITE0"]
 
 EFFICIENTNET_LITE0 = "efficientnet-lite0"
+EFFICIENTNET_LITE0_BLOCKS = "efficientnet-lite0-blocks"
 
 
 class FrozenImageEncoder(nn.Module):
@@ -108,17 +109,21 @@ def _vision_tower(path: str | os.PathLike, config: Any, dtype: torch.dtype) -> n
 
 
 class EfficientNetEncoder(FrozenImageEncoder):
-    """ImageNet-pretrained EfficientNet-Lite0: its 7x7x1280 head feature map as 49 tokens."""
+    """ImageNet-pretrained EfficientNet-Lite0: its 7x7x1280 head feature map as 49 tokens, or, with
+    ``before_head``, the last block's 7x7x320 map that the 1x1 head convolution reads (a linear
+    probe reads the colour of colour-shape pairs it never saw far better there:
+    ``bench/shapes_probe.py``)."""
 
-    def __init__(self, *, dtype: torch.dtype = torch.float32) -> None:
+    def __init__(self, *, dtype: torch.dtype = torch.float32, before_head: bool = False) -> None:
         super().__init__()
-        from ..layers.efficientnet_lite import NUM_FEATURES, load_pretrained_lite0
+        from ..layers.efficientnet_lite import LITE0_STAGES, NUM_FEATURES, load_pretrained_lite0
 
         self.net = load_pretrained_lite0().to(dtype)
-        self.hidden_size = NUM_FEATURES
+        self.before_head = before_head
+        self.hidden_size = LITE0_STAGES[-1].out_channels if before_head else NUM_FEATURES
         # ":uncropped-small": images up to 224 pixels are no longer centre-cropped (feature caches
         # built with the crop are rebuilt, not reused).
-        self.identity = "efficientnet-lite0:head:uncropped-small"
+        self.identity = f"efficientnet-lite0:{'blocks' if before_head else 'head'}:uncropped-small"
         self.freeze()
 
     def preprocess(self, images: list[Image.Image]) -> torch.Tensor:
@@ -127,14 +132,17 @@ class EfficientNetEncoder(FrozenImageEncoder):
         return preprocess(images)
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        grid = self.net.forward_features(pixels)  # (B, E, H, W)
+        grid = self.net.forward_blocks(pixels) if self.before_head else self.net.forward_features(pixels)  # (B, E, H, W)
         return grid.flatten(2).transpose(1, 2)  # (B, H*W, E)
 
 
 def load_image_encoder(
     name_or_path: str | os.PathLike, *, layer: int = -2, dtype: torch.dtype = torch.float32
 ) -> FrozenImageEncoder:
-    """``"efficientnet-lite0"`` (built in, offline) or a transformers checkpoint directory / hub id."""
+    """``"efficientnet-lite0"`` (built in, offline; ``"efficientnet-lite0-blocks"`` its map before the
+    head convolution) or a transformers checkpoint directory / hub id."""
     if os.fspath(name_or_path) == EFFICIENTNET_LITE0:
         return EfficientNetEncoder(dtype=dtype)
+    if os.fspath(name_or_path) == EFFICIENTNET_LITE0_BLOCKS:
+        return EfficientNetEncoder(dtype=dtype, before_head=True)
     return HFVisionEncoder(hub.checkpoint_dir(os.fspath(name_or_path)), layer=layer, dtype=dtype)
