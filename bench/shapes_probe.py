@@ -21,7 +21,8 @@ Trained on the 4,000 training scenes the recipes use, scored on the 1,000 held-o
 Several seeds (initialisation and batch order); mean and standard deviation (n-1).
 
 Run: ``python bench/shapes_probe.py [--seeds 3] [--epochs 40] [--hidden 0] [--pixels | --before-head] [--features F.npz] [--threads 2]``. Prints one table and
-the minutes; about 5 minutes on a 2-core CPU.
+the minutes: 3.6 on a 2-core CPU for the linear probe (2.9 of them computing the features, which
+``--features`` keeps), 6.4 for the MLP on kept features.
 """
 
 from __future__ import annotations
