@@ -59,16 +59,32 @@ def easy_vqa(train: int = 4000, test: int | None = None) -> Data:
     return Data("easy-vqa", examples, held_out, groups)
 
 
-def frozen_lm(out: Path, data: Data, steps: int) -> Path:
-    """The small GPT-2-style LM trained on ``data``'s training texts (``vlmkit train lm``), as the
-    BLIP-2 bench makes it; reused when ``out`` already holds one."""
-    from vlmkit_train.lm import corpus_texts, lm_config, train_lm
+#: ``--scale equal``, the budget of ``bench/recipes_table.py``: every trained stage of every recipe
+#: takes ``EQUAL_STEPS`` optimiser steps of ``EQUAL_BATCH`` examples (one process, bfloat16), on the
+#: same 4,000 training scenes or easy-VQA images. Parts a recipe shares with another are made once
+#: and counted with the recipe that trains them: the frozen LM (``shared_lm``), the frozen
+#: EfficientNet-Lite0 features, BLIP-2's stage 1 (InstructBLIP starts from it) and the CLIP row's
+#: image tower (LLaVA's).
+EQUAL_STEPS = 500
+EQUAL_BATCH = 32
 
-    if (out / "lm" / "config.json").is_file():
-        return out / "lm"
-    config = lm_config("shapes", [f"data={data.name}", f"max_steps={steps}", "mixed_precision=bf16"])
-    train_lm(config, corpus_texts(data.train, context=True), out)
-    return out / "lm"
+
+def budget(scale_name: str) -> list[str]:
+    """The overrides every run of a recipe bench adds at ``scale_name``: the equal batch size at
+    ``equal``, nothing otherwise (each recipe's preset then decides)."""
+    return [f"run.batch_size={EQUAL_BATCH}"] if scale_name == "equal" else []
+
+
+def shared_lm(out: Path, data: Data, scale_name: str, smoke_steps: int) -> Path:
+    """The frozen LM of ``data`` that every soft-prompt recipe (and ``bench/blip2_offline.py --lm``)
+    uses: ``out.parent/lms/<data>_lm/lm``, trained once as ``bench/_lm.py`` says. At the smoke scale
+    (and when no shared one exists) a small one of ``smoke_steps`` in ``out`` instead."""
+    from _lm import train_frozen_lm
+
+    shared = out.parent / "lms" / f"{data.name}_lm"
+    if scale_name != "smoke" or (shared / "lm" / "config.json").is_file():
+        return train_frozen_lm(shared, data.train, data.name)
+    return train_frozen_lm(out / f"lm_{data.name}", data.train, data.name, smoke_steps)
 
 
 def token_features(data: Data, split: str, root: Path) -> Any:

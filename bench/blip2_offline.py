@@ -32,7 +32,10 @@ Re-ranking (the paper's ITC top-k then ITM) uses k = 16 rather than 128 to fit t
 Evaluation runs the trained checkpoints as ``vlmkit.load`` returns them, with the frozen encoder's
 features of the test images computed once.
 
-Run: ``python bench/blip2_offline.py [--scale smoke|full] [--lm DIR] [--seeds N] [--out DIR]``.
+``equal`` is ``bench/recipes_table.py``'s budget (``bench/_recipes.py``): each stage
+``EQUAL_STEPS`` steps at the equal batch size, one seed, no ablation.
+
+Run: ``python bench/blip2_offline.py [--scale smoke|full|equal] [--lm DIR] [--seeds N] [--out DIR]``.
 ``smoke`` checks the pipeline in a few minutes (its figures mean little). ``--lm DIR`` takes the
 LMs of ``python bench/lm_ceiling.py --out DIR`` (``DIR/shapes_lm/lm``, ``DIR/easy-vqa_lm/lm``)
 instead of training them here; the printed minutes then leave out their training.
@@ -52,7 +55,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from _lm import RECIPES, answer_kind  # bench/ is sys.path[0] when run
+from _lm import answer_kind, train_frozen_lm  # bench/ is sys.path[0] when run
+from _recipes import EQUAL_STEPS, budget
 
 STAGE1_STEPS = 800
 STAGE2_STEPS = 1000
@@ -67,26 +71,20 @@ class Scale:
     stage2_steps: int
     questions: int  # shapes VQA questions scored (easy-VQA: all of them)
     seeds: int
+    ablations: bool = True  # stage 1 without ITG and stage 2 without stage 1, each seed
+    extra: tuple[str, ...] = ()  # on top of every stage's preset
 
 
 SCALES = {
     "smoke": Scale(train=100, test=50, lm_steps=30, stage1_steps=20, stage2_steps=30, questions=100, seeds=2),
     "full": Scale(train=4000, test=1000, lm_steps=None, stage1_steps=STAGE1_STEPS, stage2_steps=STAGE2_STEPS, questions=2000, seeds=3),
+    # bench/recipes_table.py's budget: the rows every recipe has, one seed, no ablation.
+    "equal": Scale(train=4000, test=1000, lm_steps=None, stage1_steps=EQUAL_STEPS, stage2_steps=EQUAL_STEPS, questions=2000,
+                   seeds=1, ablations=False, extra=tuple(budget("equal"))),
 }
 
 #: On top of the ``shapes`` presets: bfloat16 autocast.
 QFORMER = ["mixed_precision=bf16"]
-
-
-def _lm(out: Path, examples: list[Any], dataset: str, steps: int | None) -> Path:
-    """The frozen LM as bench/lm_ceiling.py trains it for ``dataset`` (``steps`` overrides its own)."""
-    from vlmkit_train.lm import lm_config, lm_texts, train_lm
-
-    recipe_steps, recipe = RECIPES[dataset]
-    if not (out / "lm").is_dir():
-        config = lm_config("shapes", [f"max_steps={steps or recipe_steps}", "log_every=100", *recipe])
-        train_lm(config, lm_texts(config, examples), out, progress=True)
-    return out / "lm"
 
 
 def _features(images: list[Any], out: Path) -> torch.Tensor:
@@ -261,13 +259,13 @@ def run(scale_name: str, out: Path, lm_root: Path | None = None, seeds: int | No
         lm_dir = lm_root / "shapes_lm" / "lm"
         figures["lm"] = f"{lm_dir} (trained by bench/lm_ceiling.py; not timed here)"
     else:
-        lm_dir = timed("lm", lambda: _lm(out / "lm", train, "shapes", scale.lm_steps))
+        lm_dir = timed("lm", lambda: train_frozen_lm(out / "lm", train, "shapes", scale.lm_steps))
     figures["shapes_lm_ceiling_vqa"] = timed("lm_ceiling", lambda: _ceiling(lm_dir, test, chosen, "shapes"))
     show("shapes_lm_ceiling_vqa")
 
     test_features = timed("test_features", lambda: _features([e.image for e in test], out / "test_features"))
     # Every seed trains on the same scenes (data.seed=0); run.seed varies the rest.
-    data = [f"train_size={scale.train}", "data.seed=0", f"features_dir={out / 'features'}"]
+    data = [f"train_size={scale.train}", "data.seed=0", f"features_dir={out / 'features'}", *scale.extra]
 
     def stage1(name: str, seed: int, extra: list[str]) -> Path:
         config = stage1_config("shapes", [*QFORMER, *data, f"run.seed={seed}", f"max_steps={scale.stage1_steps}", "log_every=50", *extra])
@@ -281,17 +279,18 @@ def run(scale_name: str, out: Path, lm_root: Path | None = None, seeds: int | No
         return vlmkit.load(out / name / "model")
 
     def stage1_qformer(run_dir: Path) -> tuple[Any, Any]:
-        from transformers import AutoTokenizer
+        from vlmkit.models.checkpoint import load_tokenizer
 
-        return QFormer.from_pretrained(run_dir / "model" / "qformer"), AutoTokenizer.from_pretrained(run_dir / "model" / "qformer")
+        return QFormer.from_pretrained(run_dir / "model" / "qformer"), load_tokenizer(run_dir / "model" / "qformer")
 
     # 2-4. Per seed: stage 1 with and without ITG; stage 2 from stage 1 and from nothing.
     per_seed: dict[str, list[dict[str, Any]]] = {"stage1": [], "stage1_no_itg": [], "stage2_vqa": [], "no_stage1_vqa": []}
     for seed in range(seeds):
         s1 = stage1(f"stage1_seed{seed}", seed, [])
         per_seed["stage1"].append(_retrieval(*stage1_qformer(s1), test_features, test, groups))
-        s1_noitg = stage1(f"stage1_no_itg_seed{seed}", seed, ["use_itg=false"])
-        per_seed["stage1_no_itg"].append(_retrieval(*stage1_qformer(s1_noitg), test_features, test, groups))
+        if scale.ablations:
+            s1_noitg = stage1(f"stage1_no_itg_seed{seed}", seed, ["use_itg=false"])
+            per_seed["stage1_no_itg"].append(_retrieval(*stage1_qformer(s1_noitg), test_features, test, groups))
         model = stage2(f"stage2_seed{seed}", seed, str(s1))
         per_seed["stage2_vqa"].append(_vqa(model, test_features, test, chosen, "shapes"))
         if seed == 0:
@@ -302,30 +301,33 @@ def run(scale_name: str, out: Path, lm_root: Path | None = None, seeds: int | No
             seen = train[: scale.test]  # training scenes: the gap between seen and held-out pairs
             seen_features = FeatureCache.open(out / "features").batch(np.arange(len(seen)))
             figures["shapes_train_vqa"] = _vqa(model, seen_features, seen, _questions(seen, scale.questions), "shapes")
-        no_stage1 = stage2(f"stage2_no_stage1_seed{seed}", seed, "")
-        per_seed["no_stage1_vqa"].append(_vqa(no_stage1, test_features, test, chosen, "shapes"))
-        print(json.dumps({f"seed {seed}": {k: v[-1] for k, v in per_seed.items()}}), flush=True)
+        if scale.ablations:
+            no_stage1 = stage2(f"stage2_no_stage1_seed{seed}", seed, "")
+            per_seed["no_stage1_vqa"].append(_vqa(no_stage1, test_features, test, chosen, "shapes"))
+        print(json.dumps({f"seed {seed}": {k: v[-1] for k, v in per_seed.items() if v}}), flush=True)
+    per_seed = {name: runs for name, runs in per_seed.items() if runs}
     figures["per_seed"] = per_seed
     summary = {name: _over_seeds(runs) for name, runs in per_seed.items()}
     figures["shapes_heldout"] = summary
-    figures["ablations"] = {
-        "no_itg_retrieval": {key: _direction(summary["stage1"][key], summary["stage1_no_itg"][key]) for key in ("i2t_r1", "t2i_r1")},
-        "no_stage1_vqa": _direction(summary["stage2_vqa"]["all"], summary["no_stage1_vqa"]["all"]),
-    }
     show("shapes_heldout")
-    show("ablations")
+    if scale.ablations:
+        figures["ablations"] = {
+            "no_itg_retrieval": {key: _direction(summary["stage1"][key], summary["stage1_no_itg"][key]) for key in ("i2t_r1", "t2i_r1")},
+            "no_stage1_vqa": _direction(summary["stage2_vqa"]["all"], summary["no_stage1_vqa"]["all"]),
+        }
+        show("ablations")
 
     # 5. easy-VQA: the same recipe on its own training split (one seed), all test questions.
     easy_train = [e for e in load_easy_vqa("train") if e.captions][: scale.train]
     easy_test = load_easy_vqa("test")
-    easy_chosen = _questions(easy_test, None if scale_name == "full" else scale.questions)
+    easy_chosen = _questions(easy_test, None if scale_name != "smoke" else scale.questions)
     if lm_root is not None:
         easy_lm = lm_root / "easy-vqa_lm" / "lm"
     else:
-        easy_lm = timed("easy_lm", lambda: _lm(out / "easy_lm", easy_train, "easy-vqa", scale.lm_steps))
+        easy_lm = timed("easy_lm", lambda: train_frozen_lm(out / "easy_lm", easy_train, "easy-vqa", scale.lm_steps))
     figures["easy_vqa_lm_ceiling"] = timed("easy_lm_ceiling", lambda: _ceiling(easy_lm, easy_test, easy_chosen, "easy-vqa"))
     show("easy_vqa_lm_ceiling")
-    easy_data = ["data=easy-vqa", f"train_size={scale.train}", f"features_dir={out / 'easy_features'}"]
+    easy_data = ["data=easy-vqa", f"train_size={scale.train}", f"features_dir={out / 'easy_features'}", *scale.extra]
     config1 = stage1_config("shapes", [*QFORMER, *easy_data, f"max_steps={scale.stage1_steps}", "log_every=50"])
     timed("easy_stage1", lambda: train_stage1(config1, out / "easy_stage1", progress=True))
     overrides = [*QFORMER, *easy_data, f"max_steps={scale.stage2_steps}", f"language_model={easy_lm}",

@@ -16,7 +16,7 @@ easy-VQA's captions are a colour and a shape (35 distinct captions over 984 test
 strict figure is capped far below 100 (``strict_t2i_r1_ceiling`` says where); the grouped figure
 counts any image with the same caption as right.
 
-Run: ``python bench/clip_offline.py [--scale smoke|full] [--out DIR]``.
+Run: ``python bench/clip_offline.py [--scale smoke|full|equal] [--out DIR]``.
 """
 
 from __future__ import annotations
@@ -45,6 +45,8 @@ class Scale:
 SCALES = {
     "smoke": Scale(train=200, test=100, clip_steps=10, siglip_steps=10, lit_steps=10, easy_steps=10),
     "full": Scale(train=4000, test=1000, clip_steps=300, siglip_steps=200, lit_steps=100, easy_steps=150),
+    "equal": Scale(train=4000, test=1000, clip_steps=_recipes.EQUAL_STEPS, siglip_steps=_recipes.EQUAL_STEPS,
+                   lit_steps=_recipes.EQUAL_STEPS, easy_steps=_recipes.EQUAL_STEPS),
 }
 
 #: On top of each preset, for every variant (one process holds one accelerate state: one precision);
@@ -81,7 +83,7 @@ def run(scale_name: str, out: Path) -> dict[str, Any]:
     shapes = _recipes.shapes(scale.train, scale.test)
     features = [f"features_dir={out / 'features_shapes'}"]
     for name, (preset, steps) in VARIANTS.items():
-        overrides = [f"train_size={scale.train}", f"max_steps={getattr(scale, steps)}", *features]
+        overrides = [f"train_size={scale.train}", f"max_steps={getattr(scale, steps)}", *features, *_recipes.budget(scale_name)]
         row = timer(f"train_{name}", lambda: _train(preset, overrides, out / name))  # noqa: B023
         model = vlmkit.load(out / name / "model")
         row.update(timer(f"score_{name}", lambda: _recipes.score(model, shapes, ("retrieval",))))  # noqa: B023
@@ -90,7 +92,7 @@ def run(scale_name: str, out: Path) -> dict[str, Any]:
 
     # The grouped figure counts every image with the same caption as right (``_recipes.easy_vqa``).
     easy = _recipes.easy_vqa(scale.train, scale.test or None)
-    overrides = ["data=easy-vqa", f"train_size={len(easy.train)}", f"max_steps={scale.easy_steps}"]
+    overrides = ["data=easy-vqa", f"train_size={len(easy.train)}", f"max_steps={scale.easy_steps}", *_recipes.budget(scale_name)]
     figures["easy_vqa_training"] = timer("train_easy", lambda: _train("shapes", overrides, out / "easy_clip"))
     model = vlmkit.load(out / "easy_clip" / "model")
     figures["easy-vqa"] = timer("score_easy", lambda: _recipes.score(model, easy, ("retrieval",)))

@@ -1,10 +1,11 @@
 """ClipCap's offline recipe on CPU: one image embedding -> a prefix of a frozen LM.
 
 Steps (each a ``vlmkit_train.clipcap`` run, in-process):
-1. the small frozen LM the recipes share (``bench/_recipes.frozen_lm``), one per data set;
+1. the small frozen LM every soft-prompt recipe shares (``bench/_recipes.shared_lm``), one per data set;
 2. shapes: the paper's transformer mapper (4 layers, K = 10) from EfficientNet-Lite0's pooled
    1280-d embedding, on 4,000 training scenes, captions and question-answer pairs half and half;
-   the MLP mapper on the same embeddings and LM as a variant (``figures["variants"]["mlp"]``);
+   the MLP mapper on the same embeddings and LM as a variant (``figures["variants"]["mlp"]``; not
+   at ``--scale equal``, the recipes table's budget, which trains the main rows only);
 3. easy-VQA: the transformer mapper on its training split (questions on 80% of the samples);
 4. the figures through ``vlmkit.load`` and ``bench/_recipes.score``: VQA exact match on 2,000
    held-out shapes questions (colour-shape pairs never seen in training) and on every easy-VQA test
@@ -17,7 +18,7 @@ embedder's own computation (``PooledEfficientNet``) up to the float16 rounding o
 training runs read the pooled vectors from their embedding cache; the loaded models' embedder reads
 the test images' from the test cache (``_Pooled``) instead of running the network per call.
 
-Run: ``python bench/clipcap_offline.py [--scale smoke|full] [--out DIR]``.
+Run: ``python bench/clipcap_offline.py [--scale smoke|full|equal] [--out DIR]``.
 """
 
 from __future__ import annotations
@@ -32,7 +33,19 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _recipes import Data, Timer, bench_main, easy_vqa, frozen_lm, save, score, shapes, token_features  # noqa: E402
+from _recipes import (  # noqa: E402
+    EQUAL_STEPS,
+    Data,
+    Timer,
+    bench_main,
+    budget,
+    easy_vqa,
+    save,
+    score,
+    shapes,
+    shared_lm,
+    token_features,
+)
 
 from vlmkit.models.clipcap import ImageEmbedder, PooledEfficientNet  # noqa: E402
 
@@ -50,6 +63,7 @@ class Scale:
 SCALES = {
     "smoke": Scale(train=200, test=50, easy_test=50, lm_steps=30, steps=40, easy_steps=30),
     "full": Scale(train=4000, test=1000, easy_test=None, lm_steps=500, steps=500, easy_steps=400),
+    "equal": Scale(train=4000, test=1000, easy_test=None, lm_steps=EQUAL_STEPS, steps=EQUAL_STEPS, easy_steps=EQUAL_STEPS),
 }
 
 #: On top of the recipe's ``shapes`` preset: bfloat16 autocast (about 1.5x faster steps on this CPU).
@@ -89,15 +103,6 @@ def _embeddings(data: Data, out: Path) -> Path:
     return directory
 
 
-def _lm(out: Path, data: Data, scale_name: str, steps: int) -> Path:
-    """The shared frozen LM (``out.parent/lm_<data>``) at full scale or when it exists; a small one of
-    the smoke data otherwise."""
-    shared = out.parent / f"lm_{data.name}"
-    if scale_name == "full" or (shared / "lm" / "config.json").is_file():
-        return frozen_lm(shared, data, steps=500)
-    return frozen_lm(out / f"lm_{data.name}", data, steps=steps)
-
-
 def _train_and_score(name: str, data: Data, out: Path, lm_dir: Path, steps: int, extra: list[str], timer: Timer) -> dict[str, Any]:
     import vlmkit
     from vlmkit_train.clipcap import clipcap_config, train_clipcap
@@ -127,13 +132,15 @@ def run(scale_name: str, out: Path) -> dict[str, Any]:
     timer = Timer(figures)
 
     data = shapes(scale.train, scale.test)
-    lm_dir = timer("lm_shapes", lambda: _lm(out, data, scale_name, scale.lm_steps))
-    figures["shapes"] = _train_and_score("transformer", data, out, lm_dir, scale.steps, [], timer)
-    figures["variants"] = {"mlp": {"shapes": _train_and_score("mlp", data, out, lm_dir, scale.steps, ["mapper=mlp"], timer)}}
+    lm_dir = timer("lm_shapes", lambda: shared_lm(out, data, scale_name, scale.lm_steps))
+    extra = budget(scale_name)
+    figures["shapes"] = _train_and_score("transformer", data, out, lm_dir, scale.steps, extra, timer)
+    if scale_name != "equal":  # the equal-budget table has the main rows only
+        figures["variants"] = {"mlp": {"shapes": _train_and_score("mlp", data, out, lm_dir, scale.steps, ["mapper=mlp"], timer)}}
 
     easy = easy_vqa(scale.train, scale.easy_test)
-    easy_lm = timer("lm_easy", lambda: _lm(out, easy, scale_name, scale.lm_steps))
-    figures["easy-vqa"] = _train_and_score("easy_transformer", easy, out, easy_lm, scale.easy_steps, ["qa_fraction=0.8"], timer)
+    easy_lm = timer("lm_easy", lambda: shared_lm(out, easy, scale_name, scale.lm_steps))
+    figures["easy-vqa"] = _train_and_score("easy_transformer", easy, out, easy_lm, scale.easy_steps, ["qa_fraction=0.8", *extra], timer)
     timer.total()
     save(figures, out)
     return figures

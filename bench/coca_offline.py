@@ -11,9 +11,10 @@ on the 1,000 held-out shapes scenes (grouped and strict; every test scene holds 
 never seen in training) and on easy-VQA's test split (strict: its captions repeat, so many images
 fit a text equally well; the grouped figures count the images of one caption as interchangeable),
 and CIDEr-D of greedy captions from the multimodal decoder. The ablation's retrieval is under
-``figures["variants"]["caption_weight=0"]``.
+``figures["variants"]["caption_weight=0"]`` (not at ``--scale equal``, the recipes table's budget,
+which trains the main rows only).
 
-Run: ``OMP_NUM_THREADS=1 python bench/coca_offline.py [--scale smoke|full] [--out DIR]``.
+Run: ``OMP_NUM_THREADS=1 python bench/coca_offline.py [--scale smoke|full|equal] [--out DIR]``.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ class Scale:
 SCALES = {
     "smoke": Scale(train=200, test=100, easy_test=100, steps=30, easy_steps=30),
     "full": Scale(train=4000, test=1000, easy_test=None, steps=800, easy_steps=500),
+    "equal": Scale(train=4000, test=1000, easy_test=None, steps=recipes.EQUAL_STEPS, easy_steps=recipes.EQUAL_STEPS),
 }
 
 
@@ -60,7 +62,7 @@ def run(scale_name: str, out: Path) -> dict[str, Any]:
 
     def train(name: str, data: recipes.Data, steps: int, extra: list[str]) -> Any:
         overrides = [f"data={data.name}", f"train_size={scale.train}", f"max_steps={steps}", "log_every=50",
-                     f"features_dir={out / ('features_' + data.name)}", *extra]
+                     f"features_dir={out / ('features_' + data.name)}", *recipes.budget(scale_name), *extra]
         result = timer(name, lambda: train_coca(coca_config("shapes", overrides), out / name))
         training[name] = {"steps": result.steps, "steps_per_s": _steps_per_s(out / name),
                           **{k: round(v, 4) for k, v in result.final_losses.items()}}
@@ -69,10 +71,11 @@ def run(scale_name: str, out: Path) -> dict[str, Any]:
     shapes = recipes.shapes(scale.train, scale.test)
     model = train("shapes", shapes, scale.steps, [])
     figures["shapes"] = timer("shapes_eval", lambda: recipes.score(model, shapes, ("retrieval", "caption")))
-    contrastive_only = train("shapes_caption_weight_0", shapes, scale.steps, ["caption_weight=0"])
-    figures["variants"] = {
-        "caption_weight=0": {"shapes": timer("shapes_caption_weight_0_eval", lambda: recipes.score(contrastive_only, shapes, ("retrieval",)))}
-    }
+    if scale_name != "equal":  # the equal-budget table has the main rows only
+        contrastive_only = train("shapes_caption_weight_0", shapes, scale.steps, ["caption_weight=0"])
+        figures["variants"] = {
+            "caption_weight=0": {"shapes": timer("shapes_caption_weight_0_eval", lambda: recipes.score(contrastive_only, shapes, ("retrieval",)))}
+        }
 
     easy = recipes.easy_vqa(scale.train, scale.easy_test)
     easy_model = train("easy-vqa", easy, scale.easy_steps, [])

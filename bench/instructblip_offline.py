@@ -1,7 +1,7 @@
 """InstructBLIP's offline recipe on CPU, and the figures that show what instruction tuning does.
 
 Steps (each a vlmkit_train recipe, run in-process):
-1. the small frozen LM the recipes share (``bench/_recipes.frozen_lm``) and a BLIP-2 stage-1 run
+1. the small frozen LM every soft-prompt recipe shares (``bench/_recipes.shared_lm``) and a BLIP-2 stage-1 run
    (``vlmkit_train.stage1``; or ``--stage1 DIR`` to reuse one trained on the same data);
 2. instruction tuning on shapes-world scenes with the HELD-IN templates and task types of
    ``vlmkit.data.instructions`` (``vlmkit_train.instruct``): the Q-Former reads the instruction;
@@ -23,7 +23,10 @@ The generalisation figures run the loaded checkpoints' own generation (``model.n
 code ``ask`` and ``caption`` call) on the test images' features computed once; ``score`` runs the
 loaded models with each test image encoded once too (:func:`_encode_once`).
 
-Run: ``python bench/instructblip_offline.py [--scale smoke|full] [--out DIR] [--stage1 DIR]
+``--scale equal`` (the recipes table's budget) runs steps 1, 2, 4 and 6 without the template
+figures.
+
+Run: ``python bench/instructblip_offline.py [--scale smoke|full|equal] [--out DIR] [--stage1 DIR]
 [--easy-stage1 DIR]``.
 """
 
@@ -39,7 +42,19 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _recipes import Data, Timer, _clean, bench_main, easy_vqa, frozen_lm, save, score, shapes  # noqa: E402
+from _recipes import (  # noqa: E402
+    EQUAL_STEPS,
+    Data,
+    Timer,
+    _clean,
+    bench_main,
+    budget,
+    easy_vqa,
+    save,
+    score,
+    shapes,
+    shared_lm,
+)
 
 
 @dataclass(frozen=True)
@@ -56,19 +71,12 @@ class Scale:
 SCALES = {
     "smoke": Scale(train=100, test=50, easy_test=50, lm_steps=30, stage1_steps=20, instruct_steps=30, per_cell=40),
     "full": Scale(train=4000, test=1000, easy_test=None, lm_steps=500, stage1_steps=1000, instruct_steps=1200, per_cell=300),
+    "equal": Scale(train=4000, test=1000, easy_test=None, lm_steps=EQUAL_STEPS, stage1_steps=EQUAL_STEPS,
+                   instruct_steps=EQUAL_STEPS, per_cell=0),
 }
 
 #: On top of the recipes' ``shapes`` presets (a scratch Q-Former with a corpus vocabulary): bfloat16 autocast.
 MIXED = ["mixed_precision=bf16"]
-
-
-def _lm(out: Path, data: Data, scale_name: str, steps: int) -> Path:
-    """The shared frozen LM (``out.parent/lm_<data>``) at full scale or when it exists; a small one of
-    the smoke data otherwise."""
-    shared = out.parent / f"lm_{data.name}"
-    if scale_name == "full" or (shared / "lm" / "config.json").is_file():
-        return frozen_lm(shared, data, steps=500)
-    return frozen_lm(out / f"lm_{data.name}", data, steps=steps)
 
 
 def _encode_once(model: Any) -> Any:
@@ -166,13 +174,13 @@ def _train(name: str, data: Data, out: Path, scale: Scale, lm_dir: Path, stage1_
     return _encode_once(vlmkit.load(out / name / "model")), result.final_losses["loss"]
 
 
-def _stage1(name: str, data: Data, out: Path, scale: Scale, given: str | None, timer: Timer) -> Path:
+def _stage1(name: str, data: Data, out: Path, scale: Scale, given: str | None, timer: Timer, extra: list[str]) -> Path:
     from vlmkit_train.stage1 import stage1_config, train_stage1
 
     if given:
         return Path(given)
     overrides = [*MIXED, f"data={data.name}", f"train_size={len(data.train)}", f"features_dir={out / f'features_{data.name}'}",
-                 f"max_steps={scale.stage1_steps}", "log_every=50"]
+                 f"max_steps={scale.stage1_steps}", "log_every=50", *extra]
     timer(name, lambda: train_stage1(stage1_config("shapes", overrides), out / name))
     return out / name
 
@@ -187,30 +195,33 @@ def run(scale_name: str, out: Path, stage1: str | None = None, easy_stage1: str 
     figures["default_prompts"] = {"caption": HELD_IN_TEMPLATES.caption[0], "vqa": HELD_IN_TEMPLATES.vqa[0], "held_in": True}
 
     # Shapes: stage 1, instruction tuning, the ablation.
+    extra = budget(scale_name)
     data = shapes(scale.train, scale.test or 1000)
-    lm_dir = timer("lm_shapes", lambda: _lm(out, data, scale_name, scale.lm_steps))
-    s1 = _stage1("stage1", data, out, scale, stage1, timer)
-    model, loss = _train("instruct", data, out, scale, lm_dir, s1, [], timer)
+    lm_dir = timer("lm_shapes", lambda: shared_lm(out, data, scale_name, scale.lm_steps))
+    s1 = _stage1("stage1", data, out, scale, stage1, timer, extra)
+    model, loss = _train("instruct", data, out, scale, lm_dir, s1, extra, timer)
     assert model.kind.architecture == "VlmkitInstructBlip" and model.net.config.vqa_prompt in HELD_IN_TEMPLATES.vqa
-    features = timer("test_features", lambda: _test_features(model, data, out / "test_features"))
     figures["shapes"] = {"final_loss": loss, **timer("shapes_score", lambda: score(model, data, ("vqa", "caption")))}
-    figures["shapes"]["generalisation"] = timer("shapes_generalisation", lambda: _generalisation(model, features, data, scale.per_cell))
-    plain, plain_loss = _train("instruct_not_aware", data, out, scale, lm_dir, s1, ["instruction_aware=false"], timer)
-    figures["shapes"]["ablation_not_instruction_aware"] = {
-        "final_loss": plain_loss,
-        **timer("ablation_generalisation", lambda: _generalisation(plain, features, data, scale.per_cell)),
-    }
+    if scale.per_cell:  # the template figures and the ablation (not at the recipes table's budget)
+        features = timer("test_features", lambda: _test_features(model, data, out / "test_features"))
+        figures["shapes"]["generalisation"] = timer("shapes_generalisation", lambda: _generalisation(model, features, data, scale.per_cell))
+        plain, plain_loss = _train("instruct_not_aware", data, out, scale, lm_dir, s1, ["instruction_aware=false", *extra], timer)
+        figures["shapes"]["ablation_not_instruction_aware"] = {
+            "final_loss": plain_loss,
+            **timer("ablation_generalisation", lambda: _generalisation(plain, features, data, scale.per_cell)),
+        }
 
     # easy-VQA: the same recipe on its own training split and LM.
     easy = easy_vqa(scale.train, scale.easy_test)
-    easy_lm = timer("lm_easy", lambda: _lm(out, easy, scale_name, scale.lm_steps))
-    easy_s1 = _stage1("easy_stage1", easy, out, scale, easy_stage1, timer)
-    easy_model, easy_loss = _train("easy_instruct", easy, out, scale, easy_lm, easy_s1, ["qa_fraction=0.8"], timer)
-    easy_features = timer("easy_test_features", lambda: _test_features(easy_model, easy, out / "easy_test_features"))
+    easy_lm = timer("lm_easy", lambda: shared_lm(out, easy, scale_name, scale.lm_steps))
+    easy_s1 = _stage1("easy_stage1", easy, out, scale, easy_stage1, timer, extra)
+    easy_model, easy_loss = _train("easy_instruct", easy, out, scale, easy_lm, easy_s1, ["qa_fraction=0.8", *extra], timer)
     figures["easy-vqa"] = {"final_loss": easy_loss, **timer("easy_score", lambda: score(easy_model, easy, ("vqa", "caption")))}
-    figures["easy-vqa"]["generalisation"] = timer(
-        "easy_generalisation", lambda: _generalisation(easy_model, easy_features, easy, scale.per_cell)
-    )
+    if scale.per_cell:
+        easy_features = timer("easy_test_features", lambda: _test_features(easy_model, easy, out / "easy_test_features"))
+        figures["easy-vqa"]["generalisation"] = timer(
+            "easy_generalisation", lambda: _generalisation(easy_model, easy_features, easy, scale.per_cell)
+        )
     timer.total()
     save(figures, out)
     return figures

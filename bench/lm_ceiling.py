@@ -23,16 +23,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from _lm import RECIPES, answer_kind  # bench/ is sys.path[0] when run
-
-
-def train(out: Path, examples: list[Any], steps: int, seed: int = 0, extra: tuple[str, ...] = ()) -> Path:
-    from vlmkit_train.lm import lm_config, lm_texts, train_lm
-
-    if not (out / "lm").is_dir():
-        config = lm_config("shapes", [f"max_steps={steps}", f"run.seed={seed}", "log_every=100", *extra])
-        train_lm(config, lm_texts(config, examples), out, progress=True)
-    return out / "lm"
+from _lm import RECIPES, answer_kind, train_frozen_lm  # bench/ is sys.path[0] when run
 
 
 def score(lm_dir: Path, examples: list[Any], kind: str) -> dict[str, Any]:
@@ -66,7 +57,7 @@ def measure(out: Path, steps: int | None, datasets: list[str], test_scenes: int 
             train_examples, test = make_split(4000, 0, "train"), make_split(test_scenes, 0, "test")
         else:
             train_examples, test = load_easy_vqa("train"), load_easy_vqa("test")
-        lm_dir = train(out / f"{name}_lm", train_examples, steps or recipe_steps, extra=(*recipe, *extra))
+        lm_dir = train_frozen_lm(out / f"{name}_lm", train_examples, name, steps, extra)
         trained = time.perf_counter()
         figures[name] = {
             **score(lm_dir, test, name),

@@ -13,7 +13,7 @@ never occur in training; easy-VQA: its training split and whole test split):
    (as in ``blip2_offline.py``) instead of being recomputed per call; everything else is the
    checkpoint's own ``ask`` / ``caption``.
 
-Run: ``python bench/simvlm_offline.py [--scale smoke|full] [--out DIR]``.
+Run: ``python bench/simvlm_offline.py [--scale smoke|full|equal] [--out DIR]``.
 """
 
 from __future__ import annotations
@@ -27,9 +27,11 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _recipes import (  # noqa: E402
+    EQUAL_STEPS,
     Data,
     Timer,
     bench_main,
+    budget,
     easy_vqa,
     save,
     score,
@@ -50,6 +52,7 @@ class Scale:
 SCALES = {
     "smoke": Scale(train=200, test=100, shapes_steps=40, easy_steps=30),
     "full": Scale(train=4000, test=None, shapes_steps=700, easy_steps=400),
+    "equal": Scale(train=4000, test=None, shapes_steps=EQUAL_STEPS, easy_steps=EQUAL_STEPS),
 }
 
 #: On top of the ``shapes`` preset: bfloat16 autocast (about twice as fast on a CPU with AVX-512 BF16).
@@ -73,12 +76,12 @@ def _with_cached_features(model: Any, images: list[Any], cache: Any) -> Any:
     return model
 
 
-def _train(data: Data, steps: int, out: Path) -> Path:
+def _train(data: Data, steps: int, out: Path, extra: list[str]) -> Path:
     from vlmkit_train.simvlm import simvlm_config, train_simvlm
 
     features = token_features_dir(data, "train", out.parent)
     config = simvlm_config("shapes", [*RECIPE, f"data={data.name}", f"train_size={len(data.train)}",
-                                      f"features_dir={features}", f"max_steps={steps}"])
+                                      f"features_dir={features}", f"max_steps={steps}", *extra])
     run = out / data.name
     train_simvlm(config, run)
     return run
@@ -92,7 +95,7 @@ def run(scale_name: str, out: Path) -> dict[str, Any]:
     timer = Timer(figures)
     for data, steps in ((shapes(scale.train, scale.test or 1000), scale.shapes_steps), (easy_vqa(scale.train, scale.test), scale.easy_steps)):
         cache = timer(f"{data.name}_test_features", lambda data=data: token_features(data, "test", out.parent))
-        run_dir = timer(f"{data.name}_train", lambda data=data, steps=steps: _train(data, steps, out))
+        run_dir = timer(f"{data.name}_train", lambda data=data, steps=steps: _train(data, steps, out, budget(scale_name)))
         model = _with_cached_features(vlmkit.load(run_dir / "model"), [e.image for e in data.test], cache)
         figures[data.name] = timer(f"{data.name}_eval", lambda data=data, model=model: score(model, data, ("vqa", "caption")))
         last = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])

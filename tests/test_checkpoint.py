@@ -119,3 +119,19 @@ def test_a_family_refuses_an_unknown_key(tmp_path):
     _edit(tmp_path / "simvlm", hidden_sise=32)
     with pytest.raises(ModelNotFoundError, match="unknown keys in config.json: hidden_sise"):
         SimVLM.from_pretrained(tmp_path / "simvlm")
+
+
+def test_a_tokenizer_beside_a_native_config_loads_without_a_warning(tmp_path, capfd):
+    """A trained BLIP-2's ``qformer/`` holds vlmkit's own ``config.json`` beside its tokenizer.
+    ``AutoTokenizer`` alone would try that config's ``model_type``, fail, and warn that the
+    checkpoint may not fit; ``load_tokenizer`` takes the class from ``tokenizer_config.json``."""
+    from vlmkit.models.checkpoint import load_tokenizer
+    from vlmkit.testing import make_bert_tokenizer
+
+    make_bert_tokenizer().save_pretrained(tmp_path)
+    write_config(tmp_path, Tiny(), model_type="vlmkit-qformer")
+    capfd.readouterr()
+    tokenizer = load_tokenizer(tmp_path)
+    assert tokenizer("a red circle")["input_ids"] == make_bert_tokenizer()("a red circle")["input_ids"]
+    assert "vlmkit-qformer" not in capfd.readouterr().err
+

@@ -66,14 +66,14 @@ def new_qformer(setup: QFormerSetup, encoder_width: int, tokenizer: Any) -> QFor
 def stage1_qformer(path: str) -> tuple[QFormer, Any]:
     """The Q-Former of a stage-1 run (or a Q-Former directory) and the tokenizer saved beside it;
     a bare Q-Former directory gets BERT's vocabulary (MiniLM's) when its size fits."""
-    from transformers import AutoTokenizer
+    from vlmkit.models.checkpoint import load_tokenizer
 
     root = Path(path)
     for candidate in (root / "model" / "qformer", root / "qformer", root):
         if (candidate / "model.safetensors").is_file():
             qformer = QFormer.from_pretrained(candidate)
             if (candidate / "tokenizer_config.json").is_file():
-                return qformer, AutoTokenizer.from_pretrained(candidate)
+                return qformer, load_tokenizer(candidate)
             tokenizer = minilm_tokenizer()
             if len(tokenizer) != qformer.config.vocab_size:
                 raise InputError(f"stage1={path!r}: no tokenizer beside the Q-Former, and BERT's does not fit its vocabulary")

@@ -42,7 +42,7 @@ from .base import (
     check_texts,
     pair_up,
 )
-from .checkpoint import load_weights, read_config, read_meta, save_weights, write_config
+from .checkpoint import load_tokenizer, load_weights, read_config, read_meta, save_weights, write_config
 from .image_encoders import FrozenImageEncoder, load_image_encoder
 from .kinds import KINDS
 from .qformer import QFormer
@@ -286,9 +286,7 @@ class NativeBlip2(nn.Module):
         lm_path = path / "lm" if config.language_model == "lm" else config.language_model
         qformer_tokenizer = None
         if config.instruction_aware:
-            import transformers
-
-            qformer_tokenizer = transformers.AutoTokenizer.from_pretrained(path / "qformer")
+            qformer_tokenizer = load_tokenizer(path / "qformer")
         model = cls.from_parts(
             config, QFormer.from_pretrained(path / "qformer"), lm_path=lm_path, dtype=dtype, qformer_tokenizer=qformer_tokenizer
         )
@@ -403,7 +401,6 @@ def save_retrieval(directory: str | os.PathLike, qformer: QFormer, tokenizer: An
 
 
 def _load_retrieval(path: Path, *, name: str, device: torch.device, dtype: torch.dtype) -> QFormerRetrieval:
-    import transformers
 
     config, _ = read_config(path, RetrievalConfig, model_types=RETRIEVAL_MODEL_TYPE)
     encoder = load_image_encoder(config.image_encoder, layer=config.encoder_layer, dtype=dtype)
@@ -413,7 +410,7 @@ def _load_retrieval(path: Path, *, name: str, device: torch.device, dtype: torch
             f"{path}: the Q-Former cross-attends to {qformer.config.encoder_hidden_size}-wide features but "
             f"{config.image_encoder} gives {encoder.hidden_size}"
         )
-    tokenizer = transformers.AutoTokenizer.from_pretrained(path / "qformer")
+    tokenizer = load_tokenizer(path / "qformer")
     return QFormerRetrieval(name, encoder, qformer, tokenizer, device, dtype)
 
 
@@ -481,14 +478,13 @@ class NativeInstructBlipTasks(NativeBlip2Tasks):
 def load_native(path: str | os.PathLike, *, name: str, device: torch.device, dtype: torch.dtype, load: Any = None) -> QFormerRetrieval:
     """Load a ``vlmkit-blip2``, ``vlmkit-instructblip`` or ``vlmkit-blip2-retrieval`` checkpoint
     directory for the task interface."""
-    import transformers
 
     if read_meta(path).get("model_type") == RETRIEVAL_MODEL_TYPE:
         return _load_retrieval(Path(path), name=name, device=device, dtype=dtype)
     net = NativeBlip2.from_pretrained(path, dtype=dtype)
     if net.config.instruction_aware:
         return NativeInstructBlipTasks(name, net, net.qformer_tokenizer, device, dtype)
-    tokenizer = transformers.AutoTokenizer.from_pretrained(Path(path) / "qformer")
+    tokenizer = load_tokenizer(Path(path) / "qformer")
     stage1 = Path(path) / RETRIEVAL_QFORMER
     retrieval = QFormer.from_pretrained(stage1) if (stage1 / "model.safetensors").is_file() else None
     return NativeBlip2Tasks(name, net, tokenizer, device, dtype, retrieval)

@@ -23,7 +23,7 @@ from safetensors.torch import load_file, save_file
 
 from ..errors import ModelNotFoundError, VlmkitError
 
-__all__ = ["RESERVED_KEYS", "write_config", "read_meta", "read_config", "save_weights", "load_weights"]
+__all__ = ["RESERVED_KEYS", "write_config", "read_meta", "read_config", "save_weights", "load_weights", "load_tokenizer"]
 
 #: Keys of ``config.json`` that describe the checkpoint rather than the model.
 RESERVED_KEYS = ("model_type", "architectures", "vlmkit_version")
@@ -106,3 +106,13 @@ def load_weights(module: torch.nn.Module, file: str | os.PathLike, *, keys: Iter
         module.load_state_dict(state, strict=keys is None)
     except RuntimeError as exc:
         raise ModelNotFoundError(f"{path}: the weights do not fit the model ({exc})") from None
+
+
+def load_tokenizer(directory: str | os.PathLike) -> Any:
+    """The transformers tokenizer saved in a native checkpoint's directory. ``AutoTokenizer`` would
+    read the ``config.json`` beside it to guess a model type, fail on vlmkit's own ``model_type`` and
+    warn that the checkpoint may be incompatible; an empty config skips that guess, and the class
+    comes from ``tokenizer_config.json`` as for any saved tokenizer."""
+    import transformers
+
+    return transformers.AutoTokenizer.from_pretrained(directory, config=transformers.PretrainedConfig())
