@@ -370,8 +370,17 @@ def test_vlmkit_load_runs_the_exports_with_the_same_results(tokenizer, model, im
     assert answerer.ask(images, [question] * len(images)) == answers
 
 
-def test_export_refuses_what_transformers_would_compute_differently(tmp_path, tokenizer):
+def test_export_refuses_what_transformers_would_compute_differently(tmp_path, tokenizer, pixels):
     enc_first = build(tokenizer, itm_first_token="enc")
+    # The paper's layout: the image-grounded encoder reads [ENC] where the text has [CLS].
+    ids, mask = texts(tokenizer)
+    swapped = ids.clone()
+    swapped[:, 0] = tokenizer_fields(tokenizer)["enc_token_id"]
+    with torch.no_grad():
+        embeds = enc_first.image_embeds(pixels)
+        cls_first = build(tokenizer)  # the same seed: the same weights
+        assert torch.equal(enc_first.itm_logits(embeds, ids, mask), cls_first.itm_logits(embeds, swapped, mask))
+        assert not torch.equal(enc_first.itm_logits(embeds, ids, mask), cls_first.itm_logits(embeds, ids, mask))
     with pytest.raises(InputError, match="ENC"):
         export(enc_first, tokenizer, tmp_path / "retrieval", head="retrieval")
     export(enc_first, tokenizer, tmp_path / "caption", head="caption")  # the decoder never sees [ENC]
