@@ -209,7 +209,7 @@ def test_bad_inputs_are_input_errors(tokenizer, model, pixels):
     with pytest.raises(InputError, match="pixel_values of shape"):
         model.image_embeds(torch.zeros(1, 3, 64, 64))
     with pytest.raises(InputError, match="one shape"):
-        model.text_features(ids, mask[:, :-1])
+        model(pixels, ids, mask[:, :-1])
     with pytest.raises(InputError, match="more than max_text_length"):
         model.text_features(torch.ones(1, 41, dtype=torch.long), torch.ones(1, 41, dtype=torch.long))
     with pytest.raises(InputError, match="sharing"):

@@ -310,6 +310,7 @@ class BlipPretrainModel(nn.Module):
     def forward(self, pixel_values: Tensor, input_ids: Tensor, attention_mask: Tensor) -> BlipPretrainOutput:
         """The image encoder and the unimodal text encoder on a batch of pairs (image ``i`` with text
         ``i``), online and momentum; ITM and LM run on the returned ``image_embeds``."""
+        self._check_text(input_ids, attention_mask)
         if pixel_values.shape[0] != input_ids.shape[0]:
             raise InputError(f"BLIP: {pixel_values.shape[0]} images but {input_ids.shape[0]} texts")
         image_embeds = self.image_embeds(pixel_values)
@@ -334,7 +335,7 @@ class BlipPretrainModel(nn.Module):
         start = torch.tensor([self.config.dec_token_id, *prompt], dtype=torch.long, device=image_embeds.device)
         image_mask = torch.ones(image_embeds.shape[:-1], dtype=torch.long, device=image_embeds.device)
         return self.text_decoder.generate(  # type: ignore[no-any-return]
-            input_ids=start.expand(image_embeds.shape[0], -1), eos_token_id=self.config.sep_token_id,
+            input_ids=start.repeat(image_embeds.shape[0], 1), eos_token_id=self.config.sep_token_id,
             pad_token_id=self.config.pad_token_id, encoder_hidden_states=image_embeds, encoder_attention_mask=image_mask,
             **generate_kwargs,
         )
