@@ -15,11 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from vlmkit.errors import InputError
+from vlmkit.models.wordpiece import SPECIAL_TOKENS, wordpiece_vocab
 
 __all__ = ["SPECIAL_TOKENS", "minilm_tokenizer", "train_wordpiece", "qformer_tokenizer"]
-
-#: In id order: [PAD] is 0, as BERT's and the Q-Former's ``pad_token_id``.
-SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[DEC]")
 
 
 def minilm_tokenizer() -> Any:
@@ -33,33 +31,16 @@ def minilm_tokenizer() -> Any:
 
 
 def train_wordpiece(texts: Iterable[str], vocab_size: int = 1000) -> Any:
-    """A BERT-style uncased WordPiece vocabulary for ``texts``: the special tokens, every character
-    seen (alone and as a ``##`` continuation, so no word is unknown), then whole words by frequency
-    until ``vocab_size``. Built by counting rather than by WordPiece merges, whose ties the
-    ``tokenizers`` trainer breaks differently from run to run: the same texts give the same ids."""
-    from collections import Counter
-
+    """A BERT-style uncased WordPiece tokenizer for ``texts``
+    (:func:`vlmkit.models.wordpiece.wordpiece_vocab`: the same texts give the same ids), in BERT's
+    layout ([CLS] ... [SEP]) as a transformers fast tokenizer with [DEC] as ``bos_token``."""
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
-    normalizer = normalizers.BertNormalizer(lowercase=True)
-    splitter = pre_tokenizers.BertPreTokenizer()
-    words: Counter[str] = Counter()
-    for text in texts:
-        words.update(word for word, _ in splitter.pre_tokenize_str(normalizer.normalize_str(text)))
-    if not words:
-        raise InputError("cannot learn a vocabulary from an empty corpus")
-    chars = sorted({c for word in words for c in word})
-    vocab = [*SPECIAL_TOKENS, *chars, *(f"##{c}" for c in chars)]
-    if len(vocab) > vocab_size:
-        raise InputError(f"vocab_size {vocab_size} is smaller than the {len(vocab)} special tokens and characters")
-    known = set(vocab)
-    frequent = sorted((w for w in words if w not in known), key=lambda w: (-words[w], w))
-    vocab += frequent[: vocab_size - len(vocab)]
-
+    vocab = wordpiece_vocab(texts, vocab_size)
     wordpiece = Tokenizer(models.WordPiece({token: i for i, token in enumerate(vocab)}, unk_token="[UNK]"))
-    wordpiece.normalizer = normalizer
-    wordpiece.pre_tokenizer = splitter
+    wordpiece.normalizer = normalizers.BertNormalizer(lowercase=True)
+    wordpiece.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     wordpiece.decoder = decoders.WordPiece()
     cls, sep = vocab.index("[CLS]"), vocab.index("[SEP]")
     wordpiece.post_processor = processors.TemplateProcessing(

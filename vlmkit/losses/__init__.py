@@ -1,5 +1,6 @@
 """Training losses as pure functions of tensors; cross-process gathers live in ``vlmkit.distributed``."""
 
+from .blip import BlipLosses, blip_losses, itc_distill_loss, lm_loss
 from .blip2 import (
     ItcOutput,
     Stage1Losses,
@@ -22,6 +23,10 @@ __all__ = [
     "itg_loss",
     "sample_hard_negatives",
     "stage1_loss",
+    "BlipLosses",
+    "itc_distill_loss",
+    "lm_loss",
+    "blip_losses",
     "clip_loss",
     "siglip_loss",
     "clamp_logit_scale",
