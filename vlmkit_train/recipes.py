@@ -27,6 +27,7 @@ RECIPES: dict[str, str] = {
     "clipcap": "vlmkit_train.clipcap:RECIPE",
     "coca": "vlmkit_train.coca:RECIPE",
     "simvlm": "vlmkit_train.simvlm:RECIPE",
+    "blip": "vlmkit_train.blip:RECIPE",
 }
 
 

@@ -32,6 +32,7 @@ def blip_pretrain_losses(
     alpha: float = 0.4,
     generator: torch.Generator | None = None,
     prompt_length: int = 0,
+    lm: bool = True,
 ) -> BlipLosses:
     """ITC + ITM + LM for a batch of (image, caption) pairs.
 
@@ -39,8 +40,9 @@ def blip_pretrain_losses(
     ``attention_mask`` (B, T) the captions tokenised with [CLS] first (the model swaps in [DEC] for
     LM). ``alpha`` weighs the momentum targets (BLIP: 0.4, ramped up from 0 over the first epoch by
     the caller). ``groups`` (B, K) keys mark pairs that are not negatives of each other.
-    ``prompt_length`` leading tokens are context, not LM targets. The learned temperature is clamped
-    to BLIP's [0.001, 0.5] first.
+    ``prompt_length`` leading tokens are context, not LM targets. ``lm=False`` leaves the decoder out
+    (BLIP's retrieval fine-tuning: ITC + ITM; the returned ``lm`` is 0). The learned temperature is
+    clamped to BLIP's [0.001, 0.5] first.
     """
     with torch.no_grad():
         model.temp.clamp_(*TEMPERATURE_RANGE)
@@ -60,6 +62,8 @@ def blip_pretrain_losses(
     mask = torch.cat([attention_mask, all_mask[neg_text[has_text]], attention_mask[has_image]])
     itm = itm_loss(model.itm_logits(images, ids, mask), num_positives=input_ids.shape[0])
 
-    lm = lm_loss(model.lm_logits(out.image_embeds, input_ids, attention_mask), input_ids, attention_mask, prompt_length=prompt_length)
-    return blip_losses(itc.loss, itm, lm)
+    if not lm:
+        return blip_losses(itc.loss, itm, torch.zeros((), device=itm.device))
+    caption = lm_loss(model.lm_logits(out.image_embeds, input_ids, attention_mask), input_ids, attention_mask, prompt_length=prompt_length)
+    return blip_losses(itc.loss, itm, caption)
 
