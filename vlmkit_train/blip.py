@@ -71,7 +71,7 @@ from .data import training_examples
 from .driver import MODEL_DIR, Plan, Recipe, Run
 from .loop import batch_rows, caption_batch
 
-__all__ = ["BlipTrainConfig", "PRESETS", "RECIPE", "blip_train_config", "train_blip", "RETRIEVAL_DIR", "PRETRAINED_DIR"]
+__all__ = ["BlipTrainConfig", "Tower", "PRESETS", "RECIPE", "blip_train_config", "train_blip", "RETRIEVAL_DIR", "PRETRAINED_DIR"]
 
 #: After ``task=pretrain``: the retrieval export, and the training-state checkpoint ``init=`` reads.
 RETRIEVAL_DIR = "retrieval"
@@ -79,9 +79,29 @@ PRETRAINED_DIR = "pretrained"
 
 Task = Literal["pretrain", "caption", "retrieval"]
 
+#: Text positions of a fresh text transformer at least: room for [DEC], a prompt and the 30 new
+#: tokens ``vlmkit caption`` generates by default, beyond the training texts' ``max_text_length``.
+MIN_POSITIONS = 64
+
 #: BLIP's optimisation where a preset does not say otherwise: weight decay 0.05, and a larger batch
 #: and learning rate than :class:`RunConfig`'s for small models trained from scratch.
 _RUN = RunConfig(batch_size=64, lr=5e-4, weight_decay=0.05, warmup_steps=50, max_steps=1000)
+
+
+@dataclass(frozen=True)
+class Tower:
+    """The sizes of one transformer stack: ``vision.width=256``, ``text.layers=4`` on the command line."""
+
+    width: int
+    layers: int
+    heads: int
+    #: The feed-forward layer's inner width.
+    mlp: int
+
+    def __post_init__(self) -> None:
+        check_at_least(self, ("width", "layers", "heads", "mlp"))
+        if self.width % self.heads:
+            raise InputError(f"width {self.width} is not a multiple of heads {self.heads}")
 
 
 @dataclass(frozen=True)
@@ -106,14 +126,10 @@ class BlipTrainConfig:
     #: The ViT's input side in pixels (the image processor resizes every image to it).
     image_size: int = 64
     patch_size: int = 8
-    vision_width: int = 128
-    vision_layers: int = 4
-    vision_heads: int = 4
-    vision_mlp: int = 512
-    text_width: int = 128
-    text_layers: int = 2
-    text_heads: int = 4
-    text_mlp: int = 512
+    #: The ViT's blocks.
+    vision: Tower = Tower(width=128, layers=4, heads=4, mlp=512)
+    #: The MED text transformer's blocks (not read with ``text_init``: the BERT's sizes are used).
+    text: Tower = Tower(width=128, layers=2, heads=4, mlp=512)
     #: Width of the ITC projections.
     embed_dim: int = 128
     #: Tokens of a training text, special tokens (and the caption prompt) included.
@@ -132,8 +148,7 @@ class BlipTrainConfig:
     caption_prompt: str = "a picture of "
 
     def __post_init__(self) -> None:
-        check_at_least(self, ("vocab_size", "image_size", "patch_size", "vision_width", "vision_layers", "vision_heads",
-                              "vision_mlp", "text_width", "text_layers", "text_heads", "text_mlp", "embed_dim"))
+        check_at_least(self, ("vocab_size", "image_size", "patch_size", "embed_dim"))
         check_at_least(self, ("alpha_warmup_steps",), 0)
         check_at_least(self, ("max_text_length",), 3)
         for name in ("alpha", "momentum"):
@@ -141,10 +156,6 @@ class BlipTrainConfig:
                 raise InputError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         if self.image_size % self.patch_size:
             raise InputError(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
-        for side in ("vision", "text"):
-            width, heads = getattr(self, f"{side}_width"), getattr(self, f"{side}_heads")
-            if width % heads:
-                raise InputError(f"{side}_width {width} is not a multiple of {side}_heads {heads}")
         if self.text_init and self.tokenizer != "minilm":
             raise InputError("text_init loads a BERT's word embeddings, so its vocabulary: set tokenizer=minilm")
         if self.init and (self.text_init or self.vision_init):
@@ -159,8 +170,8 @@ PRESETS: dict[str, BlipTrainConfig] = {
     "tiny": BlipTrainConfig(
         run=dataclasses.replace(_RUN, batch_size=4, max_steps=6, warmup_steps=2, log_every=1),
         data=DataConfig(train_size=16),
-        image_size=32, patch_size=8, vision_width=32, vision_layers=1, vision_heads=2, vision_mlp=64,
-        text_width=32, text_layers=1, text_heads=2, text_mlp=64, embed_dim=16, max_text_length=24, alpha_warmup_steps=4,
+        image_size=32, patch_size=8, vision=Tower(width=32, layers=1, heads=2, mlp=64),
+        text=Tower(width=32, layers=1, heads=2, mlp=64), embed_dim=16, max_text_length=24, alpha_warmup_steps=4,
     ),
 }
 #: What each preset is for and roughly what it costs (``vlmkit train --help``).
@@ -203,8 +214,8 @@ def _bert_dir(text_init: str) -> Path:
 
 #: BLIP vision size fields and the CLIP vision config keys that must equal them.
 _VIT_FIELDS = {
-    "vision_width": "hidden_size", "vision_layers": "num_hidden_layers", "vision_heads": "num_attention_heads",
-    "vision_mlp": "intermediate_size", "patch_size": "patch_size", "image_size": "image_size",
+    "vision.width": "hidden_size", "vision.layers": "num_hidden_layers", "vision.heads": "num_attention_heads",
+    "vision.mlp": "intermediate_size", "patch_size": "patch_size", "image_size": "image_size",
 }
 
 
@@ -220,8 +231,9 @@ def _clip_vit(config: BlipTrainConfig) -> Path:
     if meta.get("model_type") != "vision-text-dual-encoder" or vision.get("model_type") != "clip_vision_model":
         raise InputError(f"vision_init={config.vision_init}: not a `vlmkit train clip` run with image_tower=vit "
                          f"(model_type {meta.get('model_type')!r}, vision {vision.get('model_type')!r})")
-    differ = [f"{name} {vision.get(key)} there, {getattr(config, name)} here" for name, key in _VIT_FIELDS.items()
-              if vision.get(key) != getattr(config, name)]
+    ours = {"vision.width": config.vision.width, "vision.layers": config.vision.layers, "vision.heads": config.vision.heads,
+            "vision.mlp": config.vision.mlp, "patch_size": config.patch_size, "image_size": config.image_size}
+    differ = [f"{name} {vision.get(key)} there, {ours[name]} here" for name, key in _VIT_FIELDS.items() if vision.get(key) != ours[name]]
     if differ:
         raise InputError(f"vision_init={config.vision_init}: the CLIP ViT does not fit: {'; '.join(differ)} (set them to the tower's)")
     return path
@@ -274,14 +286,15 @@ def _network(config: BlipTrainConfig, tokenizer: Any, run: Run) -> BlipPretrainM
     """The BLIP network a run trains: the init run's, or a fresh one initialised as configured."""
     if config.init:
         return BlipPretrainModel.from_pretrained(_init_checkpoint(config.init))
-    text = {"text_width": config.text_width, "text_layers": config.text_layers, "text_heads": config.text_heads,
-            "text_mlp": config.text_mlp, "max_text_length": config.max_text_length}
+    text: dict[str, Any] = {"text_width": config.text.width, "text_layers": config.text.layers, "text_heads": config.text.heads,
+                            "text_mlp": config.text.mlp, "max_text_length": max(MIN_POSITIONS, config.max_text_length)}
     if config.text_init:
         text = bert_text_fields(_bert_dir(config.text_init))
+    fields: dict[str, Any] = {**tokenizer_fields(tokenizer), **text}
     model = BlipPretrainModel(BlipPretrainConfig(
-        **tokenizer_fields(tokenizer), **text, image_size=config.image_size, patch_size=config.patch_size,
-        vision_width=config.vision_width, vision_layers=config.vision_layers, vision_heads=config.vision_heads,
-        vision_mlp=config.vision_mlp, embed_dim=config.embed_dim, sharing=config.sharing, momentum=config.momentum,
+        **fields, image_size=config.image_size, patch_size=config.patch_size,
+        vision_width=config.vision.width, vision_layers=config.vision.layers, vision_heads=config.vision.heads,
+        vision_mlp=config.vision.mlp, embed_dim=config.embed_dim, sharing=config.sharing, momentum=config.momentum,
     ))
     if config.text_init:
         init_text_from_bert(model, _bert_dir(config.text_init))
