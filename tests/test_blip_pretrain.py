@@ -345,6 +345,22 @@ def test_vqa_export_answers_the_same(tokenizer, model, images, pixels, exports):
         assert torch.equal(ours, theirs), question
 
 
+
+def test_answer_logits_are_the_pass_answer_decodes_greedily(tokenizer, model, pixels):
+    """VQA fine-tuning's teacher-forced pass and generation compute the same: each greedy answer
+    token is the argmax of ``answer_logits`` at the position before it (padded questions too)."""
+    ids, mask = texts(tokenizer, ["what color is the car?", "is it day?", "how many dogs are in the park?"])
+    with torch.no_grad():
+        answers = model.answer(pixels, ids, mask, max_new_tokens=5)  # (B, T), [DEC] first
+        logits = model.answer_logits(model.image_embeds(pixels), ids, mask, answers, torch.ones_like(answers))
+    sep = tokenizer.sep_token_id
+    for row, answer in enumerate(answers.tolist()):
+        end = answer.index(sep) if sep in answer else len(answer) - 1
+        assert logits[row, :end].argmax(dim=-1).tolist() == answer[1 : end + 1]
+    with pytest.raises(InputError, match="equal text and vision widths"):
+        wide = build(tokenizer, vision_width=64, vision_mlp=128)
+        wide.answer_logits(wide.image_embeds(pixels), ids, mask, answers, torch.ones_like(answers))
+
 def test_vlmkit_load_runs_the_exports_with_the_same_results(tokenizer, model, images, pixels, exports):
     import vlmkit
 

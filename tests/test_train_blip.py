@@ -206,3 +206,25 @@ def test_bad_overrides_are_one_line_errors(tmp_path, clip_run):
     for overrides in (["alpha=2"], ["init=/no/such/run"]):
         code, _, err = cli(["train", "blip", "--preset", "tiny", "--out", str(tmp_path / "cli"), *[f"--set={o}" for o in overrides]])
         assert code != 0 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_vqa_fine_tuning_trains_an_unshared_answer_decoder_that_vlmkit_ask_reads(tmp_path, pretrained, scene):
+    run, _ = pretrained
+    config = blip_train_config("tiny", ["task=vqa", f"init={run}", "max_steps=2"])
+    net = plan_for(config, tmp_path / "plan").model.model
+    encoder, decoder = net.text_encoder.encoder.layer[0], net.text_decoder.bert.encoder.layer[0]
+    assert net.config.sharing == "none" and decoder.crossattention is not encoder.crossattention  # BLIP: model.unshared()
+    start = BlipPretrainModel.from_pretrained(run / "pretrained").state_dict()
+    assert torch.equal(decoder.crossattention.self.query.weight, start["text_decoder.bert.encoder.layer.0.crossattention.self.query.weight"])
+    assert not net.itm_head.weight.requires_grad and decoder.crossattention.self.query.weight.requires_grad
+
+    result = train_blip(config, tmp_path / "vqa")
+    assert set(result.final_losses) == {"total", "lm"}
+    model_dir = tmp_path / "vqa" / "model"
+    assert json.loads((model_dir / "config.json").read_text())["architectures"] == ["BlipForQuestionAnswering"]
+    code, printed, err = cli(["ask", str(scene[0]), "what colour is the shape?", "--model", str(model_dir), "--json"])
+    assert code == 0, err
+    assert isinstance(json.loads(printed.strip().splitlines()[-1])["answer"], str)
+    assert "vlmkit ask" in RECIPE.next_step(model_dir)
+    with pytest.raises(InputError, match="task=vqa needs text.width equal to vision.width"):
+        blip_train_config("tiny", ["task=vqa", "text.width=64", "text.mlp=128"])

@@ -15,6 +15,11 @@ objective:
 - ``caption``: the LM loss alone, on ``caption_prompt + caption`` with the prompt's tokens not
   predicted (BLIP's captioning fine-tuning).
 - ``retrieval``: ITC (momentum distillation) + ITM (BLIP's retrieval fine-tuning).
+- ``vqa``: BLIP's VQA fine-tuning: the network is unshared first
+  (:meth:`~vlmkit.models.blip_pretrain.BlipPretrainModel.unshared`, so the answer decoder trains
+  apart from the question encoder), the image-grounded encoder encodes the question and the
+  decoder learns the answer (LM loss on the answer's tokens) cross-attending to it; one of each
+  scene's question-answer pairs per step.
 
 The network starts fresh (the ViT from scratch or from a ``vlmkit train clip`` run's ViT,
 ``vision_init``; the text transformer from scratch with a corpus vocabulary or from a BERT
@@ -26,7 +31,8 @@ not each other's negatives.
 
 The run goes through the shared driver (:func:`vlmkit_train.driver.train`). Outputs in ``out_dir``:
 ``model/`` (what ``vlmkit.load`` reads: a transformers ``BlipForConditionalGeneration`` for
-``pretrain`` and ``caption``, ``BlipForImageTextRetrieval`` for ``retrieval``, each with its
+``pretrain`` and ``caption``, ``BlipForImageTextRetrieval`` for ``retrieval``,
+``BlipForQuestionAnswering`` for ``vqa``, each with its
 ``BlipProcessor``); after ``pretrain`` also ``retrieval/`` (the retrieval export) and
 ``pretrained/`` (vlmkit's training-state checkpoint with the momentum encoders, what ``init=``
 reads); ``metrics.jsonl``, ``loss.png``, ``state/`` for exact resume and ``config.json``; with
@@ -42,6 +48,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -51,6 +58,7 @@ from vlmkit.models.blip_pretrain import (
     MODEL_TYPE,
     BlipPretrainConfig,
     BlipPretrainModel,
+    ExportHead,
     Sharing,
     bert_text_fields,
     bert_tokenizer,
@@ -77,7 +85,7 @@ __all__ = ["BlipTrainConfig", "Tower", "PRESETS", "RECIPE", "blip_train_config",
 RETRIEVAL_DIR = "retrieval"
 PRETRAINED_DIR = "pretrained"
 
-Task = Literal["pretrain", "caption", "retrieval"]
+Task = Literal["pretrain", "caption", "retrieval", "vqa"]
 
 #: Text positions of a fresh text transformer at least: room for [DEC], a prompt and the 30 new
 #: tokens ``vlmkit caption`` generates by default, beyond the training texts' ``max_text_length``.
@@ -108,7 +116,8 @@ class Tower:
 class BlipTrainConfig:
     run: RunConfig = _RUN
     data: DataConfig = DataConfig(train_size=4000)
-    #: "pretrain" (ITC + ITM + LM), "caption" (LM with the prompt) or "retrieval" (ITC + ITM).
+    #: "pretrain" (ITC + ITM + LM), "caption" (LM with the prompt), "retrieval" (ITC + ITM) or
+    #: "vqa" (BLIP's answer decoder over the image-grounded question encoding, LM on the answer).
     task: Task = "pretrain"
     #: A previous ``vlmkit train blip`` run directory (or its ``pretrained/``) to start from; its
     #: network, sizes and tokenizer are kept and the fields below that describe them are not read.
@@ -158,6 +167,9 @@ class BlipTrainConfig:
             raise InputError(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
         if self.text_init and self.tokenizer != "minilm":
             raise InputError("text_init loads a BERT's word embeddings, so its vocabulary: set tokenizer=minilm")
+        if self.task == "vqa" and not (self.init or self.text_init) and self.text.width != self.vision.width:
+            raise InputError(f"task=vqa needs text.width equal to vision.width (the answer decoder's cross-attention reads "
+                             f"the question encoder), got {self.text.width} and {self.vision.width}")
         if self.init and (self.text_init or self.vision_init):
             raise InputError("init starts from a whole BLIP run: leave text_init and vision_init empty")
 
@@ -177,7 +189,7 @@ PRESETS: dict[str, BlipTrainConfig] = {
 #: What each preset is for and roughly what it costs (``vlmkit train --help``).
 PRESET_NOTES: dict[str, str] = {
     "shapes": "the offline recipe: BLIP pre-training (ITC + ITM + LM) from pixels, a 4-layer ViT and a 2-layer MED, 128 wide, "
-              "bfloat16, 1,000 steps of batch 64 on 4,000 scenes; task=caption / retrieval with init=RUN fine-tunes",
+              "bfloat16, 1,000 steps of batch 64 on 4,000 scenes; task=caption / retrieval / vqa with init=RUN fine-tunes",
     "tiny": "smoke test: 6 steps of batch 4 on 16 scenes, seconds",
 }
 
@@ -320,10 +332,16 @@ def check(config: BlipTrainConfig) -> None:
 
 # -- the objective ------------------------------------------------------------------------------------
 
+#: The tasks whose ITC uses the momentum encoders (and so updates them).
+MOMENTUM_TASKS = ("pretrain", "retrieval")
+#: What ``OUT/model`` is, by task.
+EXPORT_HEADS: dict[str, ExportHead] = {"pretrain": "caption", "caption": "caption", "retrieval": "retrieval", "vqa": "vqa"}
+
 #: The parts of the network each fine-tuning task uses (and trains); pretraining trains every online part.
 _TRAINED: dict[str, tuple[str, ...]] = {
     "caption": ("vision_model", "text_decoder"),
     "retrieval": ("vision_model", "text_encoder", "vision_proj", "text_proj", "itm_head", "temp"),
+    "vqa": ("vision_model", "text_encoder", "text_decoder"),
 }
 
 
@@ -343,9 +361,14 @@ class BlipObjective(nn.Module):
 
     def forward(
         self, pixel_values: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor, *, alpha: float, seed: int,
-        groups: torch.Tensor | None = None,
+        groups: torch.Tensor | None = None, answer_ids: torch.Tensor | None = None, answer_mask: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         model = self.model
+        if self.task == "vqa":  # input_ids / attention_mask: the questions
+            assert answer_ids is not None and answer_mask is not None
+            logits = model.answer_logits(model.image_embeds(pixel_values), input_ids, attention_mask, answer_ids, answer_mask)
+            lm = lm_loss(logits, answer_ids, answer_mask)  # (B, Ta, V): every answer token and [SEP]
+            return {"total": lm, "lm": lm}
         if self.task == "caption":
             logits = model.lm_logits(model.image_embeds(pixel_values), input_ids, attention_mask)  # (B, T, V)
             lm = lm_loss(logits, input_ids, attention_mask, prompt_length=self.prompt_length)
@@ -397,26 +420,47 @@ def _alpha(config: BlipTrainConfig, step: int) -> float:
 def build(config: BlipTrainConfig, run: Run) -> Plan:
     """The BLIP network learning the task's losses from pixels."""
     seed, accum = config.run.seed, config.run.grad_accum
-    examples = training_examples(config.data, data_seed(config))
-    tokenizer = _tokenizer(config, [c for e in examples for c in e.captions])
+    examples = training_examples(config.data, data_seed(config), captioned=config.task != "vqa")
+    if config.task == "vqa":
+        examples = [e for e in examples if e.qa]
+        if not examples:
+            raise InputError(f"task=vqa: {config.data.name} has no question-answer pairs")
+    texts = [c for e in examples for c in e.captions] + [text for e in examples for qa in e.qa for text in qa]
+    tokenizer = _tokenizer(config, texts)
     model = _network(config, tokenizer, run)
+    if config.task == "vqa" and model.config.sharing != "none":
+        model = model.unshared()  # BLIP's VQA: the answer decoder starts from the decoder and trains apart from the encoder
     prompt_length = len(tokenizer(config.caption_prompt).input_ids) - 1 if config.task == "caption" else 0  # [CLS] + the prompt's words
     objective = BlipObjective(model, config.task, prompt_length)
     pixels = _pixels([e.image for e in examples], model.image_processor())  # (N, 3, S, S)
 
     def micro_step(wrapped: nn.Module, index: int) -> dict[str, torch.Tensor]:
-        if index % accum == 0 and config.task != "caption":  # once per optimiser step, before its first forward
+        if index % accum == 0 and config.task in MOMENTUM_TASKS:  # once per optimiser step, before its first forward
             momentum_update(run.accelerator.unwrap_model(wrapped).model, config.momentum)
         rows = batch_rows(seed, index, dataset_size=len(examples), batch_size=config.run.batch_size, world=run.world, rank=run.rank)
-        captions, groups = caption_batch(examples, rows, seed, index, run.rank, groups=config.group_negatives and config.task != "caption")
-        if config.task == "caption":
-            captions = [config.caption_prompt + caption for caption in captions]
         # Under a process group ITM gathers token ids, which needs one length on every rank.
         padding = "max_length" if run.world > 1 else True
-        text = tokenizer(captions, padding=padding, truncation=True, max_length=config.max_text_length, return_tensors="pt")
+
+        def tokens(texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+            batch = tokenizer(texts, padding=padding, truncation=True, max_length=config.max_text_length, return_tensors="pt")
+            return batch["input_ids"].to(run.device), batch["attention_mask"].to(run.device)
+
+        extra: dict[str, torch.Tensor] = {}
+        if config.task == "vqa":
+            pick = np.random.default_rng([seed, index, run.rank])  # one of each scene's pairs, the same after a resume
+            questions, answers = zip(*(examples[i].qa[pick.integers(len(examples[i].qa))] for i in rows), strict=True)
+            ids, mask = tokens(list(questions))
+            extra["answer_ids"], extra["answer_mask"] = tokens(list(answers))
+        else:
+            captions, groups = caption_batch(examples, rows, seed, index, run.rank, groups=config.group_negatives and config.task != "caption")
+            if config.task == "caption":
+                captions = [config.caption_prompt + caption for caption in captions]
+            ids, mask = tokens(captions)
+            if groups is not None:
+                extra["groups"] = groups.to(run.device)
         return wrapped(  # type: ignore[no-any-return]
-            pixels[torch.from_numpy(rows)].to(run.device), text["input_ids"].to(run.device), text["attention_mask"].to(run.device),
-            alpha=_alpha(config, index // accum), seed=seed * 1_000_003 + index, groups=None if groups is None else groups.to(run.device),
+            pixels[torch.from_numpy(rows)].to(run.device), ids, mask, alpha=_alpha(config, index // accum),
+            seed=seed * 1_000_003 + index, **extra,
         )
 
     def export_run(wrapped: nn.Module, out: Path) -> Path:
@@ -424,13 +468,13 @@ def build(config: BlipTrainConfig, run: Run) -> Plan:
         net = wrapped.model
         with torch.no_grad():
             net.temp.clamp_(*TEMPERATURE_RANGE)
-        export(net, tokenizer, out / MODEL_DIR, head="retrieval" if config.task == "retrieval" else "caption")
+        export(net, tokenizer, out / MODEL_DIR, head=EXPORT_HEADS[config.task])
         if config.task == "pretrain":
             export(net, tokenizer, out / RETRIEVAL_DIR, head="retrieval")
             net.save_pretrained(out / PRETRAINED_DIR, tokenizer)
         return out / MODEL_DIR
 
-    losses = {"pretrain": ("total", "itc", "itm", "lm"), "caption": ("total",), "retrieval": ("total", "itc", "itm")}[config.task]
+    losses = {"pretrain": ("total", "itc", "itm", "lm"), "retrieval": ("total", "itc", "itm")}.get(config.task, ("total",))
     return Plan(
         objective, micro_step, export_run, losses=losses, no_decay=("embedding",),
         state=lambda wrapped: TrainingState(wrapped.model),  # type: ignore[arg-type]
@@ -443,6 +487,8 @@ def next_step(model_dir: Path) -> str:
     task = json.loads((run / "config.json").read_text()).get("task")
     if task == "retrieval":
         return f'vlmkit match IMAGE "a caption" --model {model_dir}'
+    if task == "vqa":
+        return f'vlmkit ask IMAGE "what colour is the circle?" --model {model_dir}'
     if task == "caption":
         return f'vlmkit caption IMAGE --model {model_dir} --prompt "a picture of"'
     return (f"vlmkit caption IMAGE --model {model_dir} (or fine-tune: vlmkit train blip --set task=caption --set init={run} "

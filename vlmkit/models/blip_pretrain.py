@@ -340,6 +340,23 @@ class BlipPretrainModel(nn.Module):
             **generate_kwargs,
         )
 
+    def answer_logits(
+        self, image_embeds: Tensor, input_ids: Tensor, attention_mask: Tensor, answer_ids: Tensor, answer_mask: Tensor
+    ) -> Tensor:
+        """VQA fine-tuning's pass (BLIP's answer decoder): the image-grounded encoder encodes the
+        question (``input_ids`` / ``attention_mask``, (B, Tq)), and the decoder reads the answer
+        (``answer_ids`` / ``answer_mask``, (B, Ta), tokenised with [CLS] first, which becomes [DEC])
+        cross-attending to the question's outputs, padded positions masked out as :meth:`answer`
+        does: (B, Ta, V), position t predicting answer token t + 1."""
+        self._check_vqa_widths()
+        question = self.grounded_states(image_embeds, input_ids, attention_mask)  # (B, Tq, Dt)
+        self._check_text(answer_ids, answer_mask)
+        self._check_pairs(image_embeds, answer_ids)
+        return self.text_decoder(  # type: ignore[no-any-return]
+            input_ids=_with_first_token(answer_ids, self.config.dec_token_id), attention_mask=answer_mask,
+            encoder_hidden_states=question, encoder_attention_mask=attention_mask, use_cache=False,
+        ).logits
+
     @torch.no_grad()
     def answer(self, pixel_values: Tensor, input_ids: Tensor, attention_mask: Tensor, **generate_kwargs: Any) -> Tensor:
         """VQA as BLIP answers (and ``BlipForQuestionAnswering``): the image-grounded encoder encodes
@@ -347,11 +364,7 @@ class BlipPretrainModel(nn.Module):
         answer after [DEC]. Returns (B, T) ids, [DEC] first. Padded question positions are masked
         out; transformers' ``generate`` attends to them, so the two agree on unpadded questions
         (vlmkit's BLIP wrapper batches questions of equal length)."""
-        if self.config.text_width != self.config.vision_width:
-            raise InputError(
-                f"BLIP VQA needs equal text and vision widths (the decoder's cross-attention reads the question encoder), "
-                f"got {self.config.text_width} and {self.config.vision_width}"
-            )
+        self._check_vqa_widths()
         question = self.grounded_states(self.image_embeds(pixel_values), input_ids, attention_mask)  # (B, T, Dt)
         start = torch.full((question.shape[0], 1), self.config.dec_token_id, dtype=torch.long, device=question.device)
         return self.text_decoder.generate(  # type: ignore[no-any-return]
@@ -411,6 +424,13 @@ class BlipPretrainModel(nn.Module):
                              f"{tuple(input_ids.shape)} and {tuple(attention_mask.shape)}")
         if input_ids.shape[1] > self.config.max_text_length:
             raise InputError(f"BLIP: {input_ids.shape[1]} text tokens, more than max_text_length={self.config.max_text_length}")
+
+    def _check_vqa_widths(self) -> None:
+        if self.config.text_width != self.config.vision_width:
+            raise InputError(
+                f"BLIP VQA needs equal text and vision widths (the decoder's cross-attention reads the question encoder), "
+                f"got {self.config.text_width} and {self.config.vision_width}"
+            )
 
     @staticmethod
     def _check_pairs(image_embeds: Tensor, input_ids: Tensor) -> None:
