@@ -189,7 +189,8 @@ PRESETS: dict[str, BlipTrainConfig] = {
 #: What each preset is for and roughly what it costs (``vlmkit train --help``).
 PRESET_NOTES: dict[str, str] = {
     "shapes": "the offline recipe: BLIP pre-training (ITC + ITM + LM) from pixels, a 4-layer ViT and a 2-layer MED, 128 wide, "
-              "bfloat16, 1,000 steps of batch 64 on 4,000 scenes; task=caption / retrieval / vqa with init=RUN fine-tunes",
+              "bfloat16, 1,000 steps of batch 64 on 4,000 scenes: 0.31 s a step (0.76 in fp32), about 5 min on a 2-core CPU; "
+              "task=caption / retrieval / vqa with init=RUN fine-tunes",
     "tiny": "smoke test: 6 steps of batch 4 on 16 scenes, seconds",
 }
 
@@ -496,7 +497,7 @@ def next_step(model_dir: Path) -> str:
 
 
 RECIPE = Recipe(
-    name="blip", summary="BLIP: ITC + ITM + LM pre-training from pixels, caption / retrieval fine-tuning", title="BLIP",
+    name="blip", summary="BLIP: ITC + ITM + LM pre-training from pixels; caption, retrieval and VQA fine-tuning", title="BLIP",
     presets=PRESETS, preset_notes=PRESET_NOTES, build=build, next_step=next_step, check=check,
 )
 
