@@ -37,6 +37,7 @@ import _recipes  # noqa: E402
 # recipe -> its bench module (bench/<module>.py), in the table's order after BLIP-2.
 RECIPES = {
     "blip2": "blip2_offline",
+    "blip": "blip_offline",
     "clip": "clip_offline",
     "coca": "coca_offline",
     "llava": "llava_offline",
