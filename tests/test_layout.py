@@ -46,6 +46,7 @@ ALLOWED = {
     "index": set(),
     "captioning": {"index", "models"},
     "interrogate": {"models", "loading"},
+    "bootstrap": {"captioning", "data", "index", "models", "loading"},
     "eval": {"data", "models", "loading"},
     "testing": {"models"},  # tiny checkpoints for tests and benches; no other part imports it
 }

@@ -176,11 +176,17 @@ def _answer(model: Any, images: list[Any], *, question: str | None, prompt: str 
     return list(model.caption(images, prompt=prompt, options=generation, batch_size=batch_size))
 
 
-def _local_results(model: Any, entries: Sequence[Entry], call: Callable[[Any, list[Any]], list[str]], *, batch_size: int,
-                   max_pixels: int | None) -> Iterator[tuple[Entry, Any]]:
-    """(entry, its text or the ImageError reading it raised), ``batch_size`` images per model call.
+def _local_results(model: Any, entries: Sequence[Entry], call: Callable[..., list[Any]], *, batch_size: int,
+                   max_pixels: int | None, with_paths: bool = False) -> Iterator[tuple[Entry, Any]]:
+    """(entry, its text or the ImageError reading it raised), ``batch_size`` images per model call
+    (``call(model, images)``, or ``call(model, images, paths)`` ``with_paths``).
     Entries are read and decoded ahead on threads by the index's own reader (``decode_entry``, as
     the Ray engine's tasks do), so both engines see the same pixels."""
+
+    def apply(batch: list[tuple[Entry, Any]]) -> list[Any]:
+        images = [image for _, image in batch]
+        return call(model, images, [e.path for e, _ in batch]) if with_paths else call(model, images)
+
     draft = getattr(model, "image_size", None)
     decoded = ordered_map(lambda e: decode_entry(e, lambda _: False, draft_size=draft, max_pixels=max_pixels), entries,
                           workers=default_workers(), prefetch=max(4 * batch_size, 32))
@@ -191,10 +197,10 @@ def _local_results(model: Any, entries: Sequence[Entry], call: Callable[[Any, li
             continue
         batch.append((d.entry, d.image))
         if len(batch) >= batch_size:
-            yield from zip([e for e, _ in batch], call(model, [i for _, i in batch]), strict=True)
+            yield from zip([e for e, _ in batch], apply(batch), strict=True)
             batch = []
     if batch:
-        yield from zip([e for e, _ in batch], call(model, [i for _, i in batch]), strict=True)
+        yield from zip([e for e, _ in batch], apply(batch), strict=True)
 
 
 def caption_dataset(

@@ -111,17 +111,20 @@ class _Embed:
 
 
 class _Apply:
-    """Ray Data actor: holds one model and applies ``call(model, images)`` to the decoded images of
-    each batch (one result per image)."""
+    """Ray Data actor: holds one model and applies ``call(model, images)`` (``call(model, images,
+    paths)`` ``with_paths``) to the decoded images of each batch (one result per image)."""
 
-    def __init__(self, factory: Callable[[], Any], call: Callable[[Any, list[Any]], list[Any]]) -> None:
+    def __init__(self, factory: Callable[[], Any], call: Callable[..., list[Any]], with_paths: bool = False) -> None:
         self.model = factory()
         self.call = call
+        self.with_paths = with_paths
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         has = [bool(h) for h in batch["has_image"]]
         images = [batch["image"][i] for i, h in enumerate(has) if h]
-        outputs = iter(self.call(self.model, images) if images else [])
+        paths = [str(batch["path"][i]) for i, h in enumerate(has) if h]
+        results = (self.call(self.model, images, paths) if self.with_paths else self.call(self.model, images)) if images else []
+        outputs = iter(results)
         out = {k: v for k, v in batch.items() if k != "image"}
         out["result"] = [next(outputs) if h else None for h in has]
         return out
@@ -135,7 +138,7 @@ class RayEngine:
 
     def __init__(
         self,
-        model_factory: Callable[[], Embedder],
+        model_factory: Callable[[], Any],
         *,
         address: str | None = None,
         num_actors: int | None = None,
@@ -210,13 +213,15 @@ class RayEngine:
         )
 
     def map_images(
-        self, entries: Sequence[Entry], call: Callable[[Any, list[Any]], list[Any]], *, batch_size: int,
-        max_pixels: int | None, draft_size: int | None = None,
+        self, entries: Sequence[Entry], call: Callable[..., list[Any]], *, batch_size: int,
+        max_pixels: int | None, draft_size: int | None = None, with_paths: bool = False,
     ) -> Iterator[tuple[str, Any, str]]:
         """``call(model, images)`` on every entry's image, in the actors (each with the model
         ``model_factory()`` builds), ``batch_size`` images at a time: yields (path, the call's result
         or None, the reason the file could not be read or "") as results arrive, in no fixed order.
+        ``with_paths`` calls ``call(model, images, paths)``: the images' paths too, in the same order.
         ``call`` must be picklable (a module-level function or a ``functools.partial`` of one)."""
-        ds = self._pipeline(entries, frozenset(), draft_size, max_pixels, batch_size, _Apply, {"factory": self.model_factory, "call": call})
+        actor_kwargs = {"factory": self.model_factory, "call": call, "with_paths": with_paths}
+        ds = self._pipeline(entries, frozenset(), draft_size, max_pixels, batch_size, _Apply, actor_kwargs)
         for row in ds.iter_rows():
             yield str(row["path"]), row["result"], str(row["error"])
