@@ -124,3 +124,33 @@ class FakeCaptioner:
     def ask(self, images: list[Any], questions: list[str], *, batch_size: int = 8, **options: Any) -> list[str]:
         self.calls.append(len(images))
         return [f"{q} {self._words(image)}" for image, q in zip(images, questions, strict=True)]
+
+
+def tiny_blip_exports(root: Path) -> tuple[Path, Path]:
+    """An untrained tiny BLIP exported as a captioner and as a retrieval model with the ITM head
+    (``vlmkit.models.blip_pretrain.export``, as ``vlmkit train blip`` writes them): (captioner,
+    filter). Its weights are drawn wider than a fresh initialisation (std 0.2), so captions and match
+    probabilities differ from image to image and from text to text."""
+    import torch
+
+    from vlmkit.bootstrap import BLIP_PROMPT
+    from vlmkit.models.blip_pretrain import (
+        BlipPretrainConfig,
+        BlipPretrainModel,
+        corpus_tokenizer,
+        export,
+        tokenizer_fields,
+    )
+    from vlmkit.testing import corpus
+
+    tokenizer = corpus_tokenizer([*corpus(), BLIP_PROMPT], vocab_size=200)
+    sizes = {"image_size": 32, "patch_size": 16, "embed_dim": 16, "max_text_length": 64}
+    for side in ("vision", "text"):
+        sizes.update({f"{side}_width": 32, f"{side}_layers": 1, f"{side}_heads": 2, f"{side}_mlp": 64})
+    torch.manual_seed(0)
+    model = BlipPretrainModel(BlipPretrainConfig(**tokenizer_fields(tokenizer), **sizes)).eval()
+    draw = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for weight in (p for p in model.parameters() if p.ndim >= 2):
+            weight.copy_(torch.randn(weight.shape, generator=draw) * 0.2)
+    return export(model, tokenizer, root / "captioner", head="caption"), export(model, tokenizer, root / "filter", head="retrieval")

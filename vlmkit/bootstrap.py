@@ -252,13 +252,15 @@ def _batch_id(paths: Sequence[str]) -> str:
     return f"{zlib.crc32(chr(0).join(paths).encode('utf-8')):08x}-{len(paths)}"
 
 
-def _caption_and_score(models: _Models, images: list[Any], paths: list[str], *, texts: Mapping[str, Sequence[str]], prompt: str | None,
+def _caption_and_score(models: _Models, images: list[Any], paths: list[str], *, texts: Mapping[str, Sequence[str]],
+                       keys: Mapping[str, str], prompt: str | None,
                        generation: GenerationOptions, seed: int, batch_size: int) -> list[str]:
     """One journal row (JSON) per image: its synthetic caption and the filter's match probability
-    of each web text and of the caption. Sampling is seeded by ``seed`` and the batch's images."""
+    of each web text and of the caption, under the image's journal key. Sampling is seeded by ``seed``
+    and the batch's images (their keys: the same wherever the out folder is)."""
     import torch
 
-    batch = _batch_id(paths)
+    batch = _batch_id([keys[path] for path in paths])
     if generation.do_sample:
         torch.manual_seed(seed * 1_000_003 + int(batch.split("-")[0], 16))
     captions = models.captioner.caption(images, prompt=prompt, options=generation, batch_size=batch_size)
@@ -268,7 +270,7 @@ def _caption_and_score(models: _Models, images: list[Any], paths: list[str], *, 
     for path, caption in zip(paths, captions, strict=True):
         web = [next(scores) if text.strip() else 0.0 for text in texts[path]]
         synthetic = next(scores) if caption.strip() else None
-        rows.append(json.dumps({"image": path, "batch": batch, "n": len(paths), "caption": caption, "web": web,
+        rows.append(json.dumps({"image": keys[path], "batch": batch, "n": len(paths), "caption": caption, "web": web,
                                 "synthetic": synthetic}, ensure_ascii=False))
     return rows
 
@@ -439,14 +441,15 @@ def capfilt(
         texts.setdefault(path, []).extend(e.captions)
         first.setdefault(path, e)
     sink, rows = _open_journal(root / JOURNAL_FILE)
-    todo = [_entry(path) for path in texts if path not in rows]
+    key = {path: _journal_key(path, root) for path in texts}
+    todo = [_entry(path) for path in texts if key[path] not in rows]
     report = CapFiltReport(dataset=str(root / DATASET_FILE), spec=f"coco:{root / DATASET_FILE}:{images}", threshold=float(threshold),
                            sampling=sampling, web_images=len(texts), already=len(texts) - len(todo))
     if on_plan is not None:
         on_plan(len(todo))
 
     generation = SAMPLING[sampling]
-    call = functools.partial(_caption_and_score, texts=texts, prompt=prompt, generation=generation, seed=seed, batch_size=batch_size)
+    call = functools.partial(_caption_and_score, texts=texts, keys=key, prompt=prompt, generation=generation, seed=seed, batch_size=batch_size)
     models = _Models(captioner, filter_model)
     results: Iterator[tuple[Entry, Any]]
     if engine == "local":
@@ -463,9 +466,9 @@ def capfilt(
     try:
         for entry, result in results:
             if isinstance(result, ImageError):
-                row = {"image": entry.path, "skipped": result.reason}
+                row = {"image": key[entry.path], "skipped": result.reason}
                 sink.write([row])
-                rows[entry.path] = row
+                rows[row["image"]] = row
             else:
                 row = json.loads(result)
                 batch = pending.setdefault(row["batch"], [])
@@ -484,7 +487,7 @@ def capfilt(
         (image_id, path, e.captions) for image_id, path, e in zip(clean_ids, clean_paths, clean_set, strict=True)]
     report.clean_images, report.clean_captions = len(clean_set), sum(len(e.captions) for e in clean_set)
     for image_id, path in zip(web_ids, texts, strict=True):
-        row = rows[path]
+        row = rows[key[path]]
         if "skipped" in row:
             report.skipped.append(Skipped(path, row["skipped"]))
         kept = _filtered(texts[path], row, float(threshold), report)
@@ -496,6 +499,13 @@ def capfilt(
     _write_json(root / DATASET_FILE, _coco_json(listed, images))
     _write_json(root / REPORT_FILE, report.to_json())
     return report
+
+
+def _journal_key(path: str, root: Path) -> str:
+    """An image in the journal: its path relative to the out folder where it is under it (so a moved
+    or copied folder still resumes), else as given."""
+    p = Path(path)
+    return p.relative_to(root).as_posix() if p.is_relative_to(root) else path
 
 
 def _model_key(model: Any) -> str:

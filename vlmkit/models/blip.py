@@ -104,10 +104,13 @@ class Blip(HFModel):
             as_list(images, "images"), check_texts(as_list(texts, "texts"), "texts"), "match"
         )
         scores = []
+        # Texts longer than the text encoder's positions are cut to fit (a long web alt-text), as in ask().
+        limit = int(getattr(self.model.config.text_config, "max_position_embeddings", 512))
         for start in range(0, len(image_list), batch_size):
             batch = self._load_all(image_list[start : start + batch_size])
             inputs = self.processor(
-                images=batch, text=text_list[start : start + batch_size], padding=True, return_tensors="pt"
+                images=batch, text=text_list[start : start + batch_size], padding=True, truncation=True, max_length=limit,
+                return_tensors="pt",
             )
             with torch.inference_mode():
                 logits = self.model(**self._to_device(inputs), use_itm_head=True).itm_score  # (B, 2)
