@@ -100,3 +100,22 @@ def test_two_worker_ray_captions_equal_the_local_ones(cluster, tmp_path: Path) -
             for name in ("ray.jsonl", "local.jsonl")}
     assert rows["ray.jsonl"] == rows["local.jsonl"] and len(rows["local.jsonl"]) == 31
     assert (via_ray.done, [s.path for s in via_ray.skipped]) == (local.done, [s.path for s in local.skipped]) == (31, [str(root / "broken.jpg")])
+
+
+def test_two_worker_ray_capfilt_keeps_what_the_local_engine_keeps(cluster, tmp_path: Path) -> None:
+    """CapFilt (`vlmkit bootstrap --engine ray`): captioning and filtering in the same actors, both
+    models loaded in each; with beam search (deterministic) the dataset equals the local run's."""
+    from index_fakes import tiny_blip_exports
+
+    import vlmkit
+    from vlmkit.bootstrap import capfilt
+    from vlmkit.data import make_split, read_dataset
+
+    captioner, filter_dir = (vlmkit.load(d) for d in tiny_blip_exports(tmp_path / "blip"))
+    web = make_split(10, 4)
+    runs = {engine: capfilt(captioner, filter_dir, web, tmp_path / engine, sampling="beam", batch_size=3, engine=engine)  # type: ignore[arg-type]
+            for engine in ("ray", "local")}
+    assert runs["ray"].done == runs["local"].done == 10
+    assert runs["ray"].web == runs["local"].web and runs["ray"].synthetic == runs["local"].synthetic
+    kept = {engine: [(e.id, e.captions) for e in read_dataset(report.spec)] for engine, report in runs.items()}
+    assert kept["ray"] == kept["local"] and kept["local"]

@@ -377,6 +377,44 @@ def _unique_ids(examples: Sequence[Example], prefix: str) -> list[str]:
     return ids
 
 
+def _ray_results(models: _Models, todo: Sequence[Entry], call: Callable[..., list[str]], *, batch_size: int, max_pixels: int | None,
+                 address: str | None) -> Iterator[tuple[Entry, Any]]:
+    """(entry, its journal row or the ImageError reading it raised), from Ray actors that each load
+    both models by name (:meth:`vlmkit.index.ray_engine.RayEngine.map_images`)."""
+    from .index.ray_engine import RayEngine
+
+    factory = functools.partial(_load_models, models.captioner.name, models.filter.name, str(models.captioner.device),
+                                models.captioner.dtype)
+    by_path = {e.path: e for e in todo}
+    for path, row, error in RayEngine(factory, address=address).map_images(
+            todo, call, batch_size=batch_size, max_pixels=max_pixels, draft_size=models.image_size, with_paths=True):
+        yield by_path[path], ImageError(path, error) if error else row
+
+
+def _record(results: Iterable[tuple[Entry, Any]], sink: _JsonLines, rows: dict[str, dict[str, Any]], key: Mapping[str, str],
+            progress: Callable[[int], None] | None) -> int:
+    """Append the rows to the journal a whole batch at a time (an unreadable image is a row of its
+    own) and to ``rows``; returns how many images were captioned."""
+    pending: dict[str, list[dict[str, Any]]] = {}
+    done = 0
+    for entry, result in results:
+        if isinstance(result, ImageError):
+            row = {"image": key[entry.path], "skipped": result.reason}
+            sink.write([row])
+            rows[row["image"]] = row
+        else:
+            row = json.loads(result)
+            batch = pending.setdefault(row["batch"], [])
+            batch.append(row)
+            if len(batch) == row["n"]:
+                sink.write(pending.pop(row["batch"]))
+                rows.update((r["image"], r) for r in batch)
+            done += 1
+        if progress is not None:
+            progress(1)
+    return done
+
+
 def capfilt(
     captioner: Any,
     filter_model: Any,
@@ -448,37 +486,15 @@ def capfilt(
     if on_plan is not None:
         on_plan(len(todo))
 
-    generation = SAMPLING[sampling]
-    call = functools.partial(_caption_and_score, texts=texts, keys=key, prompt=prompt, generation=generation, seed=seed, batch_size=batch_size)
+    call = functools.partial(_caption_and_score, texts=texts, keys=key, prompt=prompt, generation=SAMPLING[sampling], seed=seed,
+                             batch_size=batch_size)
     models = _Models(captioner, filter_model)
-    results: Iterator[tuple[Entry, Any]]
     if engine == "local":
         results = _local_results(models, todo, call, batch_size=batch_size, max_pixels=max_pixels, with_paths=True)
     else:
-        from .index.ray_engine import RayEngine
-
-        factory = functools.partial(_load_models, captioner.name, filter_model.name, str(captioner.device), captioner.dtype)
-        by_path = {e.path: e for e in todo}
-        results = ((by_path[path], ImageError(path, error) if error else row)
-                   for path, row, error in RayEngine(factory, address=ray_address).map_images(
-                       todo, call, batch_size=batch_size, max_pixels=max_pixels, draft_size=models.image_size, with_paths=True))
-    pending: dict[str, list[dict[str, Any]]] = {}
+        results = _ray_results(models, todo, call, batch_size=batch_size, max_pixels=max_pixels, address=ray_address)
     try:
-        for entry, result in results:
-            if isinstance(result, ImageError):
-                row = {"image": key[entry.path], "skipped": result.reason}
-                sink.write([row])
-                rows[row["image"]] = row
-            else:
-                row = json.loads(result)
-                batch = pending.setdefault(row["batch"], [])
-                batch.append(row)
-                if len(batch) == row["n"]:  # a batch is recorded whole
-                    sink.write(pending.pop(row["batch"]))
-                    rows.update((r["image"], r) for r in batch)
-                report.done += 1
-            if progress is not None:
-                progress(1)
+        report.done = _record(results, sink, rows, key, progress)
     finally:
         sink.close()
 
