@@ -224,6 +224,14 @@ def _over_seeds(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return {key: _spread([r[key] for r in runs]) for key in runs[0] if isinstance(runs[0][key], (int, float))}
 
 
+def _finished(run_dir: Path, config: Any) -> bool:
+    """Whether ``run_dir`` holds a finished run of exactly ``config`` (an interrupted bench, run
+    again, reuses it rather than training it again; a run is deterministic given its config)."""
+    from vlmkit_train.config import dumps
+
+    return (run_dir / "model" / "config.json").is_file() and (run_dir / "config.json").read_text() == dumps(config)
+
+
 def run(scale_name: str, out: Path, lm_root: Path | None = None, seeds: int | None = None) -> dict[str, Any]:
     import vlmkit
     from vlmkit.data import load_easy_vqa, make_split
@@ -269,13 +277,16 @@ def run(scale_name: str, out: Path, lm_root: Path | None = None, seeds: int | No
 
     def stage1(name: str, seed: int, extra: list[str]) -> Path:
         config = stage1_config("shapes", [*QFORMER, *data, f"run.seed={seed}", f"max_steps={scale.stage1_steps}", "log_every=50", *extra])
-        timed(name, lambda: train_stage1(config, out / name, progress=True))
+        if not _finished(out / name, config):
+            timed(name, lambda: train_stage1(config, out / name, progress=True))
         return out / name
 
     def stage2(name: str, seed: int, stage1_dir: str) -> Any:
         overrides = [*QFORMER, *data, f"run.seed={seed}", f"max_steps={scale.stage2_steps}", f"language_model={lm_dir}",
                      f"stage1={stage1_dir}", "log_every=50"]
-        timed(name, lambda: train_stage2(stage2_config("shapes", overrides), out / name, progress=True))
+        config = stage2_config("shapes", overrides)
+        if not _finished(out / name, config):
+            timed(name, lambda: train_stage2(config, out / name, progress=True))
         return vlmkit.load(out / name / "model")
 
     def stage1_qformer(run_dir: Path) -> tuple[Any, Any]:

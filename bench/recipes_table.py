@@ -139,8 +139,8 @@ def main() -> None:
                 rows[f"{recipe}: {variant}"] = values if "shapes" in values else {"shapes": values}
     print(table(rows))
     print(f"\nScale {args.scale}" + (f": every trained stage {_recipes.EQUAL_STEPS} steps of {_recipes.EQUAL_BATCH} examples." if args.scale == "equal" else ".")
-          + " Minutes are a recipe bench's whole run, training and scoring (BLIP-2's include the shared frozen LMs;"
-          " n/a where BLIP-2 came from --blip2).")
+          + " Minutes are a recipe bench's whole run, training and scoring (BLIP-2's include training the shared frozen LMs"
+          " when the same run trained them; n/a where BLIP-2 came from --blip2).")
 
 
 if __name__ == "__main__":
