@@ -15,7 +15,7 @@ BLIP-2 comes from ``bench/blip2_offline.py`` run here (``ROOT/blip2_runs``), or 
 of it given with ``--blip2 DIR`` (its ``stage2_seed0/model`` and ``easy_stage2/model``).
 
 Run: ``python bench/recipes_table.py [--root DIR] [--scale equal|full|smoke] [--only blip2,clip]
-[--blip2 DIR]``. Two processes on one root can share the work (``--only`` sets that do not overlap;
+[--blip2 DIR] [--print-only]``. Two processes on one root can share the work (``--only`` sets that do not overlap;
 BLIP-2 before InstructBLIP, CLIP before LLaVA). A run from nothing takes hours on a 2-core CPU;
 with a root holding every recipe's figures it only prints.
 """
@@ -117,6 +117,7 @@ def main() -> None:
                         help=f"equal: {_recipes.EQUAL_STEPS} steps of {_recipes.EQUAL_BATCH} per trained stage, every recipe (default)")
     parser.add_argument("--only", default="", help="comma-separated recipes (default: all)")
     parser.add_argument("--blip2", default="", help="a `bench/blip2_offline.py --out` directory to score BLIP-2 from")
+    parser.add_argument("--print-only", action="store_true", help="print the rows ROOT already holds at --scale; run nothing")
     args = parser.parse_args()
     root = Path(args.root)
     chosen = [r for r in args.only.split(",") if r] or list(RECIPES)
@@ -129,6 +130,8 @@ def main() -> None:
         path = root / recipe / "figures.json"
         figures = json.loads(path.read_text()) if path.is_file() else None
         if figures is None or figures.get("scale") != args.scale:
+            if args.print_only:
+                continue
             print(f"running {recipe} ({args.scale})", file=sys.stderr)
             figures = _run(recipe, args.scale, root, args.blip2)
         rows[recipe] = figures
