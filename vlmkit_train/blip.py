@@ -187,7 +187,7 @@ PRESETS: dict[str, BlipTrainConfig] = {
 #: What each preset is for and roughly what it costs (``vlmkit train --help``).
 PRESET_NOTES: dict[str, str] = {
     "shapes": "the offline recipe: BLIP pre-training (ITC + ITM + LM) from pixels, a 4-layer ViT and a 2-layer MED, 128 wide, "
-              "bfloat16, 1,000 steps of batch 64 on 4,000 scenes: 0.31 s a step (0.76 in fp32), about 5 min on a 2-core CPU; "
+              "bfloat16, 1,000 steps of batch 64 on 4,000 scenes: 0.19 s a step, about 3 min of steps (bench/recipe_costs.py on a 2-core CPU); "
               "task=caption / retrieval / vqa with init=RUN fine-tunes",
     "tiny": "smoke test: 6 steps of batch 4 on 16 scenes, seconds",
 }
