@@ -80,7 +80,9 @@ def test_the_dataset_is_the_clean_set_and_the_texts_the_filter_keeps(straight: P
         row = rows[f"{i:06d}.png"]
         texts = [*example.captions, row["caption"]]
         scores = models["filter"].match([straight / row["image"]] * len(texts), texts).scores.tolist()
-        assert scores == pytest.approx([*row["web"], row["synthetic"]], abs=1e-5)
+        # Probabilities from float32 logits batched differently from the run's: rel 1e-4 covers the
+        # rounding of the logits; abs 1e-6 the probabilities near 0, where the relative part vanishes.
+        assert scores == pytest.approx([*row["web"], row["synthetic"]], rel=1e-4, abs=1e-6)
         kept = tuple(dict.fromkeys(t for t, s in zip(texts, scores, strict=True) if s >= 0.5 and t.strip()))
         if kept:
             expected.append((f"web/{example.id}", kept))

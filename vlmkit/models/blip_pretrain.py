@@ -55,6 +55,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import InputError, ModelNotFoundError
+from .checkpoint import load_tokenizer as load_saved_tokenizer
 from .checkpoint import load_weights, read_config, save_weights, write_config
 from .wordpiece import wordpiece_vocab
 
@@ -484,9 +485,7 @@ def corpus_tokenizer(texts: Iterable[str], vocab_size: int = 1000) -> Any:
 
 def load_tokenizer(directory: str | os.PathLike) -> Any:
     """The tokenizer saved beside a checkpoint (by :meth:`BlipPretrainModel.save_pretrained` or an export)."""
-    from transformers import BertTokenizer
-
-    return BertTokenizer.from_pretrained(os.fspath(directory))
+    return load_saved_tokenizer(directory)
 
 
 def tokenizer_fields(tokenizer: Any) -> dict[str, int]:
