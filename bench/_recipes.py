@@ -135,12 +135,13 @@ def vqa(model: Any, data: Data, limit: int | None = None, batch_size: int = 64) 
     return exact_match_accuracy(answers, [a for _, _, a in chosen])
 
 
-def cider(model: Any, data: Data, batch_size: int = 64) -> tuple[float, list[tuple[str, str]]]:
-    """CIDEr-D over the test examples that have captions, and three (reference, generated) pairs."""
+def cider(model: Any, data: Data, batch_size: int = 64, prompt: str | None = None) -> tuple[float, list[tuple[str, str]]]:
+    """CIDEr-D over the test examples that have captions (captioned after ``prompt``, when given),
+    and three (reference, generated) pairs."""
     from pycocoevalcap.cider.cider import Cider
 
     examples = [e for e in data.test if e.captions]
-    captions = model.caption([e.image for e in examples], batch_size=batch_size)
+    captions = model.caption([e.image for e in examples], batch_size=batch_size, **({"prompt": prompt} if prompt else {}))
     gts = {str(i): [_clean(c) for c in e.captions] for i, e in enumerate(examples)}
     res = {str(i): [_clean(c) or "empty"] for i, c in enumerate(captions)}
     return float(Cider().compute_score(gts, res)[0]), [(examples[i].captions[0], captions[i]) for i in range(3)]

@@ -119,6 +119,31 @@ def test_threshold_zero_keeps_every_text_and_one_keeps_none_without_captioning_a
     assert _read_back(out) == [(f"clean/{e.id}", e.captions) for e in clean]
 
 
+def test_without_a_captioner_only_web_texts_are_filtered_and_without_a_filter_every_text_is_kept(
+        straight: Path, tmp_path: Path, models: dict[str, Any], web: list[Example], clean: list[Example]) -> None:
+    """BLIP Table 1's "filter only" and "captioner only": the same probabilities and captions as the
+    straight run (the same models, batches and seed), without the part that is left out."""
+    rows = {Path(r["image"]).name: r for r in _journal(straight)}
+    report = capfilt(None, models["filter"], web, tmp_path / "filter", clean=clean, batch_size=2)
+    assert report.sampling is None and report.synthetic.total == 0 and "synthetic captions none (no captioner)" in report.summary()
+    expected = [(f"clean/{e.id}", e.captions) for e in clean]
+    for i, e in enumerate(web):
+        scores = rows[f"{i:06d}.png"]["web"]
+        kept = tuple(t for t, p in zip(e.captions, scores, strict=True) if t.strip() and p >= 0.5)
+        assert [r["caption"] for r in _journal(tmp_path / "filter") if r["image"].endswith(f"{i:06d}.png")] == [None]
+        expected += [(f"web/{e.id}", kept)] if kept else []
+    assert _read_back(tmp_path / "filter") == expected
+
+    report = capfilt(models["captioner"], None, web, tmp_path / "captioner", clean=clean, batch_size=2)
+    assert report.threshold is None and report.web.kept == report.web.total == 10 and report.synthetic.kept == 6
+    everything = [(f"clean/{e.id}", e.captions) for e in clean]
+    everything += [(f"web/{e.id}", (*e.captions, rows[f"{i:06d}.png"]["caption"])) for i, e in enumerate(web)]
+    assert _read_back(tmp_path / "captioner") == everything
+    with pytest.raises(InputError, match="needs a captioner, a filter or both"):
+        capfilt(None, None, web, tmp_path / "neither")
+    assert not (tmp_path / "neither").exists()
+
+
 class _KilledOnCall:
     """The captioner, failing on its ``k``-th call as a crash or a kill in the middle of a run would."""
 
@@ -204,7 +229,7 @@ def test_cli_writes_the_dataset_and_says_what_to_run_next(models: dict[str, Any]
     assert code == 0, err
     assert printed.startswith("CapFilt, threshold 0.5, beam captions: 5 web images, 5 captioned and filtered now")
     spec = f"coco:{out / 'captions.json'}:{out / 'images'}"
-    assert f"the dataset spec {spec}" in err and "`vlmkit train blip` trains on its built-in data only" in err
+    assert f"the dataset spec {spec}" in err and f"vlmkit train blip --set data.spec={spec} --set train_size=" in err
     examples = list(read_dataset(spec))
     report = json.loads((out / REPORT_FILE).read_text())
     assert len(examples) == 2 + report["web"]["in_dataset"]
@@ -219,16 +244,17 @@ def test_cli_writes_the_dataset_and_says_what_to_run_next(models: dict[str, Any]
         ({"--captioner": "{filter}"}, "cannot caption"),
         ({"--filter": "{captioner}"}, "has no image-text matching"),
         ({"--clean": "coco:{missing}:{images}"}, "caption annotation file not found"),
+        ({"--captioner": None, "--filter": None}, "give --captioner, --filter or both"),
     ],
 )
-def test_cli_bad_inputs_exit_non_zero_in_one_line_with_no_output(change: dict[str, str], message: str, models: dict[str, Any],
+def test_cli_bad_inputs_exit_non_zero_in_one_line_with_no_output(change: dict[str, str | None], message: str, models: dict[str, Any],
                                                                    tmp_path: Path) -> None:
     images = tmp_path / "photos"
     images.mkdir()
     make_split(1, 0)[0].image.save(images / "a.png")
     names = {"images": images, "filter": models["filter_dir"], "captioner": models["captioner_dir"], "missing": tmp_path / "no.json"}
     options = {"--captioner": "{captioner}", "--filter": "{filter}", "--web": "shapes:3", "--out": str(tmp_path / "out"), **change}
-    argv = ["bootstrap", *[part.format(**names) for pair in options.items() for part in pair]]
+    argv = ["bootstrap", *[part.format(**names) for pair in options.items() if pair[1] is not None for part in pair]]
     code, printed, err = cli(argv)
     assert code == 1 and printed == ""
     assert err.startswith("vlmkit: error: ") and err.count("\n") == 1 and message in err, err

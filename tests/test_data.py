@@ -369,3 +369,47 @@ def test_easy_vqa_errors(monkeypatch):
         load_easy_vqa("train")
     with pytest.raises(VlmkitError, match="pip install easy-vqa"):
         easy_vqa_answers()
+
+
+_PAIR = rf"({'|'.join(COLOURS)}) ({'|'.join(SHAPES)})"
+
+
+def _region(o: SceneObject, size: int) -> str:
+    row, column = (("top", "middle", "bottom")[min(2, 3 * o.y // size)], ("left", "centre", "right")[min(2, 3 * o.x // size)])
+    names = {("middle", "centre"): "in the centre", ("top", "centre"): "at the top", ("bottom", "centre"): "at the bottom",
+             ("middle", "left"): "on the left", ("middle", "right"): "on the right"}
+    return names.get((row, column), f"in the {row} {column}")
+
+
+def _web_text_is_true(scene: Scene, text: str) -> bool:
+    """An independent reading of a web text: every object it names is in the scene, its count is
+    the scene's, its relation holds and its region is the object's."""
+    pairs = {(o.colour, o.shape) for o in scene.objects}
+    if not {(c, s) for c, s in re.findall(_PAIR, text)} <= pairs:
+        return False
+    if (m := re.match(r"(\w+) shapes?: ", text)) and m[1] != NUMBER_WORDS[len(scene.objects)]:
+        return False
+    if m := re.fullmatch(rf"an? {_PAIR} ({_RELATION}) an? {_PAIR}", text):
+        return _holds(m[3], _resolve(scene, f"{m[1]} {m[2]}"), _resolve(scene, f"{m[4]} {m[5]}"))
+    if m := re.fullmatch(rf"an? (small|large) {_PAIR} (.+) of the image", text):
+        return m[4] == _region(_resolve(scene, f"{m[2]} {m[3]}"), scene.image_size)
+    return True
+
+
+def test_web_texts_are_wrong_exactly_where_the_noise_says_and_never_name_a_held_out_pair():
+    from vlmkit.data import make_web_split
+    from vlmkit.data.shapes import WEB_NOISE
+
+    examples, noise = make_web_split(1000, seed=4)
+    again, _ = make_web_split(20, seed=4)
+    assert [e.captions for e in again] == [e.captions for e in examples[:20]]
+    scenes = make_scenes(1000, seed=4)
+    for scene, example, kind in zip(scenes, examples, noise, strict=True):
+        (text,) = example.captions
+        assert example.id == scene.id and not example.qa and example.group == ""
+        assert _web_text_is_true(scene, text) == (kind == ""), (kind, text, scene)
+        assert not {(c, s) for c, s in re.findall(_PAIR, text)} & HELD_OUT
+    # about half true (binomial sd 1.6 points at n = 1000; 5 points is 3 sd), and every kind of noise drawn
+    assert abs(noise.count("") / 1000 - 0.5) < 0.05 and set(noise) == {"", *WEB_NOISE}
+    with pytest.raises(InputError, match="true_rate"):
+        make_web_split(3, true_rate=1.5)

@@ -21,6 +21,7 @@ from vlmkit.data import (
     dataset_schemes,
     expand_braces,
     make_split,
+    make_web_split,
     read_coco_captions,
     read_dataset,
     read_folder,
@@ -1113,6 +1114,8 @@ def test_read_dataset_routes_every_scheme(
         assert isinstance(got.image, Image.Image) and isinstance(want.image, Image.Image)
         assert got.image.tobytes() == want.image.tobytes()
     assert list(read_dataset("shapes:0")) == []
+    web = list(read_dataset("shapes-web:4:2"))
+    assert [(e.id, e.captions) for e in web] == [(e.id, e.captions) for e in make_web_split(4, 2)[0]]
 
 
 def test_read_dataset_easy_vqa() -> None:
@@ -1124,7 +1127,7 @@ def test_read_dataset_easy_vqa() -> None:
     ("spec", "message"),
     [
         ("laion:/data", r"unknown dataset spec 'laion:/data'; expected one of: coco:ANNOTATIONS.json"),
-        ("shapes", r"unknown dataset spec 'shapes'; expected one of: .*shapes:N\[:SPLIT\[:SEED\]\], easy-vqa:train\|test"),
+        ("shapes", r"unknown dataset spec 'shapes'; expected one of: .*shapes:N\[:SPLIT\[:SEED\]\], shapes-web:N\[:SEED\], easy-vqa:train\|test"),
         ("coco:only.json", r"expected 'coco:ANNOTATIONS.json:IMAGE_DIR'"),
         ("vqa:q.json:dir", r"expected 'vqa:QUESTIONS.json:ANNOTATIONS.json:IMAGE_DIR'"),
         ("gqa:q.json", r"expected 'gqa:QUESTIONS.json:IMAGE_DIR'"),
@@ -1136,6 +1139,7 @@ def test_read_dataset_easy_vqa() -> None:
         ("shapes:-1", r"expected 'shapes:N\[:SPLIT\[:SEED\]\]' with N a non-negative integer, not 'shapes:-1'"),
         ("shapes:3:dev", r"shapes split must be 'train' or 'test', not 'dev'"),
         ("shapes:ten", r"not 'shapes:ten'"),
+        ("shapes-web:3:x", r"expected 'shapes-web:N\[:SEED\]' with N and SEED non-negative integers, not 'shapes-web:3:x'"),
         ("easy-vqa:val", r"expected 'easy-vqa:train' or 'easy-vqa:test', not 'easy-vqa:val'"),
     ],
 )
@@ -1153,5 +1157,6 @@ def test_dataset_schemes_cover_the_documented_forms() -> None:
         "folder",
         "wds",
         "shapes",
+        "shapes-web",
         "easy-vqa",
     ]

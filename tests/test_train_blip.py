@@ -241,3 +241,70 @@ def test_the_text_transformer_starts_from_minilm(tmp_path):
     query = bert["encoder.layer.0.attention.self.query.weight"]
     assert torch.equal(net.text_encoder.encoder.layer[0].attention.self.query.weight, query)
     assert torch.equal(net.text_encoder_m.encoder.layer[0].attention.self.query.weight, query)
+
+
+def test_pretrain_capfilt_pretrain_again_and_fine_tune_end_to_end_through_the_cli(tmp_path, pretrained, scene):
+    """BLIP's whole loop on the tiny preset: the captioner and the filter fine-tuned from a
+    pre-training run on a clean set, CapFilt of a noisy web crawl, a new pre-training on the
+    bootstrapped dataset (``data.spec``), VQA fine-tuning from it, and `vlmkit caption` and `vlmkit ask`."""
+    from vlmkit.data import read_dataset
+
+    run, _ = pretrained
+    clean = "shapes:8:train:3"
+    for task in ("caption", "retrieval"):
+        code, _, err = cli(["train", "blip", "--preset", "tiny", "--out", str(tmp_path / task), "--set", f"task={task}",
+                            "--set", f"init={run}", "--set", f"data.spec={clean}", "--set", "max_steps=2"])
+        assert code == 0, err
+    boot = tmp_path / "boot"
+    code, printed, err = cli(["bootstrap", "--captioner", str(tmp_path / "caption" / "model"), "--filter", str(tmp_path / "retrieval" / "model"),
+                              "--web", "shapes-web:12", "--clean", clean, "--out", str(boot), "--json"])
+    assert code == 0, err
+    report = json.loads(printed)
+    spec = report["spec"]
+    assert f"vlmkit train blip --set data.spec={spec}" in err
+    examples = list(read_dataset(spec))
+    assert len(examples) == 8 + report["web"]["in_dataset"]
+
+    again = tmp_path / "again"
+    code, _, err = cli(["train", "blip", "--preset", "tiny", "--out", str(again), "--set", f"data.spec={spec}", "--set", "train_size=1000"])
+    assert code == 0, err
+    assert json.loads((again / "config.json").read_text())["data"]["spec"] == spec
+    code, _, err = cli(["train", "blip", "--preset", "tiny", "--out", str(tmp_path / "vqa"), "--set", "task=vqa", "--set", f"init={again}",
+                        "--set", "max_steps=2"])
+    assert code == 0, err
+    code, printed, err = cli(["caption", str(scene[0]), "--model", str(again / "model"), "--json"])
+    assert code == 0, err
+    assert isinstance(json.loads(printed.strip().splitlines()[-1])["caption"], str)
+    code, printed, err = cli(["ask", str(scene[0]), "how many shapes are there?", "--model", str(tmp_path / "vqa" / "model"), "--json"])
+    assert code == 0, err
+    assert isinstance(json.loads(printed.strip().splitlines()[-1])["answer"], str)
+
+    # vlmkit eval scores the exports, and vlmkit serve routes model "auto"'s short question to the VQA export (precise side).
+    for task, model in (("caption", again / "model"), ("retrieval", again / "retrieval"), ("vqa", tmp_path / "vqa" / "model")):
+        code, printed, err = cli(["eval", task, "--data", "shapes:4:test", "--model", str(model), "--json",
+                                  "--predictions", str(tmp_path / f"{task}.jsonl"), "--out", str(tmp_path / f"{task}.json")])
+        assert code == 0 and "Traceback" not in err, err
+    _served_auto_routes_to_the_vqa_export(tmp_path / "vqa" / "model", again / "model", scene[0])
+
+
+def _served_auto_routes_to_the_vqa_export(vqa, captioner, image):
+    import base64
+
+    import uvicorn
+    from fastapi.testclient import TestClient
+
+    from vlmkit_cli.main import build_parser
+
+    launched = {}
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(uvicorn, "run", lambda app, **kw: launched.update(app=app))
+        patch.setenv("VLMKIT_INDEX", str(image.parent / "no-index"))
+        patch.delenv("VLMKIT_API_KEYS", raising=False)
+        args = build_parser().parse_args(["serve", "--model", f"blip-vqa={vqa}", "--model", f"blip-cap={captioner}",
+                                          "--route", "precise=blip-vqa", "--route", "conversational=blip-cap"])
+        assert args.run(args) == 0
+    url = "data:image/png;base64," + base64.b64encode(image.read_bytes()).decode()
+    message = {"role": "user", "content": [{"type": "text", "text": "What colour is the circle?"}, {"type": "image_url", "image_url": {"url": url}}]}
+    reply = TestClient(launched["app"]).post("/v1/chat/completions", json={"model": "auto", "messages": [message]})
+    assert reply.status_code == 200, reply.text
+    assert reply.headers["x-vlmkit-model"] == "blip-vqa" and isinstance(reply.json()["choices"][0]["message"]["content"], str)

@@ -5,7 +5,9 @@ A captioner writes a synthetic caption for every web image (nucleus sampling by 
 as BLIP; beam search is the option the paper compares), and a filter's image-text matching (ITM)
 head scores every (image, web text) and (image, synthetic caption) pair. A text is kept when its
 match probability is at least ``threshold``. The bootstrapped dataset is the clean set, the kept
-web texts and the kept synthetic captions.
+web texts and the kept synthetic captions. Either model may be left out, for the paper's
+ablation (BLIP Table 1): without a captioner only the web texts are filtered ("filter only"),
+without a filter every web text and synthetic caption is kept ("captioner only").
 
 :func:`capfilt` writes into one folder ``out``:
 
@@ -106,8 +108,8 @@ class CapFiltReport:
 
     dataset: str
     spec: str
-    threshold: float
-    sampling: str
+    threshold: float | None  # None: no filter
+    sampling: str | None  # None: no captioner
     clean_images: int = 0
     clean_captions: int = 0
     web_images: int = 0
@@ -135,11 +137,14 @@ class CapFiltReport:
 
     def summary(self) -> str:
         rate = f", {self.done / self.seconds:.1f} images/s" if self.done and self.seconds > 0 else ""
+        how = ", ".join((f"threshold {self.threshold:g}" if self.threshold is not None else "no filter (every text kept)",
+                         f"{self.sampling} captions" if self.sampling else "no captioner"))
+        work = " and ".join(w for w, on in (("captioned", self.sampling), ("filtered", self.threshold is not None)) if on)
         return "\n".join((
-            f"CapFilt, threshold {self.threshold:g}, {self.sampling} captions: {self.web_images} web images, {self.done} captioned "
-            f"and filtered now, {self.already} already in the journal, {len(self.skipped)} unreadable ({self.seconds:.1f} s{rate})",
+            f"CapFilt, {how}: {self.web_images} web images, {self.done} {work} now, {self.already} already in the journal, "
+            f"{len(self.skipped)} unreadable ({self.seconds:.1f} s{rate})",
             f"  web texts          {self.web.line()}",
-            f"  synthetic captions {self.synthetic.line()}",
+            f"  synthetic captions {self.synthetic.line() if self.sampling else 'none (no captioner)'}",
             f"  dataset: {self.clean_images} clean images ({self.clean_captions} captions) + {self.web_images_kept} web images "
             f"with a kept text ({self.web_images_dropped} with none, left out)",
         ))
@@ -181,13 +186,18 @@ def _described(model: Any) -> str:
     return f"{getattr(model, 'name', type(model).__name__)!r} ({kind.label if kind is not None else type(model).__name__})"
 
 
-def _check_models(captioner: Any, filter_model: Any) -> None:
+def _check_models(captioner: Any | None, filter_model: Any | None) -> None:
     """A captioner that cannot caption, or a filter without an ITM head, is a one-line InputError."""
-    try:
-        captioner.require("caption")
-    except UnsupportedTaskError:
-        raise InputError(f"the captioner {_described(captioner)} cannot caption: give a captioning checkpoint, "
-                         "e.g. the model/ folder of a `vlmkit train blip` run") from None
+    if captioner is None and filter_model is None:
+        raise InputError("CapFilt needs a captioner, a filter or both (without either there is nothing to bootstrap)")
+    if captioner is not None:
+        try:
+            captioner.require("caption")
+        except UnsupportedTaskError:
+            raise InputError(f"the captioner {_described(captioner)} cannot caption: give a captioning checkpoint, "
+                             "e.g. the model/ folder of a `vlmkit train blip` run") from None
+    if filter_model is None:
+        return
     try:
         filter_model.require("match")
     except UnsupportedTaskError:
@@ -232,20 +242,27 @@ def _entry(path: str) -> Entry:
 
 @dataclass
 class _Models:
-    captioner: Any
-    filter: Any
+    captioner: Any | None
+    filter: Any | None
+
+    @property
+    def present(self) -> list[Any]:
+        return [m for m in (self.captioner, self.filter) if m is not None]
 
     @property
     def image_size(self) -> int | None:
-        sizes = [getattr(m, "image_size", None) for m in (self.captioner, self.filter)]
+        sizes = [getattr(m, "image_size", None) for m in self.present]
         return None if None in sizes else max(s for s in sizes if s is not None)
 
 
-def _load_models(captioner: str, filter_model: str, device: str, dtype: Any) -> _Models:
-    """What each Ray actor holds: both models, loaded by name."""
+def _load_models(captioner: str | None, filter_model: str | None, device: str, dtype: Any) -> _Models:
+    """What each Ray actor holds: the models, loaded by name."""
     from .loading import load
 
-    return _Models(load(captioner, device=device, dtype=dtype), load(filter_model, device=device, dtype=dtype))
+    def loaded(name: str | None) -> Any:
+        return None if name is None else load(name, device=device, dtype=dtype)
+
+    return _Models(loaded(captioner), loaded(filter_model))
 
 
 def _batch_id(paths: Sequence[str]) -> str:
@@ -256,20 +273,24 @@ def _caption_and_score(models: _Models, images: list[Any], paths: list[str], *, 
                        keys: Mapping[str, str], prompt: str | None,
                        generation: GenerationOptions, seed: int, batch_size: int) -> list[str]:
     """One journal row (JSON) per image: its synthetic caption and the filter's match probability
-    of each web text and of the caption, under the image's journal key. Sampling is seeded by ``seed``
-    and the batch's images (their keys: the same wherever the out folder is)."""
+    of each web text and of the caption, under the image's journal key (no captioner: the caption is
+    null; no filter: every probability is null). Sampling is seeded by ``seed`` and the batch's
+    images (their keys: the same wherever the out folder is)."""
     import torch
 
     batch = _batch_id([keys[path] for path in paths])
-    if generation.do_sample:
-        torch.manual_seed(seed * 1_000_003 + int(batch.split("-")[0], 16))
-    captions = models.captioner.caption(images, prompt=prompt, options=generation, batch_size=batch_size)
-    pairs = [(i, text) for i, path in enumerate(paths) for text in (*texts[path], captions[i]) if text.strip()]
-    scores = iter(models.filter.match([images[i] for i, _ in pairs], [t for _, t in pairs]).scores.tolist() if pairs else [])
+    captions: list[str | None] = [None] * len(paths)
+    if models.captioner is not None:
+        if generation.do_sample:
+            torch.manual_seed(seed * 1_000_003 + int(batch.split("-")[0], 16))
+        captions = list(models.captioner.caption(images, prompt=prompt, options=generation, batch_size=batch_size))
+    pairs = [(i, text) for i, path in enumerate(paths) for text in (*texts[path], captions[i]) if text is not None and text.strip()]
+    scores = iter([None] * len(pairs) if models.filter is None or not pairs else
+                  models.filter.match([images[i] for i, _ in pairs], [t for _, t in pairs]).scores.tolist())
     rows = []
     for path, caption in zip(paths, captions, strict=True):
-        web = [next(scores) if text.strip() else 0.0 for text in texts[path]]
-        synthetic = next(scores) if caption.strip() else None
+        web = [next(scores) if text.strip() else None for text in texts[path]]
+        synthetic = next(scores) if caption is not None and caption.strip() else None
         rows.append(json.dumps({"image": keys[path], "batch": batch, "n": len(paths), "caption": caption, "web": web,
                                 "synthetic": synthetic}, ensure_ascii=False))
     return rows
@@ -334,9 +355,9 @@ def _text_key(text: str) -> str:
     return " ".join(text.lower().split())
 
 
-def _filtered(texts: Sequence[str], row: dict[str, Any], threshold: float, report: CapFiltReport) -> list[str]:
-    """The texts of one web image that are kept: its web texts then its synthetic caption, each
-    counted in ``report`` as kept or removed with the reason."""
+def _filtered(texts: Sequence[str], row: dict[str, Any], report: CapFiltReport) -> list[str]:
+    """The texts of one web image that are kept (at ``report.threshold``; all, without a filter): its
+    web texts then its synthetic caption, each counted in ``report`` as kept or removed with the reason."""
     if "skipped" in row:
         for _ in texts:
             report.web.count("unreadable_image")
@@ -348,9 +369,9 @@ def _filtered(texts: Sequence[str], row: dict[str, Any], threshold: float, repor
     seen: set[str] = set()
 
     def judge(text: str, score: float | None) -> str | None:
-        if not text.strip() or score is None:
+        if not text.strip():
             return "empty"
-        if score < threshold:
+        if report.threshold is not None and (score is None or score < report.threshold):
             return "below_threshold"
         if _text_key(text) in seen:
             return "duplicate"
@@ -360,7 +381,8 @@ def _filtered(texts: Sequence[str], row: dict[str, Any], threshold: float, repor
 
     for text, score in zip(texts, row["web"], strict=True):
         report.web.count(judge(text, score))
-    report.synthetic.count(judge(row["caption"], row["synthetic"]))
+    if row["caption"] is not None:
+        report.synthetic.count(judge(row["caption"], row["synthetic"]))
     return kept
 
 
@@ -383,8 +405,9 @@ def _ray_results(models: _Models, todo: Sequence[Entry], call: Callable[..., lis
     both models by name (:meth:`vlmkit.index.ray_engine.RayEngine.map_images`)."""
     from .index.ray_engine import RayEngine
 
-    factory = functools.partial(_load_models, models.captioner.name, models.filter.name, str(models.captioner.device),
-                                models.captioner.dtype)
+    first = models.present[0]
+    names = [None if m is None else str(m.name) for m in (models.captioner, models.filter)]
+    factory = functools.partial(_load_models, names[0], names[1], str(first.device), first.dtype)
     by_path = {e.path: e for e in todo}
     for path, row, error in RayEngine(factory, address=address).map_images(
             todo, call, batch_size=batch_size, max_pixels=max_pixels, draft_size=models.image_size, with_paths=True):
@@ -416,8 +439,8 @@ def _record(results: Iterable[tuple[Entry, Any]], sink: _JsonLines, rows: dict[s
 
 
 def capfilt(
-    captioner: Any,
-    filter_model: Any,
+    captioner: Any | None,
+    filter_model: Any | None,
     web: str | Iterable[Example],
     out: str | os.PathLike[str],
     *,
@@ -444,7 +467,10 @@ def capfilt(
     dataset is ``clean`` (a spec or Examples; all its captions), then each web image with its kept
     texts (an image with none is left out). ``on_plan(n)`` is called with the number of images to
     caption, ``progress(1)`` as each is done. ``engine="ray"`` runs on the Ray cluster at
-    ``ray_address`` (an initialised Ray, else a local one) with both models loaded in each actor."""
+    ``ray_address`` (an initialised Ray, else a local one) with both models loaded in each actor.
+
+    ``captioner=None`` filters the web texts only, adding no synthetic caption; ``filter_model=None``
+    keeps every web text and synthetic caption (BLIP Table 1's "filter only" and "captioner only")."""
     check_threshold(threshold)
     if sampling not in SAMPLING:
         raise InputError(f"sampling must be one of {', '.join(SAMPLING)}, got {sampling!r}")
@@ -463,7 +489,8 @@ def capfilt(
     root = Path(out).expanduser()
     if root.exists() and not root.is_dir():
         raise InputError(f"{root}: out must be a folder (it holds the dataset, its images, the report and the journal)")
-    settings = {"captioner": _model_key(captioner), "filter": _model_key(filter_model), "sampling": sampling, "prompt": prompt,
+    settings = {"captioner": _model_key(captioner), "filter": _model_key(filter_model),
+                "sampling": sampling if captioner is not None else None, "prompt": prompt if captioner is not None else None,
                 "seed": seed, "web": web if isinstance(web, str) else f"{len(web_set)} examples"}
     _check_settings(root / SETTINGS_FILE, settings)
 
@@ -481,8 +508,9 @@ def capfilt(
     sink, rows = _open_journal(root / JOURNAL_FILE)
     key = {path: _journal_key(path, root) for path in texts}
     todo = [_entry(path) for path in texts if key[path] not in rows]
-    report = CapFiltReport(dataset=str(root / DATASET_FILE), spec=f"coco:{root / DATASET_FILE}:{images}", threshold=float(threshold),
-                           sampling=sampling, web_images=len(texts), already=len(texts) - len(todo))
+    report = CapFiltReport(dataset=str(root / DATASET_FILE), spec=f"coco:{root / DATASET_FILE}:{images}",
+                           threshold=float(threshold) if filter_model is not None else None,
+                           sampling=sampling if captioner is not None else None, web_images=len(texts), already=len(texts) - len(todo))
     if on_plan is not None:
         on_plan(len(todo))
 
@@ -506,7 +534,7 @@ def capfilt(
         row = rows[key[path]]
         if "skipped" in row:
             report.skipped.append(Skipped(path, row["skipped"]))
-        kept = _filtered(texts[path], row, float(threshold), report)
+        kept = _filtered(texts[path], row, report)
         if kept:
             listed.append((image_id, path, kept))
     report.web_images_kept = len(listed) - len(clean_set)
@@ -524,7 +552,9 @@ def _journal_key(path: str, root: Path) -> str:
     return p.relative_to(root).as_posix() if p.is_relative_to(root) else path
 
 
-def _model_key(model: Any) -> str:
+def _model_key(model: Any | None) -> str | None:
+    if model is None:
+        return None
     name = str(getattr(model, "name", type(model).__name__))
     return os.path.abspath(name) if os.path.isdir(name) else name
 

@@ -7,6 +7,8 @@ import argparse
 import json
 import sys
 
+from vlmkit.errors import InputError
+
 from .common import _positive_int, progress
 
 
@@ -22,10 +24,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         "the clean set + the kept texts as COCO caption JSON. A killed run, run again, continues where it stopped. "
         "Data specs: " + "; ".join(dataset_schemes()),
     )
-    p.add_argument("--captioner", required=True, metavar="DIR",
-                   help="a captioning checkpoint, e.g. the model/ folder of a `vlmkit train blip` run (task=caption)")
-    p.add_argument("--filter", required=True, dest="filter_model", metavar="DIR",
-                   help="a checkpoint with an ITM head, e.g. the retrieval/ folder of a `vlmkit train blip` run (task=retrieval)")
+    p.add_argument("--captioner", default=None, metavar="DIR",
+                   help="a captioning checkpoint, e.g. the model/ folder of a `vlmkit train blip` run (task=caption); "
+                   "leave it out to filter the web texts only")
+    p.add_argument("--filter", default=None, dest="filter_model", metavar="DIR",
+                   help="a checkpoint with an ITM head, e.g. the retrieval/ folder of a `vlmkit train blip` run (task=retrieval); "
+                   "leave it out to keep every web text and synthetic caption")
     p.add_argument("--web", required=True, metavar="SPEC", help="the noisy web set: a dataset spec whose captions are the web texts")
     p.add_argument("--clean", default=None, metavar="SPEC", help="the clean (human-annotated) set, copied into the output as it is")
     p.add_argument("--out", required=True, metavar="DIR", help="folder for the dataset, its images, the report and the resume journal")
@@ -50,8 +54,10 @@ def run_bootstrap(args: argparse.Namespace) -> int:
     from vlmkit.bootstrap import REPORT_FILE, capfilt, check_threshold
 
     check_threshold(args.threshold)  # before any model loads
-    captioner = vlmkit.load(args.captioner, device=args.device, dtype=args.dtype)
-    filter_model = vlmkit.load(args.filter_model, device=args.device, dtype=args.dtype)
+    if args.captioner is None and args.filter_model is None:
+        raise InputError("give --captioner, --filter or both (without either there is nothing to bootstrap)")
+    captioner, filter_model = (None if name is None else vlmkit.load(name, device=args.device, dtype=args.dtype)
+                               for name in (args.captioner, args.filter_model))
     bar = None
 
     def on_plan(total: int) -> None:
@@ -76,8 +82,9 @@ def run_bootstrap(args: argparse.Namespace) -> int:
         print(report.summary())
     print(f"vlmkit: the dataset is {report.dataset} (COCO caption JSON), the report {args.out}/{REPORT_FILE}; it reads as the "
           f"dataset spec {report.spec}: `vlmkit eval caption --data {report.spec} --model DIR` scores a captioner on it, and "
-          "vlmkit.data.read_dataset(SPEC) gives its examples in Python. `vlmkit train blip` trains on its built-in data only "
-          "(data.name=shapes|easy-vqa), so it cannot read this dataset yet. Run the same command again to continue after an "
+          f"`vlmkit train blip --set data.spec={report.spec} --set train_size={report.clean_images + report.web_images_kept} --out RUN` "
+          "pre-trains BLIP on all of it, and "
+          "vlmkit.data.read_dataset(SPEC) gives its examples in Python. Run the same command again to continue after an "
           "interruption, or with another --threshold to refilter without captioning again.", file=sys.stderr)
     if report.skipped:
         print(f"vlmkit: {len(report.skipped)} web image{'s' if len(report.skipped) != 1 else ''} could not be read (listed above); "

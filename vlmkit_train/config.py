@@ -61,15 +61,21 @@ class RunConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
-    """Which built-in training examples a run reads (:func:`vlmkit_train.data.training_examples`)."""
+    """Which training examples a run reads (:func:`vlmkit_train.data.training_examples`): a
+    built-in set, or any dataset :func:`vlmkit.data.read_dataset` reads."""
 
     #: "shapes" (the generated shapes world) or "easy-vqa" (the easy-vqa package's train split).
     name: Literal["shapes", "easy-vqa"] = "shapes"
+    #: At most this many examples are read (the first ones), from ``name`` or ``spec``.
     train_size: int = 2000
     image_size: int = 64  # shapes scenes' side in pixels
     #: The shapes scenes' stream; None uses ``run.seed``, so runs that set it apart from the seed
     #: differ only in initialisation and batch order, not in data.
     seed: int | None = None
+    #: A :func:`vlmkit.data.read_dataset` spec to train on instead of ``name`` (``coco:ANN.json:IMAGES``,
+    #: ``folder:DIR``, ``wds:SHARDS``, a ``vlmkit bootstrap`` dataset's spec, ...): its first
+    #: ``train_size`` examples with what the task needs (captions, or question-answer pairs).
+    spec: str = ""
 
     def __post_init__(self) -> None:
         check_at_least(self, ("train_size", "image_size"))

@@ -37,8 +37,12 @@ QA_TEMPLATE = VQA_PROMPT.format("{question}") + " {answer}"
 
 
 def training_examples(data: DataConfig, seed: int, *, captioned: bool = True) -> list[Example]:
-    """The first ``data.train_size`` training examples of ``data.name``: shapes scenes drawn with
-    ``seed``, or easy-VQA's train split (only images with captions when ``captioned``)."""
+    """The first ``data.train_size`` training examples: of ``data.spec`` when set (only those with
+    captions when ``captioned``, else those with question-answer pairs), else of ``data.name``:
+    shapes scenes drawn with ``seed``, or easy-VQA's train split (only images with captions when
+    ``captioned``)."""
+    if data.spec:
+        return _spec_examples(data, captioned)
     if data.name == "shapes":
         from vlmkit.data import make_split
 
@@ -51,8 +55,25 @@ def training_examples(data: DataConfig, seed: int, *, captioned: bool = True) ->
     return examples[: data.train_size]
 
 
+def _spec_examples(data: DataConfig, captioned: bool) -> list[Example]:
+    from vlmkit.data import read_dataset
+
+    need = "captions" if captioned else "question-answer pairs"
+    examples = []
+    for example in read_dataset(data.spec):
+        if example.captions if captioned else example.qa:
+            examples.append(example)
+            if len(examples) == data.train_size:
+                break
+    if not examples:
+        raise InputError(f"data.spec={data.spec}: no examples with {need}")
+    return examples
+
+
 def images_key(config: Any, count: int) -> str:
     """What names a run's image set in a feature cache, so that runs on the same images share one."""
+    if config.data.spec:
+        return f"{config.data.spec}:n={count}"
     return f"{config.data.name}:seed={data_seed(config)}:n={count}:size={config.data.image_size}"
 
 

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Literal
@@ -62,6 +62,9 @@ __all__ = [
     "make_split",
     "shapes_answers",
     "ShapesDataset",
+    "WEB_NOISE",
+    "web_text",
+    "make_web_split",
 ]
 
 ShapeName = Literal["circle", "square", "triangle", "star"]
@@ -482,6 +485,101 @@ def make_split(n: int, seed: int = 0, split: Split = "train", image_size: int = 
 def shapes_answers() -> list[str]:
     """Every answer a shapes-world question can have, in a fixed order (a VQA classifier's label set)."""
     return ["yes", "no", *COLOURS, *SHAPES, *SIZES, *NUMBER_WORDS]
+
+
+# ---------------------------------------------------------------------------------------------------
+# A web crawl: one text per image, about half of them wrong, as alt-text is
+
+#: How a web text can be wrong about its image: an object's colour or shape changed, an object
+#: added or removed in a caption that counts them, a relation or region reversed, or the text of
+#: another scene with none of this one's objects.
+WEB_NOISE: tuple[str, ...] = ("colour", "shape", "count", "position", "unrelated")
+
+
+def _swapped(scene: Scene, i: int, **change: str) -> Scene:
+    objects = list(scene.objects)
+    objects[i] = SceneObject(**{**objects[i].__dict__, **change})
+    return Scene(scene.id, scene.split, scene.image_size, tuple(objects))
+
+
+def _wrong_attribute(scene: Scene, rng: random.Random, attribute: Literal["colour", "shape"]) -> str:
+    """A caption listing every object, one with another colour (or shape) than it has: a (colour,
+    shape) pair the scene does not hold and that is not held out."""
+    pairs = {(o.colour, o.shape) for o in scene.objects}
+    i = rng.randrange(len(scene.objects))
+    o = scene.objects[i]
+    values = COLOURS if attribute == "colour" else SHAPES
+    options = [v for v in values if (pair := (v, o.shape) if attribute == "colour" else (o.colour, v)) not in pairs and pair not in HELD_OUT]
+    if not options:  # four objects of one colour hold every shape: count them wrong instead
+        return _wrong_count(scene, rng)
+    wrong = _swapped(scene, i, **{attribute: rng.choice(options)})
+    return rng.choice(_captions(wrong, rng)[:3])
+
+
+def _wrong_count(scene: Scene, rng: random.Random) -> str:
+    """The counting caption ("two shapes: ...") of the scene with an object added or one removed."""
+    objects = list(scene.objects)
+    if len(objects) > 1 and (len(objects) == MAX_OBJECTS or rng.random() < 0.5):
+        objects.pop(rng.randrange(len(objects)))
+    else:
+        pairs = {(o.colour, o.shape) for o in objects}
+        colour, shape = rng.choice([p for p in _TRAIN_PAIRS if p not in pairs])
+        objects.append(SceneObject(shape, colour, rng.choice(SIZES), 0, 0, 1))
+    full = [_a(f"{o.size} {o.name}") for o in objects]
+    return f"{_plural(len(objects), 'shape')}: {_join(full)}"
+
+
+def _wrong_position(scene: Scene, rng: random.Random) -> str:
+    """A relation between two objects stated the wrong way round, or, with no clear relation, the
+    object placed in another region of the image."""
+    pairs = [(a, relation, b) for a in scene.objects for b in scene.objects for relation, holds in _RELATIONS.items()
+             if a is not b and holds(a, b)]
+    if pairs:
+        a, relation, b = rng.choice(pairs)
+        return f"{_a(a.name)} {_OPPOSITE[relation]} {_a(b.name)}"
+    o = scene.objects[0]
+    region = rng.choice([r for r in _REGIONS.values() if r != _location(o, scene.image_size)])
+    return f"{_a(f'{o.size} {o.name}')} {region} of the image"
+
+
+def web_text(scene: Scene, noise: str, rng: random.Random, others: Iterable[Scene] = ()) -> str:
+    """One web text for ``scene``: a true caption (``noise`` "") or one wrong in the way ``noise``
+    names (:data:`WEB_NOISE`); "unrelated" takes a caption of the first of ``others`` that shares no
+    (colour, shape) pair with the scene."""
+    if noise == "":
+        return rng.choice(_captions(scene, rng))
+    if noise in ("colour", "shape"):
+        return _wrong_attribute(scene, rng, noise)  # type: ignore[arg-type]
+    if noise == "count":
+        return _wrong_count(scene, rng)
+    if noise == "position":
+        return _wrong_position(scene, rng)
+    if noise == "unrelated":
+        pairs = {(o.colour, o.shape) for o in scene.objects}
+        for other in others:
+            if not pairs & {(o.colour, o.shape) for o in other.objects}:
+                return rng.choice(_captions(other, rng))
+        raise InputError("web_text: no scene in others shares no object with the scene")
+    raise InputError(f"noise must be '' or one of {', '.join(WEB_NOISE)}, got {noise!r}")
+
+
+def make_web_split(n: int, seed: int = 0, *, true_rate: float = 0.5, image_size: int = 64) -> tuple[list[Example], list[str]]:
+    """The first ``n`` training scenes of ``seed`` as a web crawl: each image with one text, a true
+    caption with probability ``true_rate`` and otherwise wrong in one of the :data:`WEB_NOISE` ways
+    (equally often), deterministic by seed. Returns the examples (no question-answer pairs, no
+    content group: a web text says nothing reliable about what else shows the same thing) and each
+    one's noise ("" for a true text), which is what a filter's precision and recall are scored on."""
+    if not 0.0 <= true_rate <= 1.0:
+        raise InputError(f"true_rate must be in [0, 1], got {true_rate}")
+    scenes = make_scenes(n, seed, "train", image_size)
+    examples, kinds = [], []
+    for i, scene in enumerate(scenes):
+        rng = random.Random(f"vlmkit-shapes-web/{scene.id}")
+        noise = "" if rng.random() < true_rate else rng.choice(WEB_NOISE)
+        others = (make_scene(1_000_000 + 1_000 * i + k, seed, "train", image_size) for k in range(1_000))
+        examples.append(Example(id=scene.id, image=render(scene), captions=(web_text(scene, noise, rng, others),)))
+        kinds.append(noise)
+    return examples, kinds
 
 
 class ShapesDataset(Dataset[Example]):

@@ -64,6 +64,15 @@ def _shapes_spec(rest: str) -> Iterator[Example]:
     return (to_example(make_scene(i, seed, chosen)) for i in range(n))
 
 
+def _shapes_web_spec(rest: str) -> Iterator[Example]:
+    fields = rest.split(":")
+    if not all(f.isdigit() for f in fields) or len(fields) > 2:
+        raise InputError(f"expected 'shapes-web:N[:SEED]' with N and SEED non-negative integers, not 'shapes-web:{rest}'")
+    from ..shapes import make_web_split
+
+    return iter(make_web_split(int(fields[0]), int(fields[1]) if len(fields) > 1 else 0)[0])
+
+
 def _easy_vqa_spec(rest: str) -> Iterator[Example]:
     if rest not in ("train", "test"):
         raise InputError(f"expected 'easy-vqa:train' or 'easy-vqa:test', not 'easy-vqa:{rest}'")
@@ -90,6 +99,7 @@ _SCHEMES: dict[str, tuple[str, Callable[[str], Iterator[Example]]]] = {
     "folder": ("folder:DIR", _folder_spec),
     "wds": ("wds:PATTERN", _wds_spec),
     "shapes": ("shapes:N[:SPLIT[:SEED]]", _shapes_spec),
+    "shapes-web": ("shapes-web:N[:SEED]", _shapes_web_spec),
     "easy-vqa": ("easy-vqa:train|test", _easy_vqa_spec),
 }
 
@@ -108,7 +118,8 @@ def read_dataset(spec: str) -> Iterator[Example]:
     ``"imagenet:DIR"`` a folder of class folders (``read_image_classes``: ``label`` holds the class
     name; call that function for the class list); ``"folder:DIR"`` a folder with ``.txt`` captions; ``"wds:PATTERN"`` WebDataset shards;
     ``"shapes:N[:SPLIT[:SEED]]"`` the first N examples of the shapes world (as ``make_split(N, SEED, SPLIT)``,
-    default train split, seed 0);
+    default train split, seed 0); ``"shapes-web:N[:SEED]"`` N training scenes as a noisy web crawl, one text
+    each and about half of them wrong (``make_web_split``, for CapFilt);
     ``"easy-vqa:train"`` or ``"easy-vqa:test"`` the easy-VQA package.
     """
     if not isinstance(spec, str):
