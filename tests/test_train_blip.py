@@ -202,8 +202,12 @@ def test_bad_overrides_are_one_line_errors(tmp_path, clip_run):
     (tmp_path / "coca" / "config.json").write_text(json.dumps({"model_type": "vlmkit-coca"}))
     with pytest.raises(InputError, match="not a `vlmkit train clip` run with image_tower=vit"):
         train_blip(blip_train_config("tiny", [f"vision_init={tmp_path / 'coca'}"]), tmp_path / "c")
-    assert not any((tmp_path / name).exists() for name in "abc")
-    for overrides in (["alpha=2"], ["init=/no/such/run"]):
+    with pytest.raises(InputError, match="3 training examples, fewer than one batch of 4: give a larger set, or set run.batch_size"):
+        train_blip(blip_train_config("tiny", ["task=caption", "data.spec=shapes:3"]), tmp_path / "d")
+    with pytest.raises(InputError, match="no examples with question-answer pairs"):
+        train_blip(blip_train_config("tiny", ["task=vqa", "data.spec=shapes-web:8"]), tmp_path / "e")
+    assert not any((tmp_path / name).exists() for name in "abcde")
+    for overrides in (["alpha=2"], ["init=/no/such/run"], ["data.spec=shapes:3"], ["data.spec=shapes:3:train:0:x"]):
         code, _, err = cli(["train", "blip", "--preset", "tiny", "--out", str(tmp_path / "cli"), *[f"--set={o}" for o in overrides]])
         assert code != 0 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
 

@@ -329,6 +329,11 @@ def check(config: BlipTrainConfig) -> None:
             widths = (bert_text_fields(_bert_dir(config.text_init))["text_width"], config.vision.width)
         except ModelNotFoundError as exc:
             raise InputError(f"text_init={config.text_init}: {exc}") from None
+    if config.data.spec:  # a clean set smaller than one batch would repeat its pairs as each other's negatives
+        count = len(training_examples(config.data, data_seed(config), captioned=config.task != "vqa"))
+        if count < config.run.batch_size:
+            raise InputError(f"data.spec={config.data.spec}: {count} training examples, fewer than one batch of {config.run.batch_size}: "
+                             f"give a larger set, or set run.batch_size to at most {count}")
     if config.task == "vqa" and widths[0] != widths[1]:
         raise InputError(f"task=vqa needs equal text and vision widths (the answer decoder's cross-attention reads the "
                          f"question encoder); this network's are {widths[0]} and {widths[1]}")
