@@ -16,7 +16,8 @@ from typing import Any
 from vlmkit_train.recipes import RECIPES
 
 OVERRIDES = ("KEY=VALUE: a config field by its path, e.g. run.lr=3e-4, run.max_steps=200, data.name=easy-vqa, "
-             "data.train_size=500 (see --show-config); repeatable")
+             "data.train_size=500, data.spec=coco:ANN.json:IMAGES (any dataset spec, instead of the built-in data; "
+             "see --show-config); repeatable")
 
 
 class _RecipeHelp(argparse.Action):
