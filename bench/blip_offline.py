@@ -206,6 +206,7 @@ def _row(name: str, spec: str, extra: list[str], out: Path, scale: CapFiltScale,
     """One row: pre-train on ``spec`` with each seed, then score its retrieval export, a caption
     fine-tune on the clean set and a VQA fine-tune; the figures per seed and their mean and sd."""
     import vlmkit
+    from vlmkit.bootstrap import BLIP_PROMPT
 
     seeds: dict[str, dict[str, Any]] = {}
     for seed in scale.seeds:
@@ -233,8 +234,6 @@ def _row(name: str, spec: str, extra: list[str], out: Path, scale: CapFiltScale,
         summary[key] = {"mean": statistics.fmean(values), "sd": statistics.stdev(values) if len(values) > 1 else 0.0}
     return summary
 
-
-BLIP_PROMPT = "a picture of"
 
 
 def run_capfilt(scale_name: str, out: Path, overrides: list[str]) -> dict[str, Any]:

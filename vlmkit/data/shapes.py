@@ -25,6 +25,7 @@ so a dataset can build any scene on demand without building the ones before it.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 from collections.abc import Callable, Iterable, Sequence
@@ -498,8 +499,8 @@ WEB_NOISE: tuple[str, ...] = ("colour", "shape", "count", "position", "unrelated
 
 def _swapped(scene: Scene, i: int, **change: str) -> Scene:
     objects = list(scene.objects)
-    objects[i] = SceneObject(**{**objects[i].__dict__, **change})
-    return Scene(scene.id, scene.split, scene.image_size, tuple(objects))
+    objects[i] = dataclasses.replace(objects[i], **change)  # type: ignore[arg-type]
+    return dataclasses.replace(scene, objects=tuple(objects))
 
 
 def _wrong_attribute(scene: Scene, rng: random.Random, attribute: Literal["colour", "shape"]) -> str:
