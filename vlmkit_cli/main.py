@@ -7,13 +7,13 @@ import os
 import sys
 from collections.abc import Sequence
 
-from . import bootstrap, chat, compare, demo, evaluate, interrogate, models, search, serve, tasks, train
+from . import bootstrap, chat, compare, demo, describe, evaluate, interrogate, models, search, serve, tasks, train
 from .common import CommandError
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 # Command groups, each registering its subcommands; no registration by import side effect.
-_GROUPS = (tasks, chat, models, demo, train, search, serve, evaluate, compare, interrogate, bootstrap)
+_GROUPS = (tasks, chat, models, demo, train, search, serve, evaluate, compare, interrogate, describe, bootstrap)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -28,6 +28,7 @@ RECIPES: dict[str, str] = {
     "coca": "vlmkit_train.coca:RECIPE",
     "simvlm": "vlmkit_train.simvlm:RECIPE",
     "blip": "vlmkit_train.blip:RECIPE",
+    "vllavo": "vlmkit_train.vllavo:RECIPE",
 }
 
 

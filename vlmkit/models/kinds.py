@@ -92,6 +92,9 @@ KINDS: dict[str, ModelKind] = {
         _native("coca", "VlmkitCoCa", _RETRIEVAL | {"caption"}, "CoCa: contrastive captioner (Yu et al., 2022)", "vlmkit-coca", "coca"),
         _native("simvlm", "VlmkitSimVLM", _GENERATE, "SimVLM: prefix-LM over image and text (Wang et al., 2022)", "vlmkit-simvlm",
                 "simvlm"),
+        _native("vllavo", "VlmkitVLLaVO", frozenset({"classify"}),
+                "VLLaVO: describe the image in words, ask a LoRA-tuned LM (Chen et al., 2024), from `vlmkit train vllavo`",
+                "vlmkit-vllavo", "vllavo"),
         ModelKind(
             "conse",
             "ConSE",
