@@ -44,6 +44,7 @@ __all__ = [
     "render",
     "make_domain_example",
     "make_domain_split",
+    "iter_domain_splits",
     "read_domains",
     "write_domain_folder",
 ]
@@ -150,8 +151,8 @@ def _photo(points: Points, rng: random.Random, noise: np.random.Generator, size:
     xx, yy = np.meshgrid(grid, grid)
     # Background: two muted colours blended along a random direction, with luminance grain.
     hue = rng.random()
-    near, far = _hsv(hue, rng.uniform(0.1, 0.35), rng.uniform(0.55, 0.9)), _hsv(
-        hue + rng.uniform(-0.15, 0.15), rng.uniform(0.1, 0.35), rng.uniform(0.25, 0.55))
+    near, far = _hsv(hue, rng.uniform(0.1, 0.35), rng.uniform(0.6, 0.9)), _hsv(
+        hue + rng.uniform(-0.15, 0.15), rng.uniform(0.1, 0.35), rng.uniform(0.2, 0.45))
     turn = rng.uniform(0, 2 * math.pi)
     t = ((xx - size / 2) * math.cos(turn) + (yy - size / 2) * math.sin(turn)) / size + 0.5
     t = np.clip(t, 0.0, 1.0)[..., None]
@@ -284,6 +285,18 @@ def _check_count(n_per_class: object) -> int:
     return n_per_class
 
 
+def _distinct_domains(domains: Sequence[str]) -> list[str]:
+    if isinstance(domains, str):
+        raise InputError(f"domains must be a sequence of domain names, not the string {domains!r}")
+    chosen = list(domains)
+    if not chosen:
+        raise InputError("no domain given; known domains: " + ", ".join(DOMAINS))
+    repeated = sorted({d for d in chosen if chosen.count(d) > 1})
+    if repeated:
+        raise InputError(f"domains must be distinct; named more than once: {', '.join(repeated)}")
+    return chosen
+
+
 def _article(word: str) -> str:
     return "an" if word[:1].lower() in "aeiou" else "a"
 
@@ -340,9 +353,7 @@ def iter_domain_splits(
 ) -> Iterator[Example]:
     """The splits of several domains one after another, built as they are read (arguments checked
     before the first is built)."""
-    checked = [_checked(d, n_per_class, image_size, classes) for d in domains]
-    if not checked:
-        raise InputError("no domain given; known domains: " + ", ".join(DOMAINS))
+    checked = [_checked(d, n_per_class, image_size, classes) for d in _distinct_domains(domains)]
     return (e for d, n, size, names in checked for e in _iter_split(d, n, seed, size, names))
 
 
@@ -420,15 +431,7 @@ def write_domain_folder(
     A ``root`` that exists must be an empty folder: nothing of a user's is ever overwritten. The
     files are written to a hidden folder beside ``root`` and moved into place at the end, so a failed
     run leaves no half-written dataset."""
-    if isinstance(domains, str):
-        raise InputError(f"domains must be a sequence of domain names, not the string {domains!r}")
-    chosen = list(domains)
-    if not chosen:
-        raise InputError("no domain given; known domains: " + ", ".join(DOMAINS))
-    repeated = sorted({d for d in chosen if chosen.count(d) > 1})
-    if repeated:
-        raise InputError(f"domains must be distinct; named more than once: {', '.join(repeated)}")
-    checked = [_checked(d, n_per_class, image_size, classes) for d in chosen]
+    checked = [_checked(d, n_per_class, image_size, classes) for d in _distinct_domains(domains)]
     target = Path(root)
     if target.exists() and (not target.is_dir() or any(target.iterdir())):
         raise InputError(f"{target}: exists and is not an empty folder; refusing to write into it")
