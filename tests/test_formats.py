@@ -1127,7 +1127,7 @@ def test_read_dataset_easy_vqa() -> None:
     ("spec", "message"),
     [
         ("laion:/data", r"unknown dataset spec 'laion:/data'; expected one of: coco:ANNOTATIONS.json"),
-        ("shapes", r"unknown dataset spec 'shapes'; expected one of: .*shapes:N\[:SPLIT\[:SEED\]\], shapes-web:N\[:SEED\], easy-vqa:train\|test"),
+        ("shapes", r"unknown dataset spec 'shapes'; expected one of: .*shapes:N\[:SPLIT\[:SEED\]\], shapes-web:N\[:SEED\], .*domains:ROOT.*, easy-vqa:train\|test"),
         ("coco:only.json", r"expected 'coco:ANNOTATIONS.json:IMAGE_DIR'"),
         ("vqa:q.json:dir", r"expected 'vqa:QUESTIONS.json:ANNOTATIONS.json:IMAGE_DIR'"),
         ("gqa:q.json", r"expected 'gqa:QUESTIONS.json:IMAGE_DIR'"),
@@ -1158,5 +1158,7 @@ def test_dataset_schemes_cover_the_documented_forms() -> None:
         "wds",
         "shapes",
         "shapes-web",
+        "shapes-domains",
+        "domains",
         "easy-vqa",
     ]

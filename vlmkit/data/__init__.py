@@ -1,4 +1,5 @@
-"""Datasets as ``Example`` records: the generated shapes world, the easy-VQA package, and readers for
+"""Datasets as ``Example`` records: the generated shapes world and its cross-domain classes
+(:mod:`vlmkit.data.domains`), the easy-VQA package, and readers for
 the standard caption, VQA and classification formats (:mod:`vlmkit.data.formats`), and LLaVA's
 conversation JSON (:mod:`vlmkit.data.conversations`)."""
 
@@ -13,6 +14,16 @@ from .conversations import (
     stage2_records,
     write_conversations,
 )
+from .domains import CLASSES as DOMAIN_CLASSES
+from .domains import (
+    DOMAINS,
+    iter_domain_splits,
+    make_domain_example,
+    make_domain_split,
+    read_domains,
+    write_domain_folder,
+)
+from .domains import render as render_domain
 from .easy_vqa import easy_vqa_answers, load_easy_vqa
 from .formats import (
     VqaAnnotation,
@@ -56,6 +67,14 @@ __all__ = [
     "to_example",
     "shapes_answers",
     "ShapesDataset",
+    "DOMAINS",
+    "DOMAIN_CLASSES",
+    "render_domain",
+    "make_domain_example",
+    "make_domain_split",
+    "iter_domain_splits",
+    "read_domains",
+    "write_domain_folder",
     "load_easy_vqa",
     "easy_vqa_answers",
     "read_coco_captions",

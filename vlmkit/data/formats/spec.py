@@ -73,6 +73,34 @@ def _shapes_web_spec(rest: str) -> Iterator[Example]:
     return iter(make_web_split(int(fields[0]), int(fields[1]) if len(fields) > 1 else 0)[0])
 
 
+def _shapes_domains_spec(rest: str) -> Iterator[Example]:
+    fields = rest.split(":")
+    if not fields[0] or len(fields) > 3 or not all(f.isdigit() for f in fields[1:]):
+        raise InputError(
+            "expected 'shapes-domains:DOMAIN[,DOMAIN...][:N_PER_CLASS[:SEED]]' with N_PER_CLASS and SEED "
+            f"non-negative integers, not 'shapes-domains:{rest}'"
+        )
+    from ..domains import iter_domain_splits
+
+    n = int(fields[1]) if len(fields) > 1 else 100
+    return iter_domain_splits(fields[0].split(","), n, seed=int(fields[2]) if len(fields) > 2 else 0)
+
+
+def _domains_spec(rest: str) -> Iterator[Example]:
+    if not rest:
+        raise InputError("expected 'domains:ROOT[:DOMAIN[,DOMAIN...]]'")
+    from pathlib import Path
+
+    from ..domains import read_domains
+
+    # A root whose own name holds a colon is taken whole when it is a folder.
+    root, colon, names = rest.rpartition(":")
+    if not colon or Path(rest).is_dir():
+        root, names = rest, ""
+    per_domain = read_domains(root, names.split(",") if names else None)[1]
+    return (e for examples in per_domain.values() for e in examples)
+
+
 def _easy_vqa_spec(rest: str) -> Iterator[Example]:
     if rest not in ("train", "test"):
         raise InputError(f"expected 'easy-vqa:train' or 'easy-vqa:test', not 'easy-vqa:{rest}'")
@@ -100,6 +128,8 @@ _SCHEMES: dict[str, tuple[str, Callable[[str], Iterator[Example]]]] = {
     "wds": ("wds:PATTERN", _wds_spec),
     "shapes": ("shapes:N[:SPLIT[:SEED]]", _shapes_spec),
     "shapes-web": ("shapes-web:N[:SEED]", _shapes_web_spec),
+    "shapes-domains": ("shapes-domains:DOMAIN[,DOMAIN...][:N_PER_CLASS[:SEED]]", _shapes_domains_spec),
+    "domains": ("domains:ROOT[:DOMAIN[,DOMAIN...]]", _domains_spec),
     "easy-vqa": ("easy-vqa:train|test", _easy_vqa_spec),
 }
 
@@ -120,6 +150,12 @@ def read_dataset(spec: str) -> Iterator[Example]:
     ``"shapes:N[:SPLIT[:SEED]]"`` the first N examples of the shapes world (as ``make_split(N, SEED, SPLIT)``,
     default train split, seed 0); ``"shapes-web:N[:SEED]"`` N training scenes as a noisy web crawl, one text
     each and about half of them wrong (``make_web_split``, for CapFilt);
+    ``"shapes-domains:DOMAIN[,DOMAIN...][:N_PER_CLASS[:SEED]]"`` the generated cross-domain shapes, one
+    object an image in the named styles (photo, cartoon, sketch, painting), domain by domain, each as
+    ``make_domain_split(DOMAIN, N_PER_CLASS, seed=SEED)`` (default 100 per class, seed 0);
+    ``"domains:ROOT[:DOMAIN[,DOMAIN...]]"`` a PACS / Office-Home / DomainNet / VLCS-style folder
+    ``ROOT/<domain>/<class>/<images>``, the named domains (default all) one after another
+    (``read_domains``: ``label`` is the class folder's name);
     ``"easy-vqa:train"`` or ``"easy-vqa:test"`` the easy-VQA package.
     """
     if not isinstance(spec, str):
