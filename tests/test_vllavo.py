@@ -262,7 +262,7 @@ def test_bad_configs_are_one_line_errors(parts, tmp_path):
     ):
         with pytest.raises(InputError, match=message):
             train_vllavo(vllavo_config("tiny", _overrides(parts, *extra)), tmp_path / "bad")
-    assert not (tmp_path / "bad" / "model").exists()
+    assert not (tmp_path / "bad").exists()  # refused before the run directory is made
 
 
 # -- the command line ------------------------------------------------------------------------------

@@ -36,7 +36,6 @@ from torch import nn
 
 from vlmkit.data.records import Example
 from vlmkit.errors import InputError
-from vlmkit.models.checkpoint import write_config
 from vlmkit.models.vllavo import (
     MODEL_TYPE,
     DescriberConfig,
@@ -46,6 +45,7 @@ from vlmkit.models.vllavo import (
     context_length,
     load_lm,
     mask_class_words,
+    save_checkpoint,
 )
 
 from .config import DataConfig, RunConfig, data_seed
@@ -119,8 +119,7 @@ def _check(config: VLLaVOTrainConfig) -> None:
         raise InputError("set data.spec=SPEC: the labelled source images (e.g. shapes-domains:photo,cartoon,sketch)")
     if bool(config.target) != bool(config.source_model):
         raise InputError("adaptation needs both target=SPEC (the unlabelled target images) and source_model=DIR (the source-trained model)")
-    if config.classes:
-        check_classes([c.strip() for c in config.classes.split(",")])
+    _classes(config, [e.label for e in source_examples(config)])  # before the run directory is made
 
 
 # -- data ------------------------------------------------------------------------------------------
@@ -312,10 +311,7 @@ def build(config: VLLaVOTrainConfig, run: Run, *, prepared: tuple[list[Described
             language_model=str(base.resolve()) if base.is_dir() else config.language_model, classes=tuple(classes),
             describer=config.describer, predict=config.predict, max_length=config.max_length,
         )
-        where = write_config(out / MODEL_DIR, checkpoint, model_type=MODEL_TYPE, architecture="VlmkitVLLaVO")
-        model.save_pretrained(where / "adapter")
-        tokenizer.save_pretrained(where / "tokenizer")
-        return where
+        return save_checkpoint(out / MODEL_DIR, checkpoint, model, tokenizer)
 
     return Plan(model, micro_step, export, state=_Adapters, final_record=lambda _: dict(figures))
 

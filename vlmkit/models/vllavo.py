@@ -61,6 +61,8 @@ __all__ = [
     "snap_to_class",
     "edit_distance",
     "context_length",
+    "save_checkpoint",
+    "load_lm",
     "load_native",
 ]
 
@@ -309,35 +311,41 @@ class PromptEncoder:
         return [*prompt, *answer], [-100] * len(prompt) + answer
 
 
-def _pad(rows: Sequence[Sequence[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-padded ids and their attention mask, each (B, T)."""
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, row in enumerate(rows):
-        ids[i, : len(row)] = torch.tensor(row)
-        mask[i, : len(row)] = 1
-    return ids, mask
+def _by_length(prompts: Sequence[Sequence[int]], batch_size: int) -> list[list[int]]:
+    """Indices of ``prompts`` in batches of one length each: nothing is padded, so each prompt's
+    result is the one it gets alone."""
+    by_length: dict[int, list[int]] = {}
+    for index, row in enumerate(prompts):
+        by_length.setdefault(len(row), []).append(index)
+    return [indices[i : i + batch_size] for indices in by_length.values() for i in range(0, len(indices), batch_size)]
 
 
 @torch.no_grad()
-def class_log_likelihoods(lm: Any, encoder: PromptEncoder, prompts: Sequence[Sequence[int]], *, batch_size: int = 8) -> np.ndarray:
+def class_log_likelihoods(lm: Any, encoder: PromptEncoder, prompts: Sequence[Sequence[int]], *, batch_size: int = 16) -> np.ndarray:
     """(N, C): the log-probability the LM gives each class's answer tokens and the eos after them,
     after each prompt. The answer of highest likelihood is the prediction; a softmax over a row is
-    the model's probability of each option."""
+    the model's probability of each option. Each prompt is encoded once; its cache is repeated for
+    the C answers, which are scored in one more pass."""
     device = next(lm.parameters()).device
     answers = [[*a, encoder.eos] for a in encoder.answers]
-    scores = np.zeros((len(prompts), len(answers)), dtype=np.float64)
-    for start in range(0, len(prompts), batch_size):
-        chunk = prompts[start : start + batch_size]
-        rows = [[*p, *a] for p in chunk for a in answers]  # (b * C) sequences
-        ids, mask = _pad(rows, encoder.eos)
-        logits = lm(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()  # (b*C, T, V)
-        logp = torch.log_softmax(logits[:, :-1], dim=-1)
-        for k, (p, a) in enumerate((p, a) for p in chunk for a in answers):
-            positions = torch.arange(len(p) - 1, len(p) + len(a) - 1)  # where each answer token is predicted
-            total = logp[k, positions, torch.tensor(a)].sum()
-            scores[start + k // len(answers), k % len(answers)] = float(total)
+    n_classes, width = len(answers), max(len(a) for a in answers)
+    padded = torch.tensor([a + [encoder.eos] * (width - len(a)) for a in answers], device=device)  # (C, A)
+    counted = torch.arange(width - 1, device=device) < torch.tensor([len(a) - 1 for a in answers], device=device)[:, None]  # (C, A-1)
+    scores = np.zeros((len(prompts), n_classes), dtype=np.float64)
+    for chunk in _by_length(prompts, batch_size):
+        ids = torch.tensor([list(prompts[i]) for i in chunk], device=device)  # (b, T)
+        out = lm(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=True)
+        first = torch.log_softmax(out.logits[:, -1].float(), dim=-1)  # (b, V): the answers' first tokens
+        name = "cache" if "cache" in out else "past_key_values"  # transformers 5 renamed it
+        cache = out[name]
+        cache.batch_repeat_interleave(n_classes)  # (b * C) rows, each prompt's C in a row
+        follow = padded.repeat(len(chunk), 1)  # (b * C, A)
+        mask = torch.ones((len(chunk) * n_classes, ids.shape[1] + width), dtype=torch.long, device=device)
+        rest = torch.log_softmax(lm(input_ids=follow, attention_mask=mask, **{name: cache}).logits.float(), dim=-1)
+        b = len(chunk)
+        later = rest[:, :-1].gather(-1, follow[:, 1:, None])[..., 0]  # (b * C, A-1): each next answer token
+        later = (later * counted.repeat(b, 1)).sum(dim=1).view(b, n_classes)
+        scores[chunk] = (first.gather(1, padded[:, 0].expand(b, n_classes)) + later).cpu().numpy()
     return scores
 
 
@@ -348,20 +356,15 @@ def generate_answers(lm: Any, encoder: PromptEncoder, prompts: Sequence[Sequence
     padded and each answer is the one the LM gives the prompt alone."""
     device = next(lm.parameters()).device
     new_tokens = max(len(a) for a in encoder.answers) + 2
-    by_length: dict[int, list[int]] = {}
-    for index, row in enumerate(prompts):
-        by_length.setdefault(len(row), []).append(index)
     answers = [""] * len(prompts)
-    for indices in by_length.values():
-        for start in range(0, len(indices), batch_size):
-            chunk = indices[start : start + batch_size]
-            ids = torch.tensor([list(prompts[i]) for i in chunk], device=device)  # (b, T)
-            out = lm.generate(
-                input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens, do_sample=False,
-                pad_token_id=encoder.eos, eos_token_id=encoder.eos,
-            )
-            for i, text in zip(chunk, encoder.tokenizer.batch_decode(out[:, ids.shape[1] :], skip_special_tokens=True), strict=True):
-                answers[i] = text.strip().split("\n")[0].strip()
+    for chunk in _by_length(prompts, batch_size):
+        ids = torch.tensor([list(prompts[i]) for i in chunk], device=device)  # (b, T)
+        out = lm.generate(
+            input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens, do_sample=False,
+            pad_token_id=encoder.eos, eos_token_id=encoder.eos,
+        )
+        for i, text in zip(chunk, encoder.tokenizer.batch_decode(out[:, ids.shape[1] :], skip_special_tokens=True), strict=True):
+            answers[i] = text.strip().split("\n")[0].strip()
     return answers
 
 
@@ -456,11 +459,16 @@ class VLLaVO(VisionLanguageModel):
                 for row in probs]
 
     def save_pretrained(self, directory: str | os.PathLike) -> Path:
-        """Write the checkpoint: ``config.json``, the adapter (``adapter/``) and the tokenizer."""
-        path = write_config(directory, self.config, model_type=MODEL_TYPE, architecture="VlmkitVLLaVO")
-        self.lm.save_pretrained(path / "adapter")
-        self.tokenizer.save_pretrained(path / "tokenizer")
-        return path
+        return save_checkpoint(directory, self.config, self.lm, self.tokenizer)
+
+
+def save_checkpoint(directory: str | os.PathLike, config: VLLaVOConfig, lm: Any, tokenizer: Any) -> Path:
+    """Write a checkpoint: ``config.json``, the LoRA adapter of the peft-wrapped ``lm`` in peft's
+    format (``adapter/``; the base LM is not copied) and the tokenizer (``tokenizer/``)."""
+    path = write_config(directory, config, model_type=MODEL_TYPE, architecture="VlmkitVLLaVO")
+    lm.save_pretrained(path / "adapter")
+    tokenizer.save_pretrained(path / "tokenizer")
+    return path
 
 
 def load_lm(name: str, *, device: torch.device | str = "cpu", dtype: torch.dtype | None = None) -> tuple[Any, Any]:
