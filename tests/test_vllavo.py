@@ -16,8 +16,8 @@ from vlmkit import testing
 from vlmkit.errors import InputError
 from vlmkit.models.vllavo import (
     MASK_WORD,
-    DescriberConfig,
     Describer,
+    DescriberConfig,
     PromptEncoder,
     class_log_likelihoods,
     edit_distance,

@@ -7,7 +7,20 @@ import os
 import sys
 from collections.abc import Sequence
 
-from . import bootstrap, chat, compare, demo, describe, evaluate, interrogate, models, search, serve, tasks, train
+from . import (
+    bootstrap,
+    chat,
+    compare,
+    demo,
+    describe,
+    evaluate,
+    interrogate,
+    models,
+    search,
+    serve,
+    tasks,
+    train,
+)
 from .common import CommandError
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130

@@ -208,12 +208,11 @@ def prepare(config: VLLaVOTrainConfig, run: Run) -> tuple[list[Described], list[
     classes = _classes(config, [e.label for e in source])
     figures: dict[str, Any] = {"source_images": len(source)}
     if run.is_main and not (run.resume and path.is_file()):
+        import vlmkit
         from vlmkit.models.vllavo import Describer
 
         rows: list[Described] = []
         if config.target:
-            import vlmkit
-
             model = vlmkit.load(config.source_model, device=run.device)
             if model.kind.model_type != MODEL_TYPE:
                 raise InputError(f"source_model={config.source_model} is not a VLLaVO checkpoint (a `vlmkit train vllavo` model/)")
@@ -221,7 +220,7 @@ def prepare(config: VLLaVOTrainConfig, run: Run) -> tuple[list[Described], list[
                 raise InputError("the source model describes images with other settings; set describer.* as it was trained")
             describer = model.describer  # type: ignore[attr-defined]
         else:
-            describer = Describer.from_config(config.describer, device=run.device)
+            describer = Describer.from_config(config.describer, load=vlmkit.load, device=run.device)
         texts = describe_examples(describer, source, progress=run.progress, desc="describe source")
         rows += [Described(e.id, t, e.label) for e, t in zip(source, texts, strict=True)]
         if config.target:

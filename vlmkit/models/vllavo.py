@@ -176,12 +176,9 @@ class Describer:
         self._embeddings: dict[str, np.ndarray] = {}
 
     @classmethod
-    def from_config(cls, config: DescriberConfig, *, device: str | torch.device = "cpu", load: Any = None) -> Describer:
-        """Load the config's tagger and captioner (one model when they are the same name)."""
-        if load is None:
-            from ..loading import load as load_model
-
-            load = load_model
+    def from_config(cls, config: DescriberConfig, *, load: Any, device: str | torch.device = "cpu") -> Describer:
+        """Load the config's tagger and captioner with ``load`` (``vlmkit.load``; one model when
+        they are the same name)."""
         tagger = load(config.tagger, device=device)
         captioner = tagger if config.captioner == config.tagger else load(config.captioner, device=device)
         return cls(config, tagger, captioner)
@@ -477,10 +474,11 @@ def load_lm(name: str, *, device: torch.device | str = "cpu", dtype: torch.dtype
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(name)
-        lm = AutoModelForCausalLM.from_pretrained(name, use_safetensors=True, dtype=dtype or torch.float32)
+        lm: Any = AutoModelForCausalLM.from_pretrained(name, use_safetensors=True, dtype=dtype or torch.float32)
     except (OSError, ValueError, KeyError) as exc:
         raise ModelNotFoundError(f"{name}: cannot load a causal language model ({exc})") from None
-    return lm.to(device), tokenizer
+    lm.to(torch.device(device))
+    return lm, tokenizer
 
 
 def load_native(path: str | os.PathLike, *, name: str, device: torch.device, dtype: torch.dtype, load: Any = None) -> VLLaVO:
@@ -499,6 +497,8 @@ def load_native(path: str | os.PathLike, *, name: str, device: torch.device, dty
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
         raise ModelNotFoundError(f"{where}: the adapter does not fit {config.language_model} ({exc})") from None
     tokenizer = load_tokenizer(where / "tokenizer")
+    if load is None:
+        raise TypeError("load_native needs the loader (vlmkit.load) to load the describer's models")
     describer = Describer.from_config(config.describer, device=device, load=load)
     return VLLaVO(name, config, describer, lm, tokenizer, device, dtype)
 
