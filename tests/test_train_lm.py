@@ -82,7 +82,7 @@ def test_packed_segments_share_one_description():
 
 
 def test_loss_on_prompts_or_targets_leaves_the_rest_unpredicted(texts):
-    from vlmkit_train.lm import SPECIAL_TOKEN, _batch, _encode, _lead_text
+    from vlmkit_train.lm import SPECIAL_TOKEN, _encode, _lead_text, loss_batch
 
     example = make_split(1, 0, "train")[0]
     text = corpus_texts([example], context=True, segments=3)[0]  # description, then three segments
@@ -91,7 +91,7 @@ def test_loss_on_prompts_or_targets_leaves_the_rest_unpredicted(texts):
 
     def predicted(loss_on: str) -> str:
         (ids, keep), = _encode(tokenizer, [text], 256, loss_on=loss_on)
-        _, _, labels = _batch([(ids, keep)], tokenizer.eos_token_id)
+        _, _, labels = loss_batch([(ids, keep)], tokenizer.eos_token_id)
         assert labels[0, 0] == -100 and labels[0, -1] == tokenizer.eos_token_id  # bos never, the closing eos always
         return tokenizer.decode([t for t in labels[0].tolist() if t != -100])
 

@@ -54,6 +54,7 @@ __all__ = [
     "description_prompt_ids",
     "training_texts",
     "split_heldout",
+    "loss_batch",
     "CAPTION_TEMPLATE",
     "QA_TEMPLATE",
     "SPECIAL_TOKEN",
@@ -257,7 +258,7 @@ def _encode(tokenizer: Any, texts: list[str], max_length: int, *, loss_on: str =
     return rows
 
 
-def _batch(rows: list[tuple[list[int], list[bool]]], pad: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def loss_batch(rows: list[tuple[list[int], list[bool]]], pad: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Right-padded (ids, attention mask, labels), each (B, T); padding and the tokens that carry
     no loss are -100 in the labels. The mask comes from the lengths, not the ids, because the pad
     token is also eos."""
@@ -280,7 +281,7 @@ def _heldout_loss(model: Any, rows: list[tuple[list[int], list[bool]]], pad: int
     model.eval()
     total, count = 0.0, 0
     for start in range(0, len(rows), batch_size):
-        ids, mask, labels = (t.to(device) for t in _batch(rows[start : start + batch_size], pad))
+        ids, mask, labels = (t.to(device) for t in loss_batch(rows[start : start + batch_size], pad))
         logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()  # (B, T-1, V)
         targets = labels[:, 1:]
         total += nn.functional.cross_entropy(logits.transpose(1, 2), targets, ignore_index=-100, reduction="sum").item()
@@ -348,7 +349,7 @@ def build(config: LMConfig, run: Run, *, texts: Sequence[str] | None = None) -> 
 
     def micro_step(model: nn.Module, index: int) -> dict[str, torch.Tensor]:
         rows = batch_rows(seed, index, dataset_size=len(train_rows), batch_size=config.run.batch_size, world=run.world, rank=run.rank)
-        ids, mask, labels = (t.to(run.device) for t in _batch([train_rows[i] for i in rows], special))
+        ids, mask, labels = (t.to(run.device) for t in loss_batch([train_rows[i] for i in rows], special))
         return {"loss": model(input_ids=ids, attention_mask=mask, labels=labels).loss}
 
     def final_record(model: nn.Module) -> dict[str, Any]:

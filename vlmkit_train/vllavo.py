@@ -50,6 +50,7 @@ from vlmkit.models.vllavo import (
 
 from .config import DataConfig, RunConfig, data_seed
 from .driver import MODEL_DIR, Plan, Recipe, Run, TrainResult, train
+from .lm import loss_batch
 from .loop import batch_rows
 
 __all__ = ["VLLaVOTrainConfig", "PRESETS", "RECIPE", "Described", "vllavo_config", "train_vllavo", "describe_examples",
@@ -265,19 +266,6 @@ def lora_model(config: VLLaVOTrainConfig, lm: Any) -> Any:
         raise InputError(f"LoRA cannot adapt {config.language_model}: {exc} (set lora_targets=NAMES)") from None
 
 
-def _batch(rows: Sequence[tuple[list[int], list[int]]], pad: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Right-padded (ids, attention mask, labels), each (B, T); padding is -100 in the labels."""
-    width = max(len(ids) for ids, _ in rows)
-    ids = torch.full((len(rows), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    labels = torch.full((len(rows), width), -100, dtype=torch.long)
-    for i, (row, target) in enumerate(rows):
-        ids[i, : len(row)] = torch.tensor(row)
-        mask[i, : len(row)] = 1
-        labels[i, : len(row)] = torch.tensor(target)
-    return ids, mask, labels
-
-
 def build(config: VLLaVOTrainConfig, run: Run, *, prepared: tuple[list[Described], list[str], dict[str, Any]] | None = None) -> Plan:
     """LoRA on the LM, learning each training row's answer from its description."""
     import warnings
@@ -292,7 +280,10 @@ def build(config: VLLaVOTrainConfig, run: Run, *, prepared: tuple[list[Described
     max_length = config.max_length or context_length(lm)
     encoder = PromptEncoder(tokenizer, classes, max_length)
     masking = np.random.default_rng([data_seed(config), 7])
-    encoded = [encoder.training_row(mask_class_words(r.description, classes, config.mask_rate, masking), r.label) for r in rows]
+    encoded = []  # (ids, which of them carry loss): the answer's tokens and the eos after it
+    for r in rows:
+        ids, labels = encoder.training_row(mask_class_words(r.description, classes, config.mask_rate, masking), r.label)
+        encoded.append((ids, [t != -100 for t in labels]))
     figures["truncated_descriptions"] = encoder.truncated
     if encoder.truncated:
         warnings.warn(f"{encoder.truncated} of {len(rows)} descriptions were cut to fit the LM's {max_length} positions", stacklevel=2)
@@ -301,7 +292,7 @@ def build(config: VLLaVOTrainConfig, run: Run, *, prepared: tuple[list[Described
 
     def micro_step(model: nn.Module, index: int) -> dict[str, torch.Tensor]:
         picked = batch_rows(seed, index, dataset_size=len(encoded), batch_size=config.run.batch_size, world=run.world, rank=run.rank)
-        ids, mask, labels = (t.to(run.device) for t in _batch([encoded[i] for i in picked], eos))
+        ids, mask, labels = (t.to(run.device) for t in loss_batch([encoded[i] for i in picked], eos))
         return {"loss": model(input_ids=ids, attention_mask=mask, labels=labels).loss}
 
     def export(model: Any, out: Path) -> Path:
