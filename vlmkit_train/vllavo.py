@@ -113,14 +113,19 @@ PRESET_NOTES: dict[str, str] = {
 }
 
 
-def _check(config: VLLaVOTrainConfig) -> None:
+def _check_settings(config: VLLaVOTrainConfig) -> None:
     if not config.language_model:
         raise InputError("set language_model=LM (a causal LM's hub id or directory; offline, `vlmkit train lm` makes one)")
     if not config.data.spec:
         raise InputError("set data.spec=SPEC: the labelled source images (e.g. shapes-domains:photo,cartoon,sketch)")
     if bool(config.target) != bool(config.source_model):
         raise InputError("adaptation needs both target=SPEC (the unlabelled target images) and source_model=DIR (the source-trained model)")
-    _classes(config, [e.label for e in source_examples(config)])  # before the run directory is made
+
+
+def _check(config: VLLaVOTrainConfig) -> None:
+    """The settings, then the source data's labels against the classes, before the run directory is made."""
+    _check_settings(config)
+    _classes(config, [e.label for e in source_examples(config)])
 
 
 # -- data ------------------------------------------------------------------------------------------
@@ -328,5 +333,6 @@ def train_vllavo(
 ) -> TrainResult:
     """Run the recipe (:func:`vlmkit_train.driver.train`); ``prepared`` gives the training rows and
     classes directly (a benchmark that describes its images once for many runs)."""
-    recipe = dataclasses.replace(RECIPE, build=functools.partial(build, prepared=prepared)) if prepared is not None else RECIPE
+    # Given rows, the data spec is never read: only the settings are checked.
+    recipe = RECIPE if prepared is None else dataclasses.replace(RECIPE, build=functools.partial(build, prepared=prepared), check=_check_settings)
     return train(recipe, config, out_dir, resume=resume, progress=progress, stop_after=stop_after)
