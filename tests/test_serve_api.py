@@ -719,8 +719,8 @@ def test_shutdown_closes_the_batchers() -> None:
     with TestClient(app) as client:
         assert client.post("/v1/embeddings", json={"model": "slow", "input": "a"}).status_code == 200
         batcher = app.state.served["slow"].batchers["embed_text"]
-        assert batcher._worker.is_alive()
-    assert not batcher._worker.is_alive()
+        assert all(w.is_alive() for w in batcher._workers)
+    assert not any(w.is_alive() for w in batcher._workers)
 
 
 def test_a_bug_in_a_model_call_is_a_logged_500(small: dict[str, Any], caplog: pytest.LogCaptureFixture) -> None:

@@ -7,10 +7,11 @@ import asyncio
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, wait
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import Any
 
 import pytest
+from fastapi.testclient import TestClient
 
 from vlmkit_server.batching import DynamicBatcher, QueueFull, ShuttingDown
 from vlmkit_server.routing import Route, Routes, choose_route
@@ -368,3 +369,26 @@ def test_routes_are_configurable() -> None:
     assert route(custom, "Tell me").reason == "an open-ended request ('tell')"
     assert route(custom, "Why not?") == Route("vqa", "ask", "a short question (2 words)")  # 'why' is no longer open-ended
     assert Route("vqa", "ask", "x").to_dict() == {"model": "vqa", "task": "ask", "reason": "x"}
+
+
+def test_a_model_that_takes_concurrent_calls_gets_them_at_once() -> None:
+    """A model served from elsewhere (``concurrency`` > 1) has that many calls in flight together:
+    three chats meet at a barrier that only three calls in flight at once can pass."""
+    from vlmkit_server import create_api_app
+
+    barrier = threading.Barrier(3, timeout=20)
+
+    class Elsewhere:
+        concurrency = 3
+        kind = type("Kind", (), {"tasks": frozenset({"chat"}), "label": "remote"})()
+
+        def chat(self, messages: list[dict[str, Any]], *, stream: bool = False, **options: Any) -> str:
+            barrier.wait()  # raises BrokenBarrierError (a 500) unless 3 calls are here at once
+            return "met"
+
+    app = create_api_app({"far": Elsewhere()})
+    with TestClient(app) as client, ThreadPoolExecutor(3) as pool:
+        body = {"model": "far", "messages": [{"role": "user", "content": "hi"}]}
+        replies = list(pool.map(lambda _: client.post("/v1/chat/completions", json=body), range(3)))
+    assert [r.status_code for r in replies] == [200] * 3
+    assert {r.json()["choices"][0]["message"]["content"] for r in replies} == {"met"}

@@ -6,12 +6,15 @@ function once for all of them. A full queue refuses new work at once (:class:`Qu
 server answers with 429) instead of letting latency grow without bound. When a batch fails, its
 items are retried one by one, so one bad input fails only its own request.
 
-Models are not guaranteed to be thread-safe, so batchers of one model share its lock.
+Models are not guaranteed to be thread-safe, so batchers of one model share its lock. A model that
+lives elsewhere (Ray Serve replicas, a remote server) takes several calls at once: its batchers run
+``workers`` threads and no lock, so that many batches are in flight together.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import queue
 import threading
 import time
@@ -46,12 +49,13 @@ class DynamicBatcher:
         max_batch: int = 16,
         window_ms: float = 5.0,
         max_queue: int = 256,
-        lock: threading.Lock | None = None,
+        lock: contextlib.AbstractContextManager[Any] | None = None,
         name: str = "batcher",
         on_batch: Callable[[int], None] | None = None,
+        workers: int = 1,
     ) -> None:
-        if max_batch < 1 or max_queue < 1 or window_ms < 0:
-            raise ValueError("max_batch and max_queue must be >= 1 and window_ms >= 0")
+        if max_batch < 1 or max_queue < 1 or window_ms < 0 or workers < 1:
+            raise ValueError("max_batch, max_queue and workers must be >= 1 and window_ms >= 0")
         self.fn, self.max_batch, self.window = fn, max_batch, window_ms / 1000.0
         self.lock = lock or threading.Lock()
         self.name = name
@@ -59,8 +63,11 @@ class DynamicBatcher:
         self._queue: queue.Queue[_Job | None] = queue.Queue(maxsize=max_queue)
         self._closed = False
         self._closing = threading.Lock()  # no job can be queued behind the worker's stop signal
-        self._worker = threading.Thread(target=self._run, name=f"vlmkit-batch-{name}", daemon=True)
-        self._worker.start()
+        self._workers = [
+            threading.Thread(target=self._run, name=f"vlmkit-batch-{name}-{i}", daemon=True) for i in range(workers)
+        ]
+        for worker in self._workers:
+            worker.start()
 
     @property
     def depth(self) -> int:
@@ -87,8 +94,11 @@ class DynamicBatcher:
             if self._closed:
                 return
             self._closed = True
-        self._queue.put(None)
-        self._worker.join(timeout)
+        for _ in self._workers:
+            self._queue.put(None)  # one stop signal a worker; a worker that takes one stops taking work
+        deadline = time.perf_counter() + timeout
+        for worker in self._workers:
+            worker.join(max(0.0, deadline - time.perf_counter()))
 
     def _run(self) -> None:
         while True:
@@ -109,18 +119,8 @@ class DynamicBatcher:
                     break
                 batch.append(job)
             self._execute(batch)
-            if stop:
-                self._drain()
+            if stop:  # every job was queued before the stop signals, so the other workers take what is left
                 return
-
-    def _drain(self) -> None:
-        while True:
-            try:
-                job = self._queue.get_nowait()
-            except queue.Empty:
-                return
-            if job is not None:
-                self._execute([job])
 
     def _execute(self, batch: list[_Job]) -> None:
         live = [job for job in batch if job.future.set_running_or_notify_cancel()]

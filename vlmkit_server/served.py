@@ -8,6 +8,10 @@ admitted the same way (a full queue is :class:`~vlmkit_server.batching.QueueFull
 under the same timeout (:class:`~vlmkit_server.errors.RequestTimeout`, a 504) and is closed on
 shutdown with the rest.
 
+A model served from elsewhere (Ray Serve replicas, a remote OpenAI-compatible server) says how many
+calls it takes at once in its ``concurrency`` attribute; its queues then run that many workers and
+hold no lock, so the replicas or the remote server work in parallel, and batch on their side.
+
 The decoding settings of a request are built in one place, :func:`generation_options`, and handed
 to the models as the one value they take (``options=``).
 """
@@ -51,7 +55,8 @@ class Served:
 
     def __init__(self, name: str, model: Any, config: ServerConfig, metrics: Metrics) -> None:
         self.name, self.model, self.config, self.metrics = name, model, config, metrics
-        self.lock = threading.Lock()
+        self.concurrency = max(1, int(getattr(model, "concurrency", 1)))
+        self.lock: Any = threading.Lock() if self.concurrency == 1 else _NoLock()
         self.batchers: dict[str, DynamicBatcher] = {}
 
     @property
@@ -108,7 +113,8 @@ class Served:
             self.batchers[task] = DynamicBatcher(
                 fn if fn is not None else _one_call, max_batch=self.config.max_batch if batched else 1,
                 window_ms=self.config.window_ms if batched else 0.0, max_queue=self.config.max_queue,
-                lock=self.lock if batched else None, name=f"{self.name}/{task}", on_batch=self._counter(task),
+                lock=self.lock if batched else _NoLock() if self.concurrency > 1 else None, name=f"{self.name}/{task}",
+                on_batch=self._counter(task), workers=self.concurrency,
             )
         return self.batchers[task]
 
@@ -223,6 +229,22 @@ def _grouped(items: list[Any], key: Callable[[Any], Hashable], call: Callable[[l
         for i, text in zip(rows, call([items[i] for i in rows]), strict=True):
             out[i] = text
     return out
+
+
+class _NoLock:
+    """The lock of a model that takes concurrent calls: holds nothing."""
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        return True
+
+    def release(self) -> None:
+        return None
 
 
 def _one_call(calls: list[Callable[[], Any]]) -> list[Any]:
