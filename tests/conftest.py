@@ -66,3 +66,28 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     from vlmkit.testing import build_all
 
     return build_all(tmp_path_factory.mktemp("tiny"))
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """A local Ray cluster of a head node with no CPUs and two worker nodes of 2 CPUs each, shared by
+    the Ray tests (index, captioning, CapFilt, serving); the Ray driver is connected to it."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    # Ray's usage-stats collector queries a Prometheus server on localhost:9090 after every dataset
+    # and logs each refused connection as a DEBUG traceback: noise that reads like a failure in the
+    # captured logs. Usage stats off (the env var is read by the driver and the nodes it starts).
+    saved = os.environ.get("RAY_USAGE_STATS_ENABLED")
+    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+    local = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+    workers = [local.add_node(num_cpus=2), local.add_node(num_cpus=2)]
+    local.wait_for_nodes()
+    ray.init(address=local.address, log_to_driver=False)
+    yield workers
+    ray.shutdown()
+    local.shutdown()
+    if saved is None:
+        os.environ.pop("RAY_USAGE_STATS_ENABLED", None)
+    else:
+        os.environ["RAY_USAGE_STATS_ENABLED"] = saved

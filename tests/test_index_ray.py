@@ -3,7 +3,6 @@ and a re-run after an interruption skips what was committed."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -15,27 +14,11 @@ from vlmkit.index import ImageIndex
 
 
 @pytest.fixture(scope="module")
-def cluster():
+def cluster(ray_cluster):
     import index_fakes
-    from ray.cluster_utils import Cluster
 
-    # Ray's usage-stats collector queries a Prometheus server on localhost:9090 after every dataset
-    # and logs each refused connection as a DEBUG traceback: noise that reads like a failure in the
-    # captured logs. Usage stats off (the env var is read by the driver and the nodes it starts).
-    saved = os.environ.get("RAY_USAGE_STATS_ENABLED")
-    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
     ray.cloudpickle.register_pickle_by_value(index_fakes)  # the workers cannot import tests/
-    local = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
-    workers = [local.add_node(num_cpus=2), local.add_node(num_cpus=2)]
-    local.wait_for_nodes()
-    ray.init(address=local.address, log_to_driver=False)
-    yield workers
-    ray.shutdown()
-    local.shutdown()
-    if saved is None:
-        os.environ.pop("RAY_USAGE_STATS_ENABLED", None)
-    else:
-        os.environ["RAY_USAGE_STATS_ENABLED"] = saved
+    return ray_cluster
 
 
 def _collection(root: Path) -> Path:

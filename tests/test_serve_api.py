@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import copy
+import functools
 import io
 import json
 import logging
@@ -165,19 +166,83 @@ class BuggyModel:
 # -- fixtures --------------------------------------------------------------------------------------
 
 
+#: id of a loaded model -> what it was loaded from (the Ray replicas load it again from there).
+LOADED_FROM: dict[int, str] = {}
+
+
 @pytest.fixture(scope="module")
 def models(tiny: dict[str, Path]) -> dict[str, Any]:
-    return {
-        "default": vlmkit.load("default"),
-        "llava": vlmkit.load(str(tiny["llava"])),
-        "blip-vqa": vlmkit.load(str(tiny["blip_vqa"])),
-        "clip": vlmkit.load(str(tiny["clip"])),
-    }
+    sources = {"default": "default", "llava": str(tiny["llava"]), "blip-vqa": str(tiny["blip_vqa"]), "clip": str(tiny["clip"])}
+    loaded = {name: vlmkit.load(source) for name, source in sources.items()}
+    LOADED_FROM.update({id(loaded[name]): source for name, source in sources.items()})
+    return loaded
+
+
+class RayDeployments:
+    """The Ray engine for the tests: every model object deployed once (on the shared two-worker
+    cluster) and reused by every app of the module; removed at the module's end."""
+
+    def __init__(self) -> None:
+        import sys
+
+        import ray
+
+        from vlmkit_server.ray_engine import RayEngine
+
+        ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the fakes; the replicas cannot import tests/
+        self.engine = RayEngine(replica_cpus=0.25)
+        self.proxies: dict[tuple[str, int], Any] = {}
+
+    def models(self, models: dict[str, Any], config: ServerConfig) -> dict[str, Any]:
+        for name, model in models.items():
+            if (name, id(model)) not in self.proxies:
+                (proxy,) = self.engine.deploy({name: _shipped(model)}, max_batch=config.max_batch, window_ms=config.window_ms,
+                                              timeout_s=config.timeout_s).values()
+                self.proxies[name, id(model)] = proxy
+        return {name: self.proxies[name, id(model)] for name, model in models.items()}
+
+    # What create_api_app asks of its engine; the deployments outlive each app.
+    metrics = property(lambda self: self.engine.metrics, lambda self, value: setattr(self.engine, "metrics", value))
+
+    def replica_states(self) -> dict[str, dict[str, int]]:
+        return self.engine.replica_states()
+
+    def shutdown(self) -> None:
+        pass
+
+
+def _shipped(model: Any) -> Callable[[], Any]:
+    """The factory a replica builds the model with: ``vlmkit.load`` of its checkpoint, as ``vlmkit
+    serve --engine ray`` does, or (a fake) a copy of the object itself."""
+    source = LOADED_FROM.get(id(model))
+    if source is not None:
+        return functools.partial(vlmkit.load, source)
+    return lambda: model
+
+
+@pytest.fixture(scope="module", params=["local", "ray"])
+def engine(request: pytest.FixtureRequest) -> Iterator[RayDeployments | None]:
+    """The API, pages, errors and limits run against both engines: one process, and Ray Serve."""
+    if request.param == "local":
+        yield None
+        return
+    request.getfixturevalue("ray_cluster")
+    deployments = RayDeployments()
+    yield deployments
+    deployments.engine.shutdown()
+
+
+def api_app(models: dict[str, Any], config: ServerConfig | None = None, engine: RayDeployments | None = None) -> Any:
+    """``create_api_app`` over ``models``, served in this process or by their Ray deployments."""
+    config = config or ServerConfig()
+    if engine is None:
+        return create_api_app(models, config)
+    return create_api_app(engine.models(models, config), config, engine=engine)
 
 
 @pytest.fixture(scope="module")
-def server(models: dict[str, Any]) -> Iterator[str]:
-    with live_server(create_api_app(models, ServerConfig(api_keys=(KEY,), routes=ROUTES))) as url:
+def server(models: dict[str, Any], engine: RayDeployments | None) -> Iterator[str]:
+    with live_server(api_app(models, ServerConfig(api_keys=(KEY,), routes=ROUTES), engine)) as url:
         yield url
 
 
@@ -208,8 +273,9 @@ def small(photos: dict[str, Path]) -> dict[str, Any]:
     return {"bytes": data, "url": data_url(data), "image": crop}
 
 
-def tiny_app(models: dict[str, Any] | None = None, **config: Any) -> TestClient:
-    return TestClient(create_api_app(models or {"slow": SlowEmbedder(0.0)}, ServerConfig(**config)), raise_server_exceptions=False)
+def tiny_app(models: dict[str, Any] | None = None, engine: RayDeployments | None = None, **config: Any) -> TestClient:
+    app = api_app(models or {"slow": SlowEmbedder(0.0)}, ServerConfig(**config), engine)
+    return TestClient(app, raise_server_exceptions=False)
 
 
 # -- the openai client -----------------------------------------------------------------------------

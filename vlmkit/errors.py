@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 __all__ = [
     "VlmkitError",
     "ImageError",
@@ -29,6 +31,9 @@ class ImageError(VlmkitError):
         self.source = source
         self.reason = reason
 
+    def __reduce__(self) -> tuple[Any, ...]:  # errors travel between processes (Ray replicas, workers)
+        return (type(self), (self.source, self.reason))
+
 
 class ImageTooLargeError(ImageError):
     """An image has more pixels than the limit allows (a possible decompression bomb)."""
@@ -52,3 +57,6 @@ class UnsupportedTaskError(VlmkitError):
         self.model = model
         self.kind = kind
         self.supported_by = supported_by
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.task, self.model, self.kind, self.supported_by))

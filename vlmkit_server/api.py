@@ -24,7 +24,7 @@ import contextlib
 from collections.abc import AsyncIterator, Callable
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, FastAPI
+from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import Response
 
 from vlmkit.errors import InputError
@@ -45,11 +45,15 @@ info = APIRouter()
 
 
 def create_api_app(
-    models: dict[str, Any], config: ServerConfig | None = None, *, health_extra: Callable[[], dict[str, Any]] | None = None
+    models: dict[str, Any], config: ServerConfig | None = None, *, health_extra: Callable[[], dict[str, Any]] | None = None,
+    engine: Any = None,
 ) -> FastAPI:
     """The API over ``models`` (name -> loaded vlmkit model). ``vlmkit serve`` mounts the search
     application (:func:`vlmkit_server.create_app`) under it when an index is configured;
-    ``health_extra`` adds its fields to ``/health``."""
+    ``health_extra`` adds its fields to ``/health``. ``engine``: the
+    :class:`~vlmkit_server.ray_engine.RayEngine` that deployed ``models`` (they are its
+    :class:`~vlmkit_server.ray_engine.RayModel` objects): it reports into the app's metrics and is
+    shut down with the app."""
     config = config or ServerConfig()
     if not models:
         raise InputError("serve at least one model")
@@ -61,6 +65,9 @@ def create_api_app(
 
     app = FastAPI(title="vlmkit", docs_url=None, redoc_url=None, lifespan=_lifespan)
     app.state.server, app.state.served, app.state.config, app.state.metrics = server, server.served, config, metrics
+    app.state.engine = engine
+    if engine is not None:
+        engine.metrics = metrics
     app.state.page_links = list(PAGE_LINKS)  # `vlmkit serve` adds the search page when it mounts one
     install_error_handlers(app)
     # Bodies over the limit are refused while they arrive (chunked ones too), before they are buffered.
@@ -81,6 +88,8 @@ def create_api_app(
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     yield
     app.state.server.close()  # uvicorn has let the requests in flight finish; stop the queues' workers
+    if app.state.engine is not None:
+        app.state.engine.shutdown()  # then the deployments
 
 
 @info.get("/health")
@@ -94,12 +103,17 @@ def health(server: ServerDep) -> dict[str, Any]:
 
 
 @info.get("/metrics")
-def prometheus(server: ServerDep) -> Response:
+def prometheus(request: Request, server: ServerDep) -> Response:
     from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
     for entry in server.served.values():
         for task, batcher in entry.batchers.items():
             server.metrics.queue.labels(entry.name, task).set(batcher.depth)
+    engine = getattr(request.app.state, "engine", None)
+    if engine is not None:
+        for model, states in engine.replica_states().items():
+            for state, count in states.items():
+                server.metrics.replicas.labels(model, state).set(count)
     return Response(generate_latest(server.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 

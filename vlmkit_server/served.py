@@ -78,6 +78,8 @@ class Served:
 
     def context(self) -> int | None:
         """The language model's positions (prompt and answer together), where the config says."""
+        if hasattr(self.model, "context_length"):  # a model served elsewhere says it itself
+            return self.model.context_length  # type: ignore[no-any-return]
         config = getattr(getattr(self.model, "model", None), "config", None)
         for part in (getattr(config, "text_config", None), config):
             value = getattr(part, "max_position_embeddings", None)
