@@ -11,10 +11,12 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import re
 import socket
 import struct
 import threading
 import time
+import tomllib
 import zlib
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -446,3 +448,31 @@ def test_startup_errors_are_one_line(launched: dict, remote: str, capsys: pytest
     assert "cannot connect" in down and "(asking for /v1/models)" in down
     assert "not a remote model" in _refused(["--model", "default", "--remote-key-env", f"gpu={KEY_VARIABLE}"], capsys)
     assert "ran" not in launched and "app" not in launched
+
+
+def test_the_readme_config_runs(launched: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The README's tandem.toml as written, with the GPU box on loopback and the built-in standing in
+    for BLIP (offline)."""
+    from vlmkit_cli.main import main
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("### Remote models in the tandem") :]
+    match = re.search(r"```toml\n(.*?)```", section, re.DOTALL)
+    assert match is not None
+    config = tomllib.loads(match.group(1))
+    gpu = create_api_app({"llava": EchoChat()}, ServerConfig(api_keys=(REMOTE_KEY,)))
+    with live_server(gpu) as url:
+        config["models"] = {"blip": "default", "llava": config["models"]["llava"].replace("http://gpu-box:8000", url)}
+        monkeypatch.setenv(config["remote_keys"]["llava"], REMOTE_KEY)
+        file = tmp_path / "tandem.json"
+        file.write_text(json.dumps(config))
+        assert main(["serve", "--config", str(file)]) == 0
+        app = TestClient(launched["app"])
+        caption = app.post("/v1/chat/completions", json={"model": "auto", "messages": [user("Describe this image.", _tiny_png())]})
+        assert caption.json()["model"] == "blip"
+        dialogue = app.post("/v1/chat/completions", json={"model": "auto", "messages": [user("Why is the sky blue?")], "max_tokens": 8})
+        assert dialogue.json()["model"] == "llava" and dialogue.json()["choices"][0]["message"]["content"].startswith("user:Why")
+
+
+def _tiny_png() -> str:
+    return data_url(png_bytes(Image.new("RGB", (8, 8), (200, 30, 30))))
