@@ -15,6 +15,7 @@ import vlmkit
 from vlmkit.errors import VlmkitError
 
 from .common import CommandError, _positive_int, load_model
+from .serve_remote import REMOTE_SETTINGS, add_remote_options, model_name, open_remotes
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
@@ -31,7 +32,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--host", default=DEFAULT_HOST, help=f"address to listen on (default: {DEFAULT_HOST}, this machine only)")
     p.add_argument("--port", type=_port, default=DEFAULT_PORT, help=f"port (default: {DEFAULT_PORT})")
     p.add_argument("--model", "-m", action="append", default=[], metavar="[NAME=]MODEL",
-                   help="a model to serve, repeatable: built-in name, checkpoint directory or hub id, optionally named")
+                   help="a model to serve, repeatable: built-in name, checkpoint directory, hub id or openai:URL[#MODEL] "
+                   "(a model on another OpenAI-compatible server), optionally named")
     p.add_argument("--config", default=None, metavar="FILE", help="a JSON or TOML file with the same settings (command-line options win)")
     p.add_argument("--index", default=None, help="index directory for search (default: $VLMKIT_INDEX, else the user data directory)")
     p.add_argument("--route", action="append", default=[], metavar="SIDE=NAME",
@@ -52,6 +54,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-window-ms", type=float, default=None, help="how long a batch waits for more requests (default: 5)")
     p.add_argument("--max-batch", type=_positive_int, default=None, help="requests per model call (default: 16)")
     p.add_argument("--max-queue", type=_positive_int, default=None, help="waiting requests per model and task before 429 (default: 64)")
+    add_remote_options(p)
     p.set_defaults(run=run_serve)
 
 
@@ -92,7 +95,7 @@ def _read_config(path: str) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise CommandError(f"config {file}: expected a table/object at the top level")
     known = {"models", "routes", "api_keys", "index", "allow_url_hosts", "cors_origins", "max_pixels", "timeout",
-             "batch_window_ms", "max_batch", "max_queue", "max_upload_mb"}
+             "batch_window_ms", "max_batch", "max_queue", "max_upload_mb", *REMOTE_SETTINGS}
     unknown = sorted(set(data) - known)
     if unknown:
         raise CommandError(f"config {file}: unknown settings {', '.join(unknown)} (known: {', '.join(sorted(known))})")
@@ -104,7 +107,7 @@ def _named(specs: list[str]) -> dict[str, str]:
     for spec in specs:
         name, eq, path = spec.partition("=")
         if not eq:
-            name, path = Path(spec).name or spec, spec
+            name, path = model_name(spec), spec
         if not name or not path:
             raise CommandError(f"--model: expected NAME=MODEL or MODEL, got {spec!r}")
         if name == "auto":
@@ -154,10 +157,11 @@ def run_serve(args: argparse.Namespace) -> int:
         route_config = Routes(**routes)
     except TypeError as exc:
         raise CommandError(f"routes: {exc}") from None
+    remotes = open_remotes(named, args, config)  # checked (the remotes asked) before any local model loads
     models = {}
     for name, model_path in named.items():
         args_for = argparse.Namespace(**{**vars(args), "model": model_path})
-        models[name] = load_model(args_for)
+        models[name] = remotes[name] if name in remotes else load_model(args_for)
     upload_mb = int(config.get("max_upload_mb") or args.max_upload_mb)
     server_config = ServerConfig(
         api_keys=tuple(keys),

@@ -31,7 +31,7 @@ from .batching import QueueFull, ShuttingDown
 from .pages import not_found_page, wants_page
 
 __all__ = [
-    "ApiError", "BadRequest", "Unauthorized", "ModelNotFound", "TooLarge", "RequestTimeout",
+    "ApiError", "BadRequest", "Unauthorized", "ModelNotFound", "TooLarge", "RequestTimeout", "BadGateway", "Unavailable",
     "Rule", "Problem", "API_RULES", "problem_of", "openai_envelope",
     "error_response", "install_error_handlers", "describe_validation",
 ]
@@ -70,6 +70,14 @@ class RequestTimeout(ApiError):
     """The request took longer than the server's timeout."""
 
 
+class BadGateway(ApiError):
+    """A model served from elsewhere failed, or answered with something that is not an answer."""
+
+
+class Unavailable(ApiError):
+    """A model served from elsewhere cannot be reached now."""
+
+
 @dataclass(frozen=True)
 class Rule:
     """What an exception type becomes: a status, an OpenAI error type, the message (``{}`` is
@@ -95,6 +103,8 @@ API_RULES: dict[type[BaseException], Rule] = {
     QueueFull: Rule(429, "rate_limit_error", "busy: {}; retry shortly", {"Retry-After": "1"}),
     ImageIndexError: Rule(503, "server_error"),  # missing, busy or damaged index: the server's problem
     ShuttingDown: Rule(503, "server_error"),
+    BadGateway: Rule(502, "server_error", "bad gateway: {}"),
+    Unavailable: Rule(503, "server_error", "{}; retry shortly", {"Retry-After": "2"}),
     RequestTimeout: Rule(504, "timeout"),
 }
 @dataclass(frozen=True)
