@@ -188,7 +188,7 @@ def _plan(model: VisionLanguageModel) -> _Plan:
             None if bias is None else float(bias.detach().float()), model.default_templates(),
         )
     raise InputError(
-        f"{model.name} is a {model.kind.label}, which has no image and text towers to export; "
+        f"{model.name} is a {model.kind.label}: it has no image and text towers, so it cannot be exported to ONNX; "
         f"the kinds that can be exported: {'; '.join(EXPORTABLE)}"
     )
 
