@@ -171,4 +171,6 @@ def ray_engine(args: argparse.Namespace, model: vlmkit.VisionLanguageModel) -> A
 
     from vlmkit.index.ray_engine import RayEngine
 
-    return RayEngine(functools.partial(vlmkit.load, model.name, device=args.device, dtype=args.dtype), address=args.address)
+    # What the user named, not model.name: an ONNX export goes by its source model's name.
+    source = getattr(args, "model", None) or model.name
+    return RayEngine(functools.partial(vlmkit.load, source, device=args.device, dtype=args.dtype), address=args.address)

@@ -14,6 +14,7 @@ from . import (
     demo,
     describe,
     evaluate,
+    export,
     interrogate,
     models,
     search,
@@ -26,7 +27,7 @@ from .common import CommandError
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 # Command groups, each registering its subcommands; no registration by import side effect.
-_GROUPS = (tasks, chat, models, demo, train, search, serve, evaluate, compare, interrogate, describe, bootstrap)
+_GROUPS = (tasks, chat, models, demo, train, search, serve, evaluate, compare, interrogate, describe, bootstrap, export)
 
 
 def build_parser() -> argparse.ArgumentParser:

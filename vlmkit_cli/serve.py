@@ -4,6 +4,7 @@ exists (see :mod:`vlmkit_server`)."""
 from __future__ import annotations
 
 import argparse
+import functools
 import ipaddress
 import json
 import os
@@ -55,6 +56,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-batch", type=_positive_int, default=None, help="requests per model call (default: 16)")
     p.add_argument("--max-queue", type=_positive_int, default=None, help="waiting requests per model and task before 429 (default: 64)")
     add_remote_options(p)
+    ray = p.add_argument_group("Ray Serve (--engine ray)")
+    ray.add_argument("--engine", choices=("local", "ray"), default="local",
+                     help="local: the models in this process (default); ray: each model a Ray Serve deployment with its own replicas")
+    ray.add_argument("--address", default=None, metavar="HOST:PORT",
+                     help="the Ray cluster's head (GCS) address (default: $RAY_ADDRESS, else a Ray instance started here)")
+    ray.add_argument("--replicas", action="append", default=[], metavar="NAME=N", help="replicas of a model (default: 1 each)")
+    ray.add_argument("--autoscale", action="append", default=[], metavar="NAME=MIN:MAX",
+                     help="let Ray Serve scale a model between MIN and MAX replicas by load")
+    ray.add_argument("--replica-cpus", type=float, default=1.0, help="CPUs each replica reserves (default: 1; a GPU each when the cluster has them)")
     p.set_defaults(run=run_serve)
 
 
@@ -125,9 +135,9 @@ def run_serve(args: argparse.Namespace) -> int:
         import fastapi  # noqa: F401
         import prometheus_client  # noqa: F401
         import python_multipart  # noqa: F401
-        import uvicorn
+        import uvicorn  # noqa: F401
 
-        from vlmkit_server import ServerConfig, create_api_app, create_app
+        from vlmkit_server import ServerConfig
         from vlmkit_server.routing import Routes
     except ImportError as exc:
         raise CommandError(f"`vlmkit serve` needs {exc.name or 'FastAPI and uvicorn'}: pip install 'vlmkit[serve]'") from None
@@ -157,11 +167,17 @@ def run_serve(args: argparse.Namespace) -> int:
         route_config = Routes(**routes)
     except TypeError as exc:
         raise CommandError(f"routes: {exc}") from None
+    engine = _ray_engine(args) if args.engine == "ray" else None
+    if engine is None and (args.replicas or args.autoscale or args.address):
+        raise CommandError("--address, --replicas and --autoscale need --engine ray")
     remotes = open_remotes(named, args, config)  # checked (the remotes asked) before any local model loads
     models = {}
     for name, model_path in named.items():
         args_for = argparse.Namespace(**{**vars(args), "model": model_path})
-        models[name] = remotes[name] if name in remotes else load_model(args_for)
+        if name in remotes:
+            models[name] = remotes[name]
+        elif engine is None:
+            models[name] = load_model(args_for)
     upload_mb = int(config.get("max_upload_mb") or args.max_upload_mb)
     server_config = ServerConfig(
         api_keys=tuple(keys),
@@ -175,6 +191,46 @@ def run_serve(args: argparse.Namespace) -> int:
         cors_origins=tuple(args.cors_origin or config.get("cors_origins") or ()),
         routes=route_config,
     )
+    if engine is not None:
+        from vlmkit_server.ray_engine import replica_model
+
+        local = {name: path for name, path in named.items() if name not in remotes}
+        factories = {name: functools.partial(replica_model, path, device=args.device, dtype=args.dtype, max_pixels=args.max_pixels)
+                     for name, path in local.items()}
+        print(f"vlmkit: deploying {', '.join(local)} on Ray Serve ...", file=sys.stderr)
+        try:
+            deployed = engine.deploy(factories, max_batch=server_config.max_batch, window_ms=server_config.window_ms,
+                                     timeout_s=server_config.timeout_s)
+        except VlmkitError as exc:
+            raise CommandError(str(exc)) from None
+        models = {name: deployed[name] if name in deployed else models[name] for name in named}
+        scales = ", ".join(f"{name} x{engine.scale(name).describe()}" for name in local)
+        print(f"vlmkit: Ray Serve replicas: {scales}", file=sys.stderr)
+    try:
+        return _serve(args, config, index, path, meta, models, server_config, upload_mb, engine)
+    finally:
+        if engine is not None:
+            engine.shutdown()  # nothing stays deployed after the server stops, or when it fails to start
+
+
+def _ray_engine(args: argparse.Namespace) -> Any:
+    try:
+        from vlmkit_server.ray_engine import RayEngine, parse_autoscale, parse_replicas
+    except ImportError as exc:
+        raise CommandError(f"--engine ray needs {exc.name or 'Ray Serve'}: pip install 'vlmkit[ray]'") from None
+    try:
+        return RayEngine(address=args.address or os.environ.get("RAY_ADDRESS"), replicas=parse_replicas(args.replicas),
+                         autoscale=parse_autoscale(args.autoscale), replica_cpus=args.replica_cpus)
+    except VlmkitError as exc:
+        raise CommandError(str(exc)) from None
+
+
+def _serve(args: argparse.Namespace, config: dict[str, Any], index: Any, path: Path, meta: dict[str, Any] | None,
+           models: dict[str, Any], server_config: Any, upload_mb: int, engine: Any) -> int:
+    import uvicorn
+
+    from vlmkit_server import create_api_app, create_app
+
     search = None
     if meta is not None:
         searcher = next((m for m in models.values() if m.name == meta["model"]), None)
@@ -186,7 +242,7 @@ def run_serve(args: argparse.Namespace) -> int:
         if search is not None:  # the search page reads the index's rows and model from /health
             search_model = search.state.model.name
             health_extra = lambda: {"rows": len(index), "model": search_model}  # noqa: E731
-        app = create_api_app(models, server_config, health_extra=health_extra)
+        app = create_api_app(models, server_config, health_extra=health_extra, engine=engine)
     except VlmkitError as exc:
         raise CommandError(str(exc)) from None
     if search is not None:

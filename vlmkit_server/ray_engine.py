@@ -38,7 +38,7 @@ from ray import serve
 from vlmkit.errors import InputError, VlmkitError
 from vlmkit.models.kinds import TASKS
 
-__all__ = ["RayEngine", "RayModel", "ReplicaUnavailable", "ModelReplica", "parse_replicas", "parse_autoscale"]
+__all__ = ["RayEngine", "RayModel", "ReplicaUnavailable", "ModelReplica", "parse_replicas", "parse_autoscale", "replica_model"]
 
 APP_PREFIX = "vlmkit-"
 #: Calls one replica takes at once (Serve's ``max_ongoing_requests``): enough to fill a batch.
@@ -63,6 +63,9 @@ class Scale:
     @property
     def most(self) -> int:
         return self.autoscale[1] if self.autoscale else self.replicas
+
+    def describe(self) -> str:
+        return f"{self.autoscale[0]}-{self.autoscale[1]} (autoscaled)" if self.autoscale else str(self.replicas)
 
     def options(self) -> dict[str, Any]:
         if self.autoscale is None:
@@ -99,6 +102,20 @@ def parse_autoscale(specs: Sequence[str]) -> dict[str, tuple[int, int]]:
             raise InputError(f"--autoscale: {name}: MAX must be at least 1, got {high}")
         out[name] = (int(low), int(high))
     return out
+
+
+def replica_model(source: str, *, device: str = "cpu", dtype: str | None = None, max_pixels: int | None = None) -> Any:
+    """The model of a replica, as ``vlmkit serve`` loads it: ``vlmkit.load(source)`` on the replica's
+    GPU when Ray gave it one (a CPU-only ``--device cpu`` then becomes ``cuda``)."""
+    import ray
+
+    import vlmkit
+
+    if device == "cpu" and ray.get_gpu_ids():
+        device = "cuda"
+    model = vlmkit.load(source, device=device, dtype=dtype)
+    model.max_pixels = max_pixels
+    return model
 
 
 # -- the replica ---------------------------------------------------------------------------------
@@ -368,10 +385,10 @@ class RayEngine:
         """Join the cluster (or start Ray here); an address that does not answer is a one-line error."""
         import ray
 
-        if ray.is_initialized():
-            return
         if self.address not in (None, "local", "auto"):
             _check_reachable(self.address, self.connect_timeout_s)
+        if ray.is_initialized():  # this process is already a driver of a cluster (tests, notebooks)
+            return
         try:
             ray.init(address=self.address, log_to_driver=False, configure_logging=False)
         except (ConnectionError, RuntimeError, ValueError) as exc:

@@ -95,6 +95,9 @@ KINDS: dict[str, ModelKind] = {
         _native("vllavo", "VlmkitVLLaVO", frozenset({"classify"}),
                 "VLLaVO: describe the image in words, ask a LoRA-tuned LM (Chen et al., 2024), from `vlmkit train vllavo`",
                 "vlmkit-vllavo", "vllavo"),
+        _native("onnx", "VlmkitOnnxEncoder", _RETRIEVAL,
+                "image and text towers of a dual encoder (CLIP, SigLIP, the built-in, vlmkit's own) exported by "
+                "`vlmkit export onnx`, run on ONNX Runtime", "vlmkit-onnx", "onnx"),
         ModelKind(
             "conse",
             "ConSE",
