@@ -5,6 +5,7 @@ a tiny BLIP VQA (random weights: their words are noise, but they stream and answ
 from __future__ import annotations
 
 import base64
+import functools
 import io
 import json
 import time
@@ -16,6 +17,7 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from PIL import Image
+from test_serve_api import FACTORIES, RayDeployments, api_app, engine  # noqa: F401 - engine is a fixture
 from test_serve_search import browser, live_server  # noqa: F401 - browser is a fixture
 
 import vlmkit
@@ -31,9 +33,19 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     from vlmkit.testing import build_blip_vqa, build_llava
 
     root = tmp_path_factory.mktemp("pages")
-    llava = vlmkit.load(str(build_llava(root / "llava")))
+    llava_path, blip_path = str(build_llava(root / "llava")), str(build_blip_vqa(root / "blip-vqa"))
+    models = {"default": vlmkit.load("default"), "llava": _paced_llava(llava_path), "blip-vqa": vlmkit.load(blip_path)}
+    # How a Ray replica builds each (the engine fixture serves them from Ray Serve too).
+    FACTORIES[id(models["llava"])] = functools.partial(_paced_llava, llava_path)
+    for name, source in (("default", "default"), ("blip-vqa", blip_path)):
+        FACTORIES[id(models[name])] = functools.partial(vlmkit.load, source)
+    return models
+
+
+def _paced_llava(path: str) -> Any:
+    llava = vlmkit.load(path)
     llava.chat = _paced(llava.chat)
-    return {"default": vlmkit.load("default"), "llava": llava, "blip-vqa": vlmkit.load(str(build_blip_vqa(root / "blip-vqa")))}
+    return llava
 
 
 def _paced(chat: Callable[..., Any], seconds: float = 0.02) -> Callable[..., Any]:
@@ -56,8 +68,9 @@ def _paced(chat: Callable[..., Any], seconds: float = 0.02) -> Callable[..., Any
 
 
 @pytest.fixture(scope="module")
-def server(models: dict[str, Any]) -> Iterator[str]:
-    with live_server(create_api_app(models, ServerConfig(routes=ROUTES))) as url:
+def server(models: dict[str, Any], engine: RayDeployments | None) -> Iterator[str]:  # noqa: F811 - the fixture imported above
+    """The pages against both engines: the models in this process, and served by Ray Serve."""
+    with live_server(api_app(models, ServerConfig(routes=ROUTES), engine)) as url:
         yield url
 
 

@@ -195,10 +195,14 @@ def run_serve(args: argparse.Namespace) -> int:
         from vlmkit_server.ray_engine import replica_model
 
         local = {name: path for name, path in named.items() if name not in remotes}
+        if not local:
+            raise CommandError("--engine ray: every model is remote (openai:URL); there is nothing to deploy")
         factories = {name: functools.partial(replica_model, path, device=args.device, dtype=args.dtype, max_pixels=args.max_pixels)
                      for name, path in local.items()}
-        print(f"vlmkit: deploying {', '.join(local)} on Ray Serve ...", file=sys.stderr)
         try:
+            engine.check(list(local))
+            engine.connect()
+            print(f"vlmkit: deploying {', '.join(local)} on Ray Serve ...", file=sys.stderr)
             deployed = engine.deploy(factories, max_batch=server_config.max_batch, window_ms=server_config.window_ms,
                                      timeout_s=server_config.timeout_s)
         except VlmkitError as exc:

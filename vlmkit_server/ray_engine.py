@@ -27,8 +27,10 @@ import copy
 import pickle
 import socket
 import threading
+import time
 import types
 from collections.abc import Callable, Hashable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,6 +39,8 @@ from ray import serve
 
 from vlmkit.errors import InputError, VlmkitError
 from vlmkit.models.kinds import TASKS
+
+from .errors import Unavailable
 
 __all__ = ["RayEngine", "RayModel", "ReplicaUnavailable", "ModelReplica", "parse_replicas", "parse_autoscale", "replica_model"]
 
@@ -49,8 +53,9 @@ FORWARD_PER_REPLICA = 8
 CALLS = frozenset({"chat", "classify", "match", "prompt_tokens"})
 
 
-class ReplicaUnavailable(VlmkitError):
-    """The replica serving a request died or could not be reached; retrying reaches a live one."""
+class ReplicaUnavailable(Unavailable):
+    """The replica serving a request died or could not be reached (a 503 with ``Retry-After``):
+    retrying reaches a live one."""
 
 
 @dataclass(frozen=True)
@@ -264,7 +269,7 @@ def _unwrap(exc: BaseException) -> BaseException:
         if isinstance(cause, BaseException) and not isinstance(cause, rx.RayError):
             return cause
     if isinstance(exc, rx.RayActorError | rx.ActorUnavailableError | rx.ActorDiedError | rx.NodeDiedError):
-        return ReplicaUnavailable("the replica serving the request stopped; retry")
+        return ReplicaUnavailable("the replica serving the request stopped")
     from ray.serve.exceptions import BackPressureError, RayServeException
 
     if isinstance(exc, BackPressureError | RayServeException):
@@ -395,6 +400,12 @@ class RayEngine:
             raise InputError(f"cannot join the Ray cluster at {self.address}: {str(exc).splitlines()[0]}") from None
         self._started_ray = True
 
+    def check(self, names: Sequence[str]) -> None:
+        """Every model the scales name is one of ``names``."""
+        unknown = sorted((set(self.replicas) | set(self.autoscale)) - set(names))
+        if unknown:
+            raise InputError(f"--replicas/--autoscale name {', '.join(unknown)}, which is not served (models: {', '.join(names)})")
+
     def _report(self, model: str) -> Callable[[str, int], None]:
         def report(replica: str, batch: int) -> None:
             if self.metrics is not None:
@@ -406,18 +417,23 @@ class RayEngine:
                timeout_s: float) -> dict[str, RayModel]:
         """One Serve application a model; the :class:`RayModel` of each. Either every model starts or
         none stays deployed."""
-        unknown = sorted((set(self.replicas) | set(self.autoscale)) - set(factories))
-        if unknown:
-            raise InputError(f"--replicas/--autoscale name {', '.join(unknown)}, which is not served (models: {', '.join(factories)})")
+        self.check(list(factories))
         self.connect()
+        # In a thread of its own: Serve's blocking calls refuse a thread that runs an event loop.
+        with ThreadPoolExecutor(1, thread_name_prefix="vlmkit-deploy") as pool:
+            return pool.submit(self._deploy, factories, max_batch, window_ms, timeout_s).result()
+
+    def _deploy(self, factories: dict[str, Callable[[], Any]], max_batch: int, window_ms: float,
+                timeout_s: float) -> dict[str, RayModel]:
         gpus = _cluster_gpus()
+        before = len(self.apps)
         try:
             serve.start(proxy_location="Disabled")
             models = {}
             for name, factory in factories.items():
                 scale = self.scale(name)
                 deployment = serve.deployment(ModelReplica).options(
-                    name=name, max_ongoing_requests=MAX_ONGOING, ray_actor_options={"num_cpus": self.replica_cpus, "num_gpus": 1 if gpus else 0},
+                    name=name, max_ongoing_requests=MAX_ONGOING, max_constructor_retry_count=1, ray_actor_options={"num_cpus": self.replica_cpus, "num_gpus": 1 if gpus else 0},
                     **scale.options(),
                 )
                 app = APP_PREFIX + name
@@ -429,7 +445,10 @@ class RayEngine:
                 models[name] = RayModel(handle, info, concurrency=FORWARD_PER_REPLICA * scale.most, timeout_s=timeout_s,
                                         on_item=self._report(name))
         except BaseException as exc:
-            self.shutdown()
+            _delete(self.apps[before:])  # what this call started; nothing stays half-deployed
+            del self.apps[before:]
+            if not self.apps:
+                self.shutdown()
             if isinstance(exc, VlmkitError | KeyboardInterrupt):
                 raise
             raise InputError(f"Ray Serve could not start the models: {_first_line(exc)}") from None
@@ -452,16 +471,32 @@ class RayEngine:
         """Delete the deployed applications (and stop Ray if it was started here)."""
         import ray
 
-        if ray.is_initialized() and self.apps:
-            for app in reversed(self.apps):
-                try:
-                    serve.delete(app)
-                except Exception:  # noqa: BLE001, S110 - best effort at shutdown
-                    pass
+        _delete(self.apps)
         self.apps.clear()
         if self._started_ray and ray.is_initialized():
             ray.shutdown()
             self._started_ray = False
+
+
+def _delete(apps: Sequence[str]) -> None:
+    import ray
+
+    if not ray.is_initialized():
+        return
+    for app in apps:  # all at once, then wait: each waits for its replicas' requests to finish
+        try:
+            serve.delete(app, _blocking=False)
+        except Exception:  # noqa: BLE001, S110 - best effort at shutdown
+            pass
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            left = set(apps) & set(serve.status().applications)
+        except Exception:  # noqa: BLE001 - the controller is gone: nothing is left to wait for
+            return
+        if not left:
+            return
+        time.sleep(0.2)
 
 
 def _first_line(exc: BaseException) -> str:
