@@ -433,7 +433,8 @@ class RayEngine:
             for name, factory in factories.items():
                 scale = self.scale(name)
                 deployment = serve.deployment(ModelReplica).options(
-                    name=name, max_ongoing_requests=MAX_ONGOING, max_constructor_retry_count=1, ray_actor_options={"num_cpus": self.replica_cpus, "num_gpus": 1 if gpus else 0},
+                    name=name, max_ongoing_requests=MAX_ONGOING, max_constructor_retry_count=1,  # a model that fails to load fails again
+                    ray_actor_options={"num_cpus": self.replica_cpus, "num_gpus": 1 if gpus else 0},
                     **scale.options(),
                 )
                 app = APP_PREFIX + name
