@@ -150,6 +150,45 @@ def _accuracy(root: Path, photos: list[Path], gallery: int, batch: int) -> dict[
     return figures
 
 
+def _trained_accuracy(model_dir: Path, held: str, root: Path, batch: int) -> dict[str, Any]:
+    """int8's cost on a model that does the task: a vlmkit dual encoder trained on the other shapes
+    domains (``bench/vllavo_offline.py --part lit`` makes them), zero-shot on the held-out domain's
+    700 images with the source domains' templates, and text-to-image retrieval of each class (the
+    template-averaged class query against the 700 images: average precision and precision@10)."""
+    from vlmkit.data.domains import CLASSES, DOMAINS, make_domain_split
+
+    sources = [d for d in DOMAINS if d != held]
+    templates = [f"a {d} of a {{}}" for d in sources]
+    rows = make_domain_split(held, 100, seed=0)
+    images, truth = [e.image for e in rows], np.array([CLASSES.index(e.label) for e in rows])
+    torch_model = vlmkit.load(model_dir)
+    for name, int8 in (("onnx-fp32", False), ("onnx-int8", True)):
+        if not (root / name / "config.json").is_file():
+            export_onnx(torch_model, root / name, int8=int8)
+    models = {"vlmkit-torch": torch_model, "onnx-fp32": vlmkit.load(root / "onnx-fp32"), "onnx-int8": vlmkit.load(root / "onnx-int8")}
+    prompts = [t.format(c) for c in CLASSES for t in templates]
+    figures: dict[str, Any] = {"model": str(model_dir), "held_out": held, "images": len(rows), "templates": templates}
+    embedded = {}
+    for name, model in models.items():
+        image_emb = model.embed_images(images, batch_size=batch)
+        text_emb = model.embed_texts(prompts).reshape(len(CLASSES), len(templates), -1).mean(axis=1)
+        text_emb /= np.linalg.norm(text_emb, axis=1, keepdims=True)
+        embedded[name] = (image_emb, model.embed_texts(prompts))
+        ranked = model.classify(images, list(CLASSES), templates=templates, top_k=1)
+        accuracy = float(np.mean([r[0].label == e.label for r, e in zip(ranked, rows, strict=True)]))
+        aps, p10 = [], []
+        for c in range(len(CLASSES)):
+            order = np.argsort(-(image_emb @ text_emb[c]), kind="stable")
+            hits = truth[order] == c
+            aps.append(float(np.sum(np.cumsum(hits)[hits] / (np.flatnonzero(hits) + 1)) / hits.sum()))
+            p10.append(float(hits[:10].mean()))
+        figures[name] = {"zero_shot_accuracy": accuracy, "t2i_map": float(np.mean(aps)), "t2i_p_at_10": float(np.mean(p10))}
+    for kind, which in (("images", 0), ("texts", 1)):
+        cos = np.sum(embedded["onnx-fp32"][which] * embedded["onnx-int8"][which], axis=1)
+        figures[f"int8_vs_fp32_cosine_{kind}"] = {"min": float(cos.min()), "mean": float(cos.mean())}
+    return figures
+
+
 def _print_table(rows: list[dict[str, Any]]) -> None:
     print(f"\n{'model':<22} {'modality':<8} {'engine':<13} {'items/s':>9} {'x torch':>8}")
     for r in rows:
@@ -164,6 +203,10 @@ def main() -> None:
     parser.add_argument("--items", type=int, default=128, help="images and texts per pass (default: 128)")
     parser.add_argument("--gallery", type=int, default=1000, help="held-out shapes scenes for the accuracy figures (default: 1000)")
     parser.add_argument("--quick", action="store_true", help="smoke size: the tiny CLIP, 8 items, 2 repeats, 60 scenes")
+    parser.add_argument("--trained", default=None, metavar="DIR",
+                        help="also measure int8's cost on this vlmkit dual encoder trained on shapes domains (e.g. RUN/lit/photo-0/model)")
+    parser.add_argument("--held-out", default="photo", help="the domain --trained did not see (default: photo)")
+    parser.add_argument("--accuracy-only", action="store_true", help="skip the throughput passes")
     parser.add_argument("--out", default=None, help="where figures.json (and the exports) go (default: a temporary directory)")
     args = parser.parse_args()
     if args.quick:
@@ -184,15 +227,20 @@ def main() -> None:
         clip_dir, clip_label = build_clip(work / "clip"), "clip-tiny (random)"
     else:
         clip_dir, clip_label = build_clip_checkpoint(work / "clip", seed=0), "clip-vit-b32 (random)"
-    rows = []
-    for label, source, clip in ((clip_label, str(clip_dir), True), (vlmkit.DEFAULT_MODEL, vlmkit.DEFAULT_MODEL, False)):
-        engines = _engines(source, work / label.split()[0], clip, args.batch)
-        rows += _throughput(label, engines, photos, texts, args.repeats)
-    _print_table(rows)
-    accuracy = _accuracy(work / vlmkit.DEFAULT_MODEL, photos, args.gallery, args.batch)
-    print("\nint8 on the built-in:", json.dumps(accuracy, indent=1))
-    figures = {"threads": args.threads, "batch": args.batch, "items": args.items, "repeats": args.repeats, "quick": args.quick,
-               "throughput": rows, "accuracy": accuracy}
+    rows: list[dict[str, Any]] = []
+    accuracy: dict[str, Any] = {}
+    if not args.accuracy_only:
+        for label, source, clip in ((clip_label, str(clip_dir), True), (vlmkit.DEFAULT_MODEL, vlmkit.DEFAULT_MODEL, False)):
+            engines = _engines(source, work / label.split()[0], clip, args.batch)
+            rows += _throughput(label, engines, photos, texts, args.repeats)
+        _print_table(rows)
+        accuracy = _accuracy(work / vlmkit.DEFAULT_MODEL, photos, args.gallery, args.batch)
+        print("\nint8 on the built-in:", json.dumps(accuracy, indent=1))
+    figures: dict[str, Any] = {"threads": args.threads, "batch": args.batch, "items": args.items, "repeats": args.repeats,
+                               "quick": args.quick, "throughput": rows, "accuracy": accuracy}
+    if args.trained:
+        figures["trained"] = _trained_accuracy(Path(args.trained), args.held_out, work / "trained", args.batch)
+        print("\nint8 on the trained dual encoder:", json.dumps(figures["trained"], indent=1))
     (out / "figures.json").write_text(json.dumps(figures, indent=1) + "\n")
     print(f"\nfigures: {out / 'figures.json'}")
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import logging
 import pickle
 import socket
 import threading
@@ -394,6 +395,7 @@ class RayEngine:
             _check_reachable(self.address, self.connect_timeout_s)
         if ray.is_initialized():  # this process is already a driver of a cluster (tests, notebooks)
             return
+        logging.getLogger("ray.serve").setLevel(logging.WARNING)  # Serve's progress lines; vlmkit prints its own
         try:
             ray.init(address=self.address, log_to_driver=False, configure_logging=False)
         except (ConnectionError, RuntimeError, ValueError) as exc:
