@@ -48,6 +48,15 @@ class SlowEmbedder:
         return np.array([[len(t), ord(t[0]) if t else 0, 1.0] for t in texts], dtype=np.float32)
 
 
+class Picky(SlowEmbedder):
+    """Refuses one text; a batch with it in fails as a whole."""
+
+    def embed_texts(self, texts: list[str], *, batch_size: int = 64) -> np.ndarray:
+        if "boom" in texts:
+            raise InputError("this embedder refuses 'boom'")
+        return super().embed_texts(texts, batch_size=batch_size)
+
+
 class Broken:
     def __init__(self) -> None:
         raise RuntimeError("this model cannot load")
@@ -139,6 +148,22 @@ def test_per_replica_metrics(two_replicas: tuple[str, RayEngine]) -> None:
     assert len(items) == 2, items  # 24 concurrent requests reach both replicas
     assert 'vlmkit_replicas{model="embed",state="RUNNING"} 2.0' in text
     assert re.search(r'^vlmkit_replica_batch_size_count\{model="embed",replica="[^"]+"\} ', text, re.MULTILINE)
+
+
+def test_one_bad_item_in_a_replica_batch_fails_only_its_own_request(cluster: Any) -> None:
+    engine = RayEngine(replica_cpus=0.25)
+    config = ServerConfig(max_batch=8, window_ms=300, timeout_s=30)  # a long window: the requests share a replica batch
+    models = engine.deploy({"picky": lambda: Picky(0.0)}, max_batch=config.max_batch, window_ms=config.window_ms,
+                           timeout_s=config.timeout_s)
+    texts = ["one", "two", "boom", "three", "four", "five"]
+    with live_server(create_api_app(models, config, engine=engine)) as url, ThreadPoolExecutor(len(texts)) as pool:
+        replies = list(pool.map(lambda t: httpx.post(f"{url}/v1/embeddings", json={"model": "picky", "input": t}, timeout=60), texts))
+        text = httpx.get(f"{url}/metrics").text
+    assert [r.status_code for r in replies] == [200, 200, 400, 200, 200, 200]
+    assert "refuses 'boom'" in replies[2].json()["error"]["message"]
+    assert [r.json()["data"][0]["embedding"][0] for r in replies if r.status_code == 200] == [3, 3, 5, 4, 4]
+    alone = re.search(r'^vlmkit_replica_batch_size_bucket\{le="1.0",model="picky",replica="[^"]+"\} ([0-9.]+)$', text, re.MULTILINE)
+    assert alone is not None and float(alone.group(1)) < 6  # some items shared a batch (with "boom" or not)
 
 
 def test_a_start_that_fails_half_way_leaves_nothing_deployed(cluster: Any) -> None:

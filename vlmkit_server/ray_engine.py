@@ -208,7 +208,7 @@ class ModelReplica:
         if require is None:
             return None
         out = {}
-        for task in (*TASKS, "interrogate"):
+        for task in TASKS:
             try:
                 require(task)
             except VlmkitError as exc:
@@ -225,36 +225,54 @@ class ModelReplica:
         with self.lock:
             yield from self.model.chat(messages, stream=True, options=options)
 
-    def _batch(self, results: list[Any]) -> list[tuple[Any, str, int]]:
-        return [(result, self.replica, len(results)) for result in results]
+    async def _batch(self, rows: list[Any], call: Callable[[list[Any]], Sequence[Any]]) -> list[tuple[Any, str, int]]:
+        """``call(rows)`` under the lock; each result with this replica's name and the batch size.
+        When the batch fails, each row runs alone, so one bad item fails only its own request (its
+        result is then its exception, which :class:`RayModel` raises)."""
+
+        def run() -> list[Any]:
+            try:
+                results = list(call(rows))
+                if len(results) == len(rows):
+                    return results
+            except Exception as failure:  # noqa: BLE001 - find the failing row(s)
+                if len(rows) == 1:
+                    return [failure]
+            out: list[Any] = []
+            for row in rows:
+                try:
+                    (result,) = call([row])
+                except Exception as error:  # noqa: BLE001 - handed to that row's request
+                    result = error
+                out.append(result)
+            return out
+
+        results = await self._run(run)
+        return [(result, self.replica, len(rows)) for result in results]
 
     @serve.batch
     async def embed_text(self, texts: list[str]) -> list[tuple[Any, str, int]]:
-        vectors = await self._run(lambda: self.model.embed_texts(texts, batch_size=len(texts)))
-        return self._batch(list(vectors))
+        return await self._batch(texts, lambda batch: list(self.model.embed_texts(batch, batch_size=len(batch))))
 
     @serve.batch
     async def embed_image(self, images: list[Any]) -> list[tuple[Any, str, int]]:
-        vectors = await self._run(lambda: self.model.embed_images(images, batch_size=len(images)))
-        return self._batch(list(vectors))
+        return await self._batch(images, lambda batch: list(self.model.embed_images(batch, batch_size=len(batch))))
 
     @serve.batch
     async def caption(self, images: list[Any], prompts: list[str | None], options: list[Any]) -> list[tuple[Any, str, int]]:
-        rows = list(zip(images, prompts, options, strict=True))
-
         def call(group: list[tuple[Any, ...]]) -> list[str]:
             return list(self.model.caption([r[0] for r in group], prompt=group[0][1], options=group[0][2], batch_size=len(group)))
 
-        return self._batch(await self._run(lambda: _grouped(rows, lambda r: (r[1], r[2]), call)))
+        rows = list(zip(images, prompts, options, strict=True))
+        return await self._batch(rows, lambda batch: _grouped(batch, lambda r: (r[1], r[2]), call))
 
     @serve.batch
     async def ask(self, images: list[Any], questions: list[str], options: list[Any]) -> list[tuple[Any, str, int]]:
-        rows = list(zip(images, questions, options, strict=True))
-
         def call(group: list[tuple[Any, ...]]) -> list[str]:
             return list(self.model.ask([r[0] for r in group], [r[1] for r in group], options=group[0][2], batch_size=len(group)))
 
-        return self._batch(await self._run(lambda: _grouped(rows, lambda r: r[2], call)))
+        rows = list(zip(images, questions, options, strict=True))
+        return await self._batch(rows, lambda batch: _grouped(batch, lambda r: r[2], call))
 
 
 # -- the server's side ---------------------------------------------------------------------------
@@ -316,11 +334,15 @@ class RayModel:
 
     def _items(self, method: str, rows: list[tuple[Any, ...]]) -> list[Any]:
         responses = [getattr(self.handle, method).remote(*row) for row in rows]
-        out = []
+        out, failure = [], None
         for response in responses:
             result, replica, size = self._result(response)
             self.on_item(replica, size)
+            if isinstance(result, BaseException):
+                failure = failure or result
             out.append(result)
+        if failure is not None:  # the first item that failed (the server sends one item a call)
+            raise failure
         return out
 
     # -- the model interface the server uses ------------------------------------------------------
