@@ -184,6 +184,8 @@ def test_bad_scales_are_one_line_errors() -> None:
         parse_autoscale(["blip=2"])
     with pytest.raises(InputError, match="both name blip"):
         RayEngine(replicas={"blip": 2}, autoscale={"blip": (1, 2)})
+    with pytest.raises(InputError, match="CPUs >= 0"):
+        RayEngine(replica_cpus=-1)
     with pytest.raises(InputError, match="not served"):
         RayEngine(replicas={"llava": 2}).deploy({"blip": lambda: None}, max_batch=1, window_ms=0, timeout_s=1)
 

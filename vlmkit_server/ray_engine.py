@@ -399,6 +399,8 @@ class RayEngine:
         both = sorted(set(self.replicas) & set(self.autoscale))
         if both:
             raise InputError(f"--replicas and --autoscale both name {', '.join(both)}: give one")
+        if not replica_cpus >= 0:
+            raise InputError(f"--replica-cpus: expected a number of CPUs >= 0, got {replica_cpus}")
         self.replica_cpus, self.connect_timeout_s = replica_cpus, connect_timeout_s
         self.apps: list[str] = []
         self.metrics: Any = None  # the app's Metrics, set by create_api_app
