@@ -29,8 +29,9 @@ def test_library_source_never_imports_applications():
 
 
 #: Modules every part of the library may use: errors, images, version, shipped data files, the
-#: process-group helpers, message parsing, shared prompts and where checkpoints come from.
-FOUNDATION = {"errors", "images", "version", "resources", "distributed", "chat", "prompts", "hub"}
+#: process-group helpers, message parsing, shared prompts, where checkpoints come from, and writing
+#: a folder all at once.
+FOUNDATION = {"errors", "images", "version", "resources", "distributed", "chat", "prompts", "hub", "files"}
 #: Each part of ``vlmkit`` (a top-level module or subpackage) and the parts it may import besides
 #: itself and the foundation. Losses take tensors, never models; models never import a loss, the
 #: loader, data readers or evaluation.

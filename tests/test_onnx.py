@@ -20,8 +20,6 @@ from vlmkit.models.onnx import OnnxEncoder, sha256_of
 from vlmkit.onnx_export import export_onnx
 from vlmkit_cli.main import main
 
-pytest.importorskip("onnxruntime")
-
 TEXTS = ["a photo of a cat", "coffee", "a red circle next to a blue square, drawn small", "x"]
 PARITY = 0.9999  # cosine per row, ONNX fp32 against torch
 
@@ -255,3 +253,17 @@ def test_cli_bad_arguments(exports: dict[str, tuple[Any, Path]], tiny: dict[str,
         errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("vlmkit: error:")]
         assert len(errors) == 1 and expected in errors[0], errors
     assert not (tmp_path / "blip").exists() and not (tmp_path / "none").exists()
+
+
+def test_an_export_torch_cannot_trace_is_one_line_and_leaves_nothing(tiny: dict[str, Path], tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    def fails(*args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("Failed to export the model with torch.export.\n\nA long explanation\nover many lines")
+
+    monkeypatch.setattr(torch.onnx, "export", fails)
+    out = tmp_path / "exports" / "clip-onnx"
+    assert main(["export", "onnx", str(tiny["clip"]), "--out", str(out)]) == 1
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("vlmkit: error:")]
+    assert errors == ["vlmkit: error: torch.onnx could not export the image tower: Failed to export the model with torch.export."]
+    assert list((tmp_path / "exports").iterdir()) == []  # no export, no staging folder

@@ -21,7 +21,6 @@ import io
 import logging
 import os
 import shutil
-import tempfile
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -31,7 +30,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import InputError
+from .errors import InputError, VlmkitError
+from .files import staged_folder
 from .models.base import DEFAULT_TEMPLATES, VisionLanguageModel
 from .models.onnx import (
     IMAGE_OUTPUT,
@@ -45,7 +45,7 @@ from .models.onnx import (
     write_onnx_config,
 )
 
-__all__ = ["export_onnx", "check_exportable", "EXPORTABLE", "OPSET"]
+__all__ = ["export_onnx", "check_exportable", "ExportError", "EXPORTABLE", "OPSET"]
 
 OPSET = 18
 #: The kinds ``export_onnx`` takes, for error messages.
@@ -55,6 +55,10 @@ EXPORTABLE = ("clip (CLIPModel, VisionTextDualEncoderModel, VlmkitDualEncoder)",
 def _normalise(x: torch.Tensor) -> torch.Tensor:
     x = x.float()
     return x / x.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+
+
+class ExportError(VlmkitError):
+    """torch's ONNX exporter could not export a tower (its first line of explanation is kept)."""
 
 
 class _Tower(nn.Module):
@@ -199,10 +203,14 @@ def _export(module: nn.Module, args: tuple[torch.Tensor, ...], names: tuple[str,
     module = module.eval()
     shapes = tuple(dict(dynamic) for _ in names)
     with _quiet(), torch.inference_mode(False), torch.no_grad():
-        program = torch.onnx.export(
-            module, args, input_names=list(names), output_names=[output], dynamic_shapes=(shapes,),  # forward(*inputs): one varargs tuple
-            opset_version=OPSET, dynamo=True, external_data=False, verbose=False,
-        )
+        try:
+            program = torch.onnx.export(
+                module, args, input_names=list(names), output_names=[output], dynamic_shapes=(shapes,),  # forward(*inputs): one varargs tuple
+                opset_version=OPSET, dynamo=True, external_data=False, verbose=False,
+            )
+        except Exception as exc:  # noqa: BLE001 - torch's exporter errors are many and pages long
+            reason = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+            raise ExportError(f"torch.onnx could not export the {file.stem} tower: {reason[:300]}") from exc
         if program is None:  # pragma: no cover - the dynamo exporter always returns a program
             raise RuntimeError("torch.onnx.export returned nothing")
         program.save(os.fspath(file), external_data=False)
@@ -257,9 +265,7 @@ def export_onnx(
     if model.device.type != "cpu" or model.dtype != torch.float32:
         raise InputError(f"{model.name}: export from a float32 model on the CPU (loaded on {model.device} as {model.dtype})")
     plan = _plan(model)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
+    with staged_folder(target) as work:
         batch = torch.export.Dim("batch", min=1, max=4096)
         length = torch.export.Dim("length", min=1, max=4096)
         pixels = torch.zeros(2, 3, plan.image_size, plan.image_size)
@@ -301,13 +307,6 @@ def export_onnx(
             text_graph=GraphSpec("text.onnx", sha256_of(work / "text.onnx"), plan.text_inputs, (TEXT_OUTPUT,)),
         )
         write_onnx_config(work, config)
-        work.chmod(0o755)  # mkdtemp made it private
-        if target.exists():
-            target.rmdir()
-        work.rename(target)
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
     return target
 
 

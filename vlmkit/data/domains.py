@@ -27,7 +27,6 @@ import dataclasses
 import math
 import os
 import random
-import shutil
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -35,6 +34,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from ..errors import InputError
+from ..files import staged_folder
 from .formats.folders import read_image_classes
 from .records import Example
 
@@ -435,22 +435,12 @@ def write_domain_folder(
     target = Path(root)
     if target.exists() and (not target.is_dir() or any(target.iterdir())):
         raise InputError(f"{target}: exists and is not an empty folder; refusing to write into it")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = target.parent / f".{target.name}.partial-{os.getpid()}"
-    if staging.exists():
-        shutil.rmtree(staging)
-    try:
+    with staged_folder(target) as staging:
         for domain, n, size, names in checked:
             for cls in names:
                 (staging / domain / cls).mkdir(parents=True)
             for example in _iter_split(domain, n, seed, size, names):
                 assert isinstance(example.image, Image.Image)
                 example.image.save(staging / f"{example.id}.png")
-        if target.exists():
-            target.rmdir()
-        staging.rename(target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return target
 
