@@ -85,8 +85,16 @@ def ray_cluster():
     local.wait_for_nodes()
     ray.init(address=local.address, log_to_driver=False)
     yield workers
+    # Serve's handles keep threads in this process that call Ray, and a Ray call made after
+    # ray.shutdown() connects again (the cluster then refuses to remove the driver's node): stop
+    # Serve first, and make sure the driver is gone before the nodes go.
+    from ray import serve
+
+    serve.shutdown()
+    os.environ["RAY_ENABLE_AUTO_CONNECT"] = "0"
     ray.shutdown()
     local.shutdown()
+    os.environ.pop("RAY_ENABLE_AUTO_CONNECT", None)
     if saved is None:
         os.environ.pop("RAY_USAGE_STATS_ENABLED", None)
     else:

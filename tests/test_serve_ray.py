@@ -166,6 +166,36 @@ def test_one_bad_item_in_a_replica_batch_fails_only_its_own_request(cluster: Any
     assert alone is not None and float(alone.group(1)) < 6  # some items shared a batch (with "boom" or not)
 
 
+@pytest.mark.filterwarnings("ignore:The `metrics_interval_s` field:DeprecationWarning")  # the test's short interval; Serve's default needs none
+def test_autoscaling_adds_a_replica_under_load(cluster: Any) -> None:
+    """--autoscale NAME=1:2: sixteen clients on a model that takes 0.3 s a call start a second replica
+    (Serve's delays shortened here; with its defaults the second replica came after about 40 s)."""
+    engine = RayEngine(autoscale={"slow": (1, 2)}, replica_cpus=0.25,
+                       autoscaling={"upscale_delay_s": 1, "metrics_interval_s": 1, "look_back_period_s": 2})
+    config = ServerConfig(max_batch=1, window_ms=0, timeout_s=60)
+    models = engine.deploy({"slow": lambda: SlowEmbedder(0.3)}, max_batch=1, window_ms=0, timeout_s=60)
+    assert engine.replica_states()["slow"] == {"RUNNING": 1}
+    done = threading.Event()
+    with live_server(create_api_app(models, config, engine=engine)) as url:
+
+        def client() -> list[int]:
+            statuses = []
+            while not done.is_set():
+                statuses.append(httpx.post(f"{url}/v1/embeddings", json={"model": "slow", "input": "x"}, timeout=60).status_code)
+            return statuses
+
+        with ThreadPoolExecutor(16) as pool:
+            futures = [pool.submit(client) for _ in range(16)]
+            deadline = time.monotonic() + 90
+            while engine.replica_states()["slow"].get("RUNNING", 0) < 2 and time.monotonic() < deadline:
+                time.sleep(0.5)
+            done.set()
+            statuses = [s for f in futures for s in f.result(timeout=90)]
+        states = engine.replica_states()["slow"]
+    assert states.get("RUNNING") == 2, states
+    assert set(statuses) == {200}
+
+
 def test_a_start_that_fails_half_way_leaves_nothing_deployed(cluster: Any) -> None:
     engine = RayEngine(replica_cpus=0.25)
     with pytest.raises(InputError, match="could not start the models"):

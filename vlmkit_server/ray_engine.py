@@ -65,6 +65,7 @@ class Scale:
 
     replicas: int = 1
     autoscale: tuple[int, int] | None = None
+    tuning: tuple[tuple[str, float], ...] = ()  # more of Serve's autoscaling_config (delays, look-back)
 
     @property
     def most(self) -> int:
@@ -78,7 +79,7 @@ class Scale:
             return {"num_replicas": self.replicas}
         low, high = self.autoscale
         return {"autoscaling_config": {"min_replicas": low, "max_replicas": high, "initial_replicas": max(low, 1),
-                                       "target_ongoing_requests": 4}}
+                                       "target_ongoing_requests": 4, **dict(self.tuning)}}
 
 
 def parse_replicas(specs: Sequence[str]) -> dict[str, int]:
@@ -393,7 +394,9 @@ class RayEngine:
 
     def __init__(self, *, address: str | None = None, replicas: dict[str, int] | None = None,
                  autoscale: dict[str, tuple[int, int]] | None = None, replica_cpus: float = 1.0,
-                 connect_timeout_s: float = 10.0) -> None:
+                 connect_timeout_s: float = 10.0, autoscaling: dict[str, float] | None = None) -> None:
+        """``autoscaling``: more of Serve's ``autoscaling_config`` for the autoscaled models (e.g.
+        ``upscale_delay_s``; Serve's defaults otherwise)."""
         self.address = address
         self.replicas, self.autoscale = dict(replicas or {}), dict(autoscale or {})
         both = sorted(set(self.replicas) & set(self.autoscale))
@@ -402,13 +405,14 @@ class RayEngine:
         if not replica_cpus >= 0:
             raise InputError(f"--replica-cpus: expected a number of CPUs >= 0, got {replica_cpus}")
         self.replica_cpus, self.connect_timeout_s = replica_cpus, connect_timeout_s
+        self.autoscaling = tuple(sorted((autoscaling or {}).items()))
         self.apps: list[str] = []
         self.metrics: Any = None  # the app's Metrics, set by create_api_app
         self._started_ray = False
 
     def scale(self, name: str) -> Scale:
         if name in self.autoscale:
-            return Scale(autoscale=self.autoscale[name])
+            return Scale(autoscale=self.autoscale[name], tuning=self.autoscaling)
         return Scale(replicas=self.replicas.get(name, 1))
 
     def connect(self) -> None:
