@@ -152,9 +152,10 @@ def test_per_replica_metrics(two_replicas: tuple[str, RayEngine]) -> None:
 
 def test_one_bad_item_in_a_replica_batch_fails_only_its_own_request(cluster: Any) -> None:
     engine = RayEngine(replica_cpus=0.25)
-    config = ServerConfig(max_batch=8, window_ms=300, timeout_s=30)  # a long window: the requests share a replica batch
-    models = engine.deploy({"picky": lambda: Picky(0.0)}, max_batch=config.max_batch, window_ms=config.window_ms,
-                           timeout_s=config.timeout_s)
+    # The server sends each request on its own (no batch of its own to retry item by item); the
+    # replica's long window puts the concurrent requests in one batch.
+    config = ServerConfig(max_batch=1, window_ms=0, timeout_s=30)
+    models = engine.deploy({"picky": lambda: Picky(0.0)}, max_batch=8, window_ms=300, timeout_s=config.timeout_s)
     texts = ["one", "two", "boom", "three", "four", "five"]
     with live_server(create_api_app(models, config, engine=engine)) as url, ThreadPoolExecutor(len(texts)) as pool:
         replies = list(pool.map(lambda t: httpx.post(f"{url}/v1/embeddings", json={"model": "picky", "input": t}, timeout=60), texts))
@@ -163,7 +164,9 @@ def test_one_bad_item_in_a_replica_batch_fails_only_its_own_request(cluster: Any
     assert "refuses 'boom'" in replies[2].json()["error"]["message"]
     assert [r.json()["data"][0]["embedding"][0] for r in replies if r.status_code == 200] == [3, 3, 5, 4, 4]
     alone = re.search(r'^vlmkit_replica_batch_size_bucket\{le="1.0",model="picky",replica="[^"]+"\} ([0-9.]+)$', text, re.MULTILINE)
-    assert alone is not None and float(alone.group(1)) < 6  # some items shared a batch (with "boom" or not)
+    count = re.search(r'^vlmkit_replica_batch_size_count\{model="picky",replica="[^"]+"\} ([0-9.]+)$', text, re.MULTILINE)
+    assert alone is not None and count is not None
+    assert float(count.group(1)) == 6 and float(alone.group(1)) < 6  # each request once, and some shared a replica batch
 
 
 @pytest.mark.filterwarnings("ignore:The `metrics_interval_s` field:DeprecationWarning")  # the test's short interval; Serve's default needs none
