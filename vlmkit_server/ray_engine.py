@@ -30,7 +30,7 @@ import socket
 import threading
 import time
 import types
-from collections.abc import Callable, Hashable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -42,6 +42,7 @@ from vlmkit.errors import InputError, VlmkitError
 from vlmkit.models.kinds import TASKS
 
 from .errors import Unavailable
+from .served import context_of, grouped
 
 __all__ = ["RayEngine", "RayModel", "ReplicaUnavailable", "ModelReplica", "parse_replicas", "parse_autoscale", "replica_model"]
 
@@ -146,19 +147,6 @@ def _picklable(value: Any) -> Any:
     return value
 
 
-def _grouped(rows: list[tuple[Any, ...]], key: Callable[[tuple[Any, ...]], Hashable],
-             call: Callable[[list[tuple[Any, ...]]], Sequence[Any]]) -> list[Any]:
-    """``call`` once per group of rows with the same ``key``; the results in the order of ``rows``."""
-    groups: dict[Hashable, list[int]] = {}
-    for i, row in enumerate(rows):
-        groups.setdefault(key(row), []).append(i)
-    out: list[Any] = [None] * len(rows)
-    for members in groups.values():
-        for i, result in zip(members, call([rows[i] for i in members]), strict=True):
-            out[i] = result
-    return out
-
-
 class ModelReplica:
     """One replica of one served model (the class Ray Serve deploys): the model, loaded here by
     ``factory``, a lock (models are not guaranteed thread-safe), and batched entry points."""
@@ -181,13 +169,6 @@ class ModelReplica:
     def info(self) -> dict[str, Any]:
         model = self.model
         kind = getattr(model, "kind", None)
-        config = getattr(getattr(model, "model", None), "config", None)
-        context = None
-        for part in (getattr(config, "text_config", None), config):
-            value = getattr(part, "max_position_embeddings", None)
-            if isinstance(value, int) and value > 0:
-                context = value
-                break
         return {
             "name": getattr(model, "name", type(model).__name__),
             "label": str(getattr(kind, "label", type(model).__name__)),
@@ -196,7 +177,7 @@ class ModelReplica:
             "image_size": getattr(model, "image_size", None),
             "max_pixels": getattr(model, "max_pixels", None),
             "dtype": str(getattr(model, "dtype", "")),
-            "context": context,
+            "context": context_of(model),
             "tokenizer": _picklable(getattr(model, "tokenizer", None)),
             "counts_prompts": getattr(model, "prompt_tokens", None) is not None,
             "refusals": self._refusals(),
@@ -265,7 +246,7 @@ class ModelReplica:
             return list(self.model.caption([r[0] for r in group], prompt=group[0][1], options=group[0][2], batch_size=len(group)))
 
         rows = list(zip(images, prompts, options, strict=True))
-        return await self._batch(rows, lambda batch: _grouped(batch, lambda r: (r[1], r[2]), call))
+        return await self._batch(rows, lambda batch: grouped(batch, lambda r: (r[1], r[2]), call))
 
     @serve.batch
     async def ask(self, images: list[Any], questions: list[str], options: list[Any]) -> list[tuple[Any, str, int]]:
@@ -273,7 +254,7 @@ class ModelReplica:
             return list(self.model.ask([r[0] for r in group], [r[1] for r in group], options=group[0][2], batch_size=len(group)))
 
         rows = list(zip(images, questions, options, strict=True))
-        return await self._batch(rows, lambda batch: _grouped(batch, lambda r: r[2], call))
+        return await self._batch(rows, lambda batch: grouped(batch, lambda r: r[2], call))
 
 
 # -- the server's side ---------------------------------------------------------------------------

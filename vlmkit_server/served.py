@@ -80,12 +80,7 @@ class Served:
         """The language model's positions (prompt and answer together), where the config says."""
         if hasattr(self.model, "context_length"):  # a model served elsewhere says it itself
             return self.model.context_length  # type: ignore[no-any-return]
-        config = getattr(getattr(self.model, "model", None), "config", None)
-        for part in (getattr(config, "text_config", None), config):
-            value = getattr(part, "max_position_embeddings", None)
-            if isinstance(value, int) and value > 0:
-                return value
-        return None
+        return context_of(self.model)
 
     def tokens(self, text: str) -> int:
         tokenizer = getattr(self.model, "tokenizer", None)
@@ -115,7 +110,7 @@ class Served:
             self.batchers[task] = DynamicBatcher(
                 fn if fn is not None else _one_call, max_batch=self.config.max_batch if batched else 1,
                 window_ms=self.config.window_ms if batched else 0.0, max_queue=self.config.max_queue,
-                lock=self.lock if batched else _NoLock() if self.concurrency > 1 else None, name=f"{self.name}/{task}",
+                lock=self.lock if batched or self.concurrency > 1 else None, name=f"{self.name}/{task}",
                 on_batch=self._counter(task), workers=self.concurrency,
             )
         return self.batchers[task]
@@ -204,14 +199,14 @@ class Served:
             _, prompt, options = rows[0]
             return list(self.model.caption([r[0] for r in rows], prompt=prompt, options=_greedy(options), batch_size=len(rows)))
 
-        return _grouped(items, lambda item: (item[1], item[2]), call)
+        return grouped(items, lambda item: (item[1], item[2]), call)
 
     def _ask_batch(self, items: list[tuple[Any, str, GenerationOptions]]) -> list[str]:
         def call(rows: list[tuple[Any, str, GenerationOptions]]) -> list[str]:
             options = rows[0][2]
             return list(self.model.ask([r[0] for r in rows], [r[1] for r in rows], options=_greedy(options), batch_size=len(rows)))
 
-        return _grouped(items, lambda item: item[2], call)
+        return grouped(items, lambda item: item[2], call)
 
     def _embed_texts(self, texts: list[str]) -> list[Any]:
         return list(self.model.embed_texts(texts, batch_size=max(1, len(texts))))
@@ -220,13 +215,23 @@ class Served:
         return list(self.model.embed_images(images, batch_size=max(1, len(images))))
 
 
-def _grouped(items: list[Any], key: Callable[[Any], Hashable], call: Callable[[list[Any]], list[str]]) -> list[str]:
+def context_of(model: Any) -> int | None:
+    """A loaded model's language-model positions, where its config says (``None``: it does not)."""
+    config = getattr(getattr(model, "model", None), "config", None)
+    for part in (getattr(config, "text_config", None), config):
+        value = getattr(part, "max_position_embeddings", None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def grouped(items: list[Any], key: Callable[[Any], Hashable], call: Callable[[list[Any]], Sequence[Any]]) -> list[Any]:
     """``call`` once per group of items with the same ``key`` (a model call takes one prompt and one
     set of decoding options); the results in the order of ``items``."""
     groups: dict[Hashable, list[int]] = {}
     for i, item in enumerate(items):
         groups.setdefault(key(item), []).append(i)
-    out: list[str] = [""] * len(items)
+    out: list[Any] = [None] * len(items)
     for rows in groups.values():
         for i, text in zip(rows, call([items[i] for i in rows]), strict=True):
             out[i] = text
